@@ -1,0 +1,56 @@
+//! The admin HTTP server: `/health` (the process is up), `/ready` (every owned partition is
+//! restored and processing), `/metrics` (Prometheus text), `/status` (owned partitions, JSON).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::{PartitionPhase, Shared};
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(shared);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: partitions are being assigned or restored\n")
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let partitions: Vec<_> = s
+        .partitions()
+        .into_iter()
+        .map(|(topic, p, phase)| {
+            serde_json::json!({
+                "topic": topic,
+                "partition": p,
+                "phase": match phase { PartitionPhase::Restoring => "restoring", PartitionPhase::Running => "running" },
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "worker": s.cfg.worker_id(),
+        "cluster": s.cfg.cluster,
+        "ready": s.is_ready(),
+        "partitions": partitions,
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+}

@@ -1,0 +1,129 @@
+//! The engine's own settings (the process), separate from module.yaml (the application).
+//! Every setting has a flag and an environment variable; the defaults suit one worker on a
+//! laptop and are documented on each field (`keyflow run --help` prints them).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct EngineConfig {
+    /// The application's module file (StateFun 3.x module.yaml).
+    #[arg(long, env = "KEYFLOW_MODULE", default_value = "module.yaml")]
+    pub module: PathBuf,
+
+    /// Cluster name: prefixes the internal topics and transactional ids. Workers with the same
+    /// name share the partitions.
+    #[arg(long, env = "KEYFLOW_CLUSTER", default_value = "keyflow")]
+    pub cluster: String,
+
+    /// Number of partitions, fixed when the cluster is created.
+    #[arg(long, env = "KEYFLOW_PARTITIONS", default_value = "8")]
+    pub partitions: NonZeroU32,
+
+    /// This worker's id, unique in the cluster; names its data folder. Default: the host name
+    /// (two workers on one host need distinct ids).
+    #[arg(long, env = "KEYFLOW_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Folder for local state checkpoints (sled); each worker uses `<data-dir>/<worker-id>`.
+    #[arg(long, env = "KEYFLOW_DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+
+    /// Kafka bootstrap servers for the internal topics. Default: the first ingress's
+    /// `address` in module.yaml, else 127.0.0.1:9092.
+    #[arg(long, env = "KEYFLOW_BOOTSTRAP")]
+    pub bootstrap: Option<String>,
+
+    /// Longest time an epoch takes input before it commits (e.g. `50ms`, `1s`). An idle
+    /// partition commits at once.
+    #[arg(long, env = "KEYFLOW_COMMIT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+
+    /// Most input records one epoch takes before it commits.
+    #[arg(long, env = "KEYFLOW_MAX_EPOCH_RECORDS", default_value = "5000")]
+    pub max_epoch_records: usize,
+
+    /// Admin HTTP address: /health, /ready, /metrics.
+    #[arg(long, env = "KEYFLOW_ADMIN_ADDR", default_value = "127.0.0.1:8090")]
+    pub admin_addr: SocketAddr,
+
+    /// Replication factor of the topics the engine creates (-1: the broker's default).
+    #[arg(long, env = "KEYFLOW_REPLICATION_FACTOR", default_value = "-1")]
+    pub replication_factor: i32,
+
+    /// Partitions of ingress and egress topics the engine creates when they are missing.
+    #[arg(long, env = "KEYFLOW_TOPIC_PARTITIONS", default_value = "1")]
+    pub topic_partitions: NonZeroU32,
+
+    /// Consumer-group session timeout: how long a silent worker keeps its partitions.
+    #[arg(long, env = "KEYFLOW_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+
+    /// How often expired state is swept from the store (it is never served before that).
+    #[arg(long, env = "KEYFLOW_EXPIRY_SWEEP", default_value = "10s", value_parser = parse_duration)]
+    pub expiry_sweep: Duration,
+}
+
+impl EngineConfig {
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".to_string())
+        })
+    }
+
+    pub fn topic_messages(&self) -> String {
+        format!("{}-messages", self.cluster)
+    }
+
+    pub fn topic_state(&self) -> String {
+        format!("{}-state", self.cluster)
+    }
+
+    pub fn topic_dead_letters(&self) -> String {
+        format!("{}-deadletters", self.cluster)
+    }
+
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.get() as i32
+    }
+}
+
+/// Parses `250ms`, `2s`, `1min`, `1h` or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration (examples: 250ms, 2s, 1min)"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1_000,
+        "min" | "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        other => return Err(format!("`{other}` is not a duration unit in `{s}`; use ms, s, min or h")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1min"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("75"), Ok(Duration::from_millis(75)));
+        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("3weeks").unwrap_err().contains("unit"));
+    }
+}

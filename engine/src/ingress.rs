@@ -1,0 +1,250 @@
+//! Ingress routers: one per owned partition of an ingress topic. A router reads records,
+//! turns each into one message per target function of its topic (id = the record key as
+//! UTF-8, argument = the value untouched under the topic's `valueType`, no caller), produces
+//! them to `<cluster>-messages` at the target's partition, and commits the ingress offset in
+//! the same transaction (`transactional.id = <cluster>-ingress-<topic>-<partition>`).
+//!
+//! A record with no key, or a key that is not UTF-8, cannot name a function: it goes to the
+//! dead-letter topic with the reason, and routing goes on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use keyflow_protocol::{Address, Message as _, TypedValue};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::internal::Envelope;
+use crate::kafka::{self, blocking};
+use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
+use crate::partitioner::partition_for;
+use crate::worker::{PartitionPhase, Shared};
+
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
+pub async fn run(shared: Arc<Shared>, ingress: usize, topic: String, p: i32, stop: CancellationToken) {
+    let mut pause = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        shared.set_phase(&topic, p, PartitionPhase::Restoring);
+        let result = match Router::open(shared.clone(), ingress, &topic, p).await {
+            Ok(mut r) => {
+                shared.set_phase(&topic, p, PartitionPhase::Running);
+                pause = Duration::from_millis(100);
+                let res = r.run(&stop).await;
+                if res.is_err() && r.in_txn {
+                    let pr = r.producer.clone();
+                    let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
+                }
+                res
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(topic = %topic, partition = p, "ingress epoch failed, reopening in {pause:?}: {e}");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    shared.clear_phase(&topic, p);
+}
+
+struct Router {
+    shared: Arc<Shared>,
+    topic: String,
+    route: IngressTopic,
+    p: i32,
+    producer: FutureProducer,
+    consumer: StreamConsumer,
+    last_offset: Option<i64>,
+    records: usize,
+    in_txn: bool,
+}
+
+impl Router {
+    async fn open(shared: Arc<Shared>, ingress: usize, topic: &str, p: i32) -> Result<Self, KafkaError> {
+        let spec: &KafkaIngress = &shared.module.ingresses[ingress];
+        let route = spec.topics.iter().find(|t| t.topic == topic).expect("the worker routes only declared topics").clone();
+        let txn_id = format!("{}-ingress-{topic}-{p}", shared.cfg.cluster);
+        let producer = kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
+        let pr = producer.clone();
+        blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
+
+        let reset = match spec.auto_offset_reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        };
+        let mut cfg = kafka::client_config(&spec.address);
+        for (k, v) in &spec.properties {
+            cfg.set(k, v);
+        }
+        let consumer: StreamConsumer = cfg
+            .set("group.id", &spec.consumer_group_id)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", reset)
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let start = start_offset(&consumer, spec, topic, p).await?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, start)?;
+        consumer.assign(&tpl)?;
+        tracing::info!(topic, partition = p, ?start, "ingress router started");
+        Ok(Router {
+            shared,
+            topic: topic.to_string(),
+            route,
+            p,
+            producer,
+            consumer,
+            last_offset: None,
+            records: 0,
+            in_txn: false,
+        })
+    }
+
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), KafkaError> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                m = self.consumer.recv() => m?.detach(),
+            };
+            self.producer.begin_transaction()?;
+            self.in_txn = true;
+            self.route_record(first).await?;
+            let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
+            while self.records < self.shared.cfg.max_epoch_records && !stop.is_cancelled() {
+                // Take what is ready; wait for more only while the window is open and the
+                // previous wait found something (an idle topic commits at once).
+                let next = match self.consumer.recv().now_or_never() {
+                    Some(m) => Some(m),
+                    None => tokio::select! {
+                        m = self.consumer.recv() => Some(m),
+                        _ = tokio::time::sleep_until(window) => None,
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => None,
+                    },
+                };
+                match next {
+                    Some(m) => {
+                        let m = m?.detach();
+                        self.route_record(m).await?;
+                    }
+                    None => break,
+                }
+            }
+            self.commit().await?;
+        }
+    }
+
+    async fn route_record(&mut self, m: rdkafka::message::OwnedMessage) -> Result<(), KafkaError> {
+        self.last_offset = Some(m.offset());
+        self.records += 1;
+        let origin = format!("{}/{}/{}", self.topic, self.p, m.offset());
+        self.shared.metrics.ingress_records.with_label_values(&[&self.topic]).inc();
+        let id = match m.key().map(std::str::from_utf8) {
+            Some(Ok(id)) => id.to_string(),
+            Some(Err(_)) => return self.dead_letter(&m, &origin, "key-not-utf8", "the record key is not UTF-8, so it cannot name a function id").await,
+            None => {
+                return self
+                    .dead_letter(&m, &origin, "no-key", "the record has no key; the key names the target function's id")
+                    .await
+            }
+        };
+        let partitions = self.shared.cfg.partition_count();
+        let messages = self.shared.cfg.topic_messages();
+        let argument = TypedValue {
+            typename: self.route.value_type.to_string(),
+            has_value: m.payload().is_some(),
+            value: m.payload().map(|v| bytes::Bytes::copy_from_slice(v)).unwrap_or_default(),
+        };
+        for (i, target) in self.route.targets.iter().enumerate() {
+            let env = Envelope {
+                target: Some(Address::new(target.namespace.clone(), target.name.clone(), id.clone())),
+                caller: None,
+                argument: Some(argument.clone()),
+                message_id: format!("{origin}/{i}"),
+                origin: origin.clone(),
+            };
+            let payload = env.encode_to_vec();
+            kafka::send(&self.producer, &messages, Some(partition_for(&id, partitions)), Some(id.as_bytes()), Some(&payload), None).await?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, m: &rdkafka::message::OwnedMessage, origin: &str, kind: &str, reason: &str) -> Result<(), KafkaError> {
+        tracing::warn!(origin, kind, "ingress dead letter: {reason}");
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "keyflow.reason", value: Some(reason) })
+            .insert(Header { key: "keyflow.reason-kind", value: Some(kind) })
+            .insert(Header { key: "keyflow.origin", value: Some(origin) })
+            .insert(Header { key: "keyflow.typename", value: Some(self.route.value_type.to_string().as_str()) });
+        kafka::send(&self.producer, &self.shared.cfg.topic_dead_letters(), None, m.key(), m.payload(), Some(headers)).await?;
+        self.shared.metrics.dead_letters.with_label_values(&[kind]).inc();
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), KafkaError> {
+        let started = Instant::now();
+        if let Some(last) = self.last_offset {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, self.p, Offset::Offset(last + 1))?;
+            let cgm = self.consumer.group_metadata().ok_or(KafkaError::Subscription("consumer has no group metadata".into()))?;
+            let pr = self.producer.clone();
+            blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
+        }
+        let pr = self.producer.clone();
+        blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await?;
+        self.in_txn = false;
+        self.shared.metrics.epoch_commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.last_offset = None;
+        self.records = 0;
+        Ok(())
+    }
+}
+
+/// Where a router starts: the group's committed offset when there is one (that is the
+/// router's own checkpoint), else the ingress's `startupPosition`.
+async fn start_offset(consumer: &StreamConsumer, spec: &KafkaIngress, topic: &str, p: i32) -> Result<Offset, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, p);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+    if let Some(Offset::Offset(o)) = committed.find_partition(topic, p).map(|e| e.offset()) {
+        return Ok(Offset::Offset(o));
+    }
+    Ok(match &spec.startup_position {
+        StartupPosition::Earliest => Offset::Beginning,
+        StartupPosition::Latest => Offset::End,
+        StartupPosition::GroupOffsets => match spec.auto_offset_reset {
+            OffsetReset::Earliest => Offset::Beginning,
+            OffsetReset::Latest => Offset::End,
+        },
+        StartupPosition::SpecificOffsets(list) => list
+            .iter()
+            .find(|(t, part, _)| t == topic && *part == p)
+            .map(|(_, _, o)| Offset::Offset(*o))
+            .unwrap_or(match spec.auto_offset_reset {
+                OffsetReset::Earliest => Offset::Beginning,
+                OffsetReset::Latest => Offset::End,
+            }),
+        StartupPosition::Date(ms) => {
+            let found = consumer.offsets_for_timestamp(*ms, Duration::from_secs(30))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Offset(*ms))?;
+            let found = consumer.offsets_for_times(tpl, Duration::from_secs(30)).unwrap_or(found);
+            found.find_partition(topic, p).map(|e| e.offset()).unwrap_or(Offset::End)
+        }
+    })
+}

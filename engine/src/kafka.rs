@@ -1,0 +1,162 @@
+//! Kafka at the edge: client settings, transactional producers, topic creation and checks.
+//!
+//! librdkafka's transaction calls block on network round trips, so every one of them runs via
+//! [`blocking`] on tokio's blocking pool, never on an async worker thread.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+
+/// One topic the engine needs.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub compacted: bool,
+    /// When the topic exists already, must it have exactly `partitions` partitions?
+    pub exact_partitions: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic `{topic}` has {actual} partitions but this cluster needs {expected}; the partition count is fixed when a cluster is created (use the count it was created with, or a new cluster name)")]
+    PartitionMismatch { topic: String, expected: i32, actual: i32 },
+    #[error("creating topic `{topic}` failed: {code}")]
+    Create { topic: String, code: RDKafkaErrorCode },
+    #[error("Kafka at {bootstrap} did not answer: {err} (is the broker running? `scripts/kafka.sh start`)")]
+    Unreachable { bootstrap: String, err: KafkaError },
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// Settings every client of the engine shares.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("socket.nagle.disable", "true")
+        // Only 127.0.0.1 brokers in tests: fail over to a restarted broker quickly.
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("log_level", "4");
+    c
+}
+
+/// A transactional producer: idempotent, low linger, one `transactional.id`.
+pub fn transactional_producer(bootstrap: &str, transactional_id: &str, txn_timeout: Duration) -> Result<FutureProducer, KafkaError> {
+    let txn_ms = txn_timeout.as_millis().clamp(1_000, 900_000);
+    client_config(bootstrap)
+        .set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("transaction.timeout.ms", txn_ms.to_string())
+        .set("message.timeout.ms", txn_ms.min(300_000).to_string())
+        .set("linger.ms", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+}
+
+/// A non-transactional idempotent producer (at-least-once and fire-and-forget egress).
+pub fn plain_producer(bootstrap: &str) -> Result<FutureProducer, KafkaError> {
+    client_config(bootstrap).set("enable.idempotence", "true").set("linger.ms", "1").create()
+}
+
+/// Runs a blocking Kafka call off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("a blocking Kafka call panicked")
+}
+
+/// Creates the topics that are missing and checks the partition counts of those that exist.
+pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec], replication: i32) -> Result<(), TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let existing = {
+        let bootstrap = bootstrap.to_string();
+        let admin_md = client_config(&bootstrap).create::<AdminClient<DefaultClientContext>>()?;
+        blocking(move || {
+            admin_md
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(20))
+                .map(|md| md.topics().iter().map(|t| (t.name().to_string(), t.partitions().len() as i32)).collect::<Vec<_>>())
+                .map_err(|err| TopicError::Unreachable { bootstrap, err })
+        })
+        .await?
+    };
+    let mut missing = Vec::new();
+    for t in topics {
+        match existing.iter().find(|(n, _)| n == &t.name) {
+            Some((_, actual)) if t.exact_partitions && *actual != t.partitions => {
+                return Err(TopicError::PartitionMismatch { topic: t.name.clone(), expected: t.partitions, actual: *actual })
+            }
+            Some(_) => {}
+            None => missing.push(t),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|t| {
+            let nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication));
+            if t.compacted {
+                nt.set("cleanup.policy", "compact")
+            } else {
+                nt
+            }
+        })
+        .collect();
+    let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicError::Create { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// True when a transactional error leaves the producer usable after an abort; false when
+/// the producer must be rebuilt (fenced, fatal).
+pub fn is_abortable(err: &KafkaError) -> bool {
+    match err {
+        KafkaError::Transaction(e) => e.txn_requires_abort() && !e.is_fatal(),
+        _ => false,
+    }
+}
+
+/// True when the error means another instance took over this transactional id.
+pub fn is_fenced(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
+/// Enqueues one record on `producer`, waiting while librdkafka's local queue is full. The
+/// returned future resolves with the record's delivery report.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    let mut rec: rdkafka::producer::FutureRecord<'_, [u8], [u8]> = rdkafka::producer::FutureRecord::to(topic);
+    rec.partition = partition;
+    rec.key = key;
+    rec.payload = payload;
+    rec.headers = headers;
+    loop {
+        match producer.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}

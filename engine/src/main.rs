@@ -1,0 +1,58 @@
+//! The `keyflow` command: runs an engine worker.
+
+use clap::{Parser, Subcommand};
+use keyflow_engine::config::EngineConfig;
+use keyflow_engine::module::Module;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "keyflow", version, about = "A Kafka-driven stateful-functions engine (StateFun-compatible, exactly-once)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an engine worker for the application in module.yaml.
+    Run(EngineConfig),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Run(mut cfg) => rt.block_on(async move {
+            cfg.worker_id = Some(cfg.worker_id());
+            let module = Module::load(&cfg.module).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals(shutdown.clone()));
+            keyflow_engine::worker::run(cfg, module, shutdown).await?;
+            Ok(())
+        }),
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT; a second signal exits at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    for n in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n > 0 {
+            eprintln!("second signal: exiting without closing epochs");
+            std::process::exit(130);
+        }
+        tracing::info!("signal received: finishing open epochs (send again to exit at once)");
+        shutdown.cancel();
+    }
+}

@@ -1,0 +1,619 @@
+//! The partition processor: the only owner of one partition's state, running the epoch loop
+//! of DESIGN.md.
+//!
+//! One epoch: take input (records of `<cluster>-messages` partition p, read_committed, and
+//! due delayed messages), invoke functions (concurrent across addresses, one request in flight
+//! per address, queued messages batched), collect the effects in memory, then commit them in
+//! ONE Kafka transaction: outgoing messages, egress records, dead letters, the changed state
+//! (`<cluster>-state` partition p) and the consumed input offset. Only after the commit does
+//! the sled checkpoint move. Any failure drops the epoch: the transaction aborts, the overlay
+//! is discarded, and the partition is reopened from its checkpoint and committed offsets.
+//! Function calls may repeat; state, messages and egress never do.
+//!
+//! An epoch closes when no request is in flight and either its input window
+//! (`commit-interval`) has passed, it took `max-epoch-records`, or no more input is ready.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use keyflow_protocol::from_function::{self, PersistedValueSpec};
+use keyflow_protocol::to_function::{self, InvocationBatchRequest, PersistedValue};
+use keyflow_protocol::{Address, FromFunction, Message, ToFunction, TypedValue};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::effects::{self, Delayed, EgressRecord};
+use crate::internal::{DelayedMessage, Envelope, RegisteredSpecs};
+use crate::invoker::InvokeError;
+use crate::kafka::{self, blocking};
+use crate::module::{DeliverySemantic, TypeName};
+use crate::partitioner::partition_for;
+use crate::restore;
+use crate::store::{PartitionStore, StoreError};
+use crate::timers::{TimerId, Timers};
+use crate::worker::{PartitionPhase, Shared};
+use crate::{new_message_id, now_ms};
+
+/// Why an epoch failed. Every variant leads to the same recovery: abort, reopen, replay.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Topic(#[from] kafka::TopicError),
+    #[error("restore: {0}")]
+    Restore(#[from] restore::RestoreError),
+    #[error("an invocation task panicked: {0}")]
+    Panicked(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs partition `p` until `stop` fires, reopening it after every failed epoch.
+pub async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
+    let mut pause = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        shared.set_phase(&shared.cfg.topic_messages(), p, PartitionPhase::Restoring);
+        let result = match Processor::open(shared.clone(), p).await {
+            Ok(mut proc) => {
+                shared.set_phase(&shared.cfg.topic_messages(), p, PartitionPhase::Running);
+                pause = Duration::from_millis(100);
+                let r = proc.run(&stop).await;
+                if r.is_err() {
+                    proc.abort().await;
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                shared.metrics.epoch_failures.with_label_values(&[&p.to_string()]).inc();
+                if let EpochError::Kafka(k) = &e {
+                    if kafka::is_fenced(k) {
+                        tracing::warn!(partition = p, "fenced: another worker took over this partition's transactional id; reopening");
+                    }
+                }
+                tracing::warn!(partition = p, "epoch failed, reopening the partition from its last commit in {pause:?}: {e}");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    shared.clear_phase(&shared.cfg.topic_messages(), p);
+}
+
+/// The outcome of one request to a function.
+struct Done {
+    addr: Address,
+    batch: Vec<Envelope>,
+    result: Result<FromFunction, InvokeError>,
+    elapsed: Duration,
+}
+
+/// An input record: its offset and its envelope (absent or undecodable ones are dead letters).
+type Input = (i64, Option<Result<Envelope, prost::DecodeError>>);
+
+fn decode_record(m: BorrowedMessage<'_>) -> Input {
+    (m.offset(), m.payload().map(Envelope::decode))
+}
+
+enum Event {
+    Done(Result<Done, tokio::task::JoinError>),
+    Record(Result<Input, KafkaError>),
+    WindowClosed,
+}
+
+struct Processor {
+    shared: Arc<Shared>,
+    p: i32,
+    producer: FutureProducer,
+    consumer: StreamConsumer,
+    store: PartitionStore,
+    dispatcher: Dispatcher<Address, Envelope>,
+    inflight: JoinSet<Done>,
+    timers: Timers,
+    specs: HashMap<String, Vec<PersistedValueSpec>>,
+    /// Offset of the last input record taken in this epoch.
+    last_offset: Option<i64>,
+    records: usize,
+    in_txn: bool,
+}
+
+impl Processor {
+    async fn open(shared: Arc<Shared>, p: i32) -> Result<Self, EpochError> {
+        let started = Instant::now();
+        let cfg = &shared.cfg;
+        let txn_id = format!("{}-p{p}", cfg.cluster);
+        let producer = kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
+        // Fences any earlier owner of this partition and aborts its open transaction, so the
+        // changelog below is complete once we read it to its end.
+        let pr = producer.clone();
+        blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
+
+        let store = PartitionStore::open(&shared.db, p)?;
+        let replayed = restore::catch_up(&shared.bootstrap, &cfg.topic_state(), p, &store).await?;
+
+        let mut timers = Timers::default();
+        for (id, msg) in store.all_delayed()? {
+            let sender = msg.envelope.as_ref().and_then(|e| e.caller.clone());
+            let token = (!msg.cancellation_token.is_empty()).then(|| msg.cancellation_token.clone());
+            timers.insert(id, sender.zip(token));
+        }
+        let specs = store.all_specs()?.into_iter().map(|(t, s)| (t, s.specs)).collect();
+
+        let consumer: StreamConsumer = kafka::client_config(&shared.bootstrap)
+            .set("group.id", &cfg.cluster)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&cfg.topic_messages(), p, Offset::Stored)?;
+        consumer.assign(&tpl)?;
+
+        let secs = started.elapsed().as_secs_f64();
+        shared.metrics.restore_seconds.with_label_values(&[&p.to_string()]).set(secs);
+        shared.metrics.delayed_pending.with_label_values(&[&p.to_string()]).set(timers.len() as i64);
+        tracing::info!(partition = p, replayed, delayed = timers.len(), "partition restored in {:.3}s", secs);
+        Ok(Processor {
+            shared,
+            p,
+            producer,
+            consumer,
+            store,
+            dispatcher: Dispatcher::new(),
+            inflight: JoinSet::new(),
+            timers,
+            specs,
+            last_offset: None,
+            records: 0,
+            in_txn: false,
+        })
+    }
+
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
+        let mut next_sweep = Instant::now() + self.shared.cfg.expiry_sweep;
+        loop {
+            // Idle: wait for input, a due delayed message, the expiry sweep, or the stop.
+            let timer_at = self.next_timer_instant();
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                m = self.consumer.recv() => Some(m.map(decode_record)),
+                _ = sleep_until_opt(timer_at) => None,
+                _ = tokio::time::sleep_until(next_sweep.into()) => None,
+            };
+            self.begin()?;
+            if Instant::now() >= next_sweep {
+                self.sweep_expired()?;
+                next_sweep = Instant::now() + self.shared.cfg.expiry_sweep;
+            }
+            if let Some(rec) = first {
+                self.on_record(rec).await?;
+            }
+            self.epoch(stop).await?;
+            self.commit().await?;
+        }
+    }
+
+    /// The body of an epoch after its first input: take more input while the window is
+    /// open, drive every invocation to completion, fire due delayed messages.
+    async fn epoch(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
+        let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
+        let mut intake = true;
+        loop {
+            self.fire_due_timers().await?;
+            if intake && (self.records >= self.shared.cfg.max_epoch_records || stop.is_cancelled()) {
+                intake = false;
+            }
+            if self.dispatcher.is_idle() {
+                if !intake {
+                    return Ok(());
+                }
+                // Idle with the window still open: take what is ready, or close at once.
+                match self.consumer.recv().now_or_never() {
+                    Some(m) => {
+                        let rec = m.map(decode_record);
+                        self.on_record(rec).await?;
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            let take = intake && !self.dispatcher.is_backpressured();
+            let ev = tokio::select! {
+                biased;
+                Some(done) = self.inflight.join_next() => Event::Done(done),
+                m = self.consumer.recv(), if take => Event::Record(m.map(decode_record)),
+                _ = tokio::time::sleep_until(window), if intake => Event::WindowClosed,
+            };
+            match ev {
+                Event::Done(done) => {
+                    let done = done.map_err(|e| EpochError::Panicked(e.to_string()))?;
+                    self.on_done(done).await?;
+                }
+                Event::Record(rec) => self.on_record(rec).await?,
+                Event::WindowClosed => intake = false,
+            }
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), EpochError> {
+        if !self.in_txn {
+            self.producer.begin_transaction()?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    fn next_timer_instant(&self) -> Option<tokio::time::Instant> {
+        let at = self.timers.next_fire_ms()?;
+        let wait = (at - now_ms()).max(0) as u64;
+        Some(tokio::time::Instant::now() + Duration::from_millis(wait))
+    }
+
+    async fn on_record(&mut self, rec: Result<Input, KafkaError>) -> Result<(), EpochError> {
+        let (offset, payload) = rec?;
+        self.last_offset = Some(offset);
+        self.records += 1;
+        let origin = format!("{}/{}/{offset}", self.shared.cfg.topic_messages(), self.p);
+        let env = match payload {
+            Some(Ok(env)) => env,
+            Some(Err(e)) => {
+                let reason = format!("undecodable message envelope at {origin}: {e}");
+                return self.dead_letter_raw("envelope", &reason, None, None, &origin).await;
+            }
+            None => return self.dead_letter_raw("envelope", &format!("empty message envelope at {origin}"), None, None, &origin).await,
+        };
+        self.deliver(env).await
+    }
+
+    /// Hands one message to its address: invoked now when the address is idle, queued behind
+    /// the in-flight request otherwise.
+    async fn deliver(&mut self, env: Envelope) -> Result<(), EpochError> {
+        let Some(target) = env.target.clone() else {
+            return self.dead_letter(&env, "envelope", "the message has no target address").await;
+        };
+        let ftype = TypeName { namespace: target.namespace.clone(), name: target.r#type.clone() };
+        let Some(ep) = self.shared.module.endpoint_for(&ftype) else {
+            let reason = format!("unknown function type `{ftype}`: no endpoint in module.yaml serves it");
+            return self.dead_letter(&env, "unknown-function", &reason).await;
+        };
+        let max_batch = ep.max_num_batch_requests;
+        if partition_for(&target.id, self.shared.cfg.partition_count()) != self.p {
+            let reason = format!("message for {target} arrived on partition {}, which does not own that id", self.p);
+            return self.dead_letter(&env, "misrouted", &reason).await;
+        }
+        if let Some(batch) = self.dispatcher.enqueue(target.clone(), env, max_batch) {
+            self.start(target, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one batch to the address's function (state attached), on a task of its own.
+    fn start(&mut self, addr: Address, batch: Vec<Envelope>) -> Result<(), EpochError> {
+        let ftype = addr.function_type();
+        let specs = self.specs.get(&ftype).cloned().unwrap_or_default();
+        let mut state = self.store.address_state(&addr)?;
+        if effects::prepare_for_invoke(&mut state, &specs, now_ms()) {
+            self.store.put_address_state(&addr, &state);
+        }
+        let request = ToFunction {
+            request: Some(to_function::Request::Invocation(InvocationBatchRequest {
+                target: Some(addr.clone()),
+                state: specs
+                    .iter()
+                    .map(|s| PersistedValue {
+                        state_name: s.state_name.clone(),
+                        state_value: state.values.get(&s.state_name).and_then(|v| v.value.clone()),
+                    })
+                    .collect(),
+                invocations: batch
+                    .iter()
+                    .map(|e| to_function::Invocation { caller: e.caller.clone(), argument: e.argument.clone() })
+                    .collect(),
+            })),
+        };
+        let body = request.encode_to_vec();
+        let shared = self.shared.clone();
+        let m = &self.shared.metrics;
+        m.invocations.with_label_values(&[&ftype]).inc_by(batch.len() as u64);
+        m.batch_size.with_label_values(&[&ftype]).observe(batch.len() as f64);
+        self.inflight.spawn(async move {
+            let started = Instant::now();
+            let tn = TypeName { namespace: addr.namespace.clone(), name: addr.r#type.clone() };
+            let result = shared.invoker.invoke(&shared.module, &tn, body).await.expect("deliver checked the endpoint");
+            Done { addr, batch, result, elapsed: started.elapsed() }
+        });
+        Ok(())
+    }
+
+    async fn on_done(&mut self, done: Done) -> Result<(), EpochError> {
+        let Done { addr, batch, result, elapsed } = done;
+        let ftype = addr.function_type();
+        self.shared.metrics.invocation_seconds.with_label_values(&[&ftype]).observe(elapsed.as_secs_f64());
+        match result.map(|r| r.response) {
+            Err(e) => {
+                let kind = match e {
+                    InvokeError::Rejected { .. } => "function-rejected",
+                    InvokeError::Exhausted { .. } => "function-unavailable",
+                    InvokeError::Garbage { .. } => "function-garbage",
+                };
+                self.dead_letter_batch(&batch, kind, &e.to_string()).await?;
+            }
+            Ok(None) => {}
+            Ok(Some(from_function::Response::IncompleteInvocationContext(ctx))) => {
+                match self.register_specs(&ftype, ctx.missing_values) {
+                    Ok(()) => return self.start(addr, batch),
+                    Err(reason) => self.dead_letter_batch(&batch, "state-spec", &reason).await?,
+                }
+            }
+            Ok(Some(from_function::Response::InvocationResult(resp))) => {
+                let state = self.store.address_state(&addr)?;
+                let outcome = {
+                    let specs = self.specs.get(&ftype).map(Vec::as_slice).unwrap_or(&[]);
+                    let module = &self.shared.module;
+                    let egress = |id: &str| id.parse::<TypeName>().ok().and_then(|t| module.egress(&t)).map(|e| e.delivery.clone());
+                    let timers = &self.timers;
+                    let live = |t: &str| timers.is_live(&addr, t);
+                    effects::apply(resp, &state, &effects::Env { now_ms: now_ms(), specs, egress: &egress, token_live: &live })
+                };
+                match outcome {
+                    Ok(fx) => self.apply_effects(&addr, fx).await?,
+                    Err(reason) => self.dead_letter_batch(&batch, "bad-response", &reason).await?,
+                }
+            }
+        }
+        if let Some(next) = self.dispatcher.complete(&addr) {
+            self.start(addr, next)?;
+        }
+        Ok(())
+    }
+
+    /// Registers the specs a function reported missing. A spec's type never changes.
+    fn register_specs(&mut self, ftype: &str, missing: Vec<PersistedValueSpec>) -> Result<(), String> {
+        let list = self.specs.entry(ftype.to_string()).or_default();
+        let mut added = false;
+        for m in missing {
+            match list.iter().find(|s| s.state_name == m.state_name) {
+                Some(s) if s.type_typename != m.type_typename => {
+                    return Err(format!(
+                        "state `{}` of `{ftype}` is registered with type `{}`; the function now declares `{}` (a state's type cannot change)",
+                        m.state_name, s.type_typename, m.type_typename
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    list.push(m);
+                    added = true;
+                }
+            }
+        }
+        if !added {
+            return Err(format!("`{ftype}` reports missing state although every registered state was sent"));
+        }
+        let specs = RegisteredSpecs { specs: list.clone() };
+        self.store.put_specs(ftype, &specs);
+        Ok(())
+    }
+
+    async fn apply_effects(&mut self, sender: &Address, fx: effects::Effects) -> Result<(), EpochError> {
+        for (target, argument) in fx.messages {
+            let env = Envelope {
+                target: Some(target),
+                caller: Some(sender.clone()),
+                argument: Some(argument),
+                message_id: new_message_id(),
+                origin: sender.to_string(),
+            };
+            self.send_envelope(&env).await?;
+        }
+        for d in fx.delayed {
+            match d {
+                Delayed::Send { delay_ms, target, argument, token } => {
+                    let fire_at = now_ms().saturating_add(delay_ms);
+                    let id: TimerId = (fire_at, rand::random());
+                    let msg = DelayedMessage {
+                        fire_at_ms: fire_at,
+                        envelope: Some(Envelope {
+                            target: Some(target),
+                            caller: Some(sender.clone()),
+                            argument: Some(argument),
+                            message_id: new_message_id(),
+                            origin: format!("delayed by {sender}"),
+                        }),
+                        cancellation_token: token.clone().unwrap_or_default(),
+                    };
+                    self.store.put_delayed(id, &msg);
+                    self.timers.insert(id, token.map(|t| (sender.clone(), t)));
+                }
+                Delayed::Cancel { token } => {
+                    if let Some(id) = self.timers.cancel(sender, &token) {
+                        self.store.delete_delayed(id);
+                    }
+                }
+            }
+        }
+        self.shared.metrics.delayed_pending.with_label_values(&[&self.p.to_string()]).set(self.timers.len() as i64);
+        for e in fx.egress {
+            self.send_egress(e).await?;
+        }
+        if let Some(state) = fx.new_state {
+            self.store.put_address_state(sender, &state);
+        }
+        Ok(())
+    }
+
+    async fn fire_due_timers(&mut self) -> Result<(), EpochError> {
+        let now = now_ms();
+        let mut fired = false;
+        while let Some(id) = self.timers.pop_due(now) {
+            if let Some(msg) = self.store.delayed(id)? {
+                if let Some(env) = msg.envelope {
+                    self.send_envelope(&env).await?;
+                }
+            }
+            self.store.delete_delayed(id);
+            fired = true;
+        }
+        if fired {
+            self.shared.metrics.delayed_pending.with_label_values(&[&self.p.to_string()]).set(self.timers.len() as i64);
+        }
+        Ok(())
+    }
+
+    /// Drops state values whose expiry passed (never served anyway) and changelogs the purge.
+    fn sweep_expired(&mut self) -> Result<(), EpochError> {
+        let now = now_ms();
+        let mut purged = Vec::new();
+        for kv in self.store.scan_addresses() {
+            let (key, mut st) = kv?;
+            if effects::purge_expired(&mut st, now) {
+                purged.push((key, st));
+            }
+        }
+        for (key, st) in purged {
+            self.store.put_raw_address_state(key, &st);
+        }
+        Ok(())
+    }
+
+    async fn send_envelope(&self, env: &Envelope) -> Result<(), EpochError> {
+        let target = env.target.as_ref().expect("envelopes are built with a target");
+        let partition = partition_for(&target.id, self.shared.cfg.partition_count());
+        let payload = env.encode_to_vec();
+        kafka::send(&self.producer, &self.shared.cfg.topic_messages(), Some(partition), Some(target.id.as_bytes()), Some(&payload), None)
+            .await?;
+        Ok(())
+    }
+
+    async fn send_egress(&mut self, e: EgressRecord) -> Result<(), EpochError> {
+        self.shared.ensure_topic(&e.topic).await?;
+        let producer = match e.delivery {
+            DeliverySemantic::ExactlyOnce { .. } => &self.producer,
+            DeliverySemantic::AtLeastOnce | DeliverySemantic::None => &self.shared.plain,
+        };
+        kafka::send(producer, &e.topic, None, e.key.as_deref(), Some(&e.value), None).await?;
+        self.shared.metrics.egress_records.with_label_values(&[&e.topic]).inc();
+        Ok(())
+    }
+
+    async fn dead_letter_batch(&mut self, batch: &[Envelope], kind: &'static str, reason: &str) -> Result<(), EpochError> {
+        for env in batch {
+            self.dead_letter(env, kind, reason).await?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, env: &Envelope, kind: &'static str, reason: &str) -> Result<(), EpochError> {
+        let target = env.target.as_ref().map(|t| t.to_string()).unwrap_or_default();
+        let arg = env.argument.clone().unwrap_or_default();
+        tracing::warn!(partition = self.p, target = %target, message_id = %env.message_id, kind, "dead letter: {reason}");
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "keyflow.target", value: Some(target.as_str()) })
+            .insert(Header { key: "keyflow.typename", value: Some(arg.typename.as_str()) })
+            .insert(Header { key: "keyflow.message-id", value: Some(env.message_id.as_str()) })
+            .insert(Header { key: "keyflow.origin", value: Some(env.origin.as_str()) });
+        self.dead_letter_raw(kind, reason, Some(target.as_bytes()), Some(headers_with_value(headers, &arg)), &env.origin).await
+    }
+
+    async fn dead_letter_raw(
+        &mut self,
+        kind: &'static str,
+        reason: &str,
+        key: Option<&[u8]>,
+        value: Option<(OwnedHeaders, Vec<u8>)>,
+        origin: &str,
+    ) -> Result<(), EpochError> {
+        if value.is_none() {
+            tracing::warn!(partition = self.p, origin, kind, "dead letter: {reason}");
+        }
+        let (headers, payload) = value.unwrap_or_else(|| (OwnedHeaders::new(), Vec::new()));
+        let headers = headers
+            .insert(Header { key: "keyflow.reason", value: Some(reason) })
+            .insert(Header { key: "keyflow.reason-kind", value: Some(kind) });
+        kafka::send(&self.producer, &self.shared.cfg.topic_dead_letters(), None, key, Some(&payload), Some(headers)).await?;
+        self.shared.metrics.dead_letters.with_label_values(&[kind]).inc();
+        Ok(())
+    }
+
+    /// Commits the epoch: changelog, input offsets, transaction; then the sled checkpoint.
+    async fn commit(&mut self) -> Result<(), EpochError> {
+        let started = Instant::now();
+        let state_topic = self.shared.cfg.topic_state();
+        let mut deliveries = Vec::with_capacity(self.store.overlay().len());
+        for (k, v) in self.store.overlay() {
+            deliveries.push(kafka::send(&self.producer, &state_topic, Some(self.p), Some(k), v.as_deref(), None).await?);
+        }
+        if let Some(last) = self.last_offset {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.shared.cfg.topic_messages(), self.p, Offset::Offset(last + 1))?;
+            let cgm = self.consumer.group_metadata().ok_or_else(|| EpochError::Other("consumer has no group metadata".into()))?;
+            let pr = self.producer.clone();
+            blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
+        }
+        let pr = self.producer.clone();
+        blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await?;
+        self.in_txn = false;
+        // Committed: every changelog record is delivered; the checkpoint may move to the end.
+        let mut next_offset = None;
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(d)) => next_offset = next_offset.max(Some(d.offset + 1)),
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_) => return Err(EpochError::Other("changelog delivery report lost".into())),
+            }
+        }
+        self.store.checkpoint(next_offset)?;
+        let m = &self.shared.metrics;
+        m.epoch_commit_seconds.observe(started.elapsed().as_secs_f64());
+        m.epoch_records.observe(self.records as f64);
+        self.last_offset = None;
+        self.records = 0;
+        Ok(())
+    }
+
+    /// Abandons the epoch after a failure: the transaction aborts (if the producer can), the
+    /// overlay and in-flight calls are dropped.
+    async fn abort(&mut self) {
+        self.inflight.abort_all();
+        self.store.discard();
+        if self.in_txn {
+            let pr = self.producer.clone();
+            if let Err(e) = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await {
+                tracing::debug!(partition = self.p, "abort failed (the reopened producer will abort instead): {e}");
+            }
+            self.in_txn = false;
+        }
+    }
+}
+
+fn headers_with_value(headers: OwnedHeaders, arg: &TypedValue) -> (OwnedHeaders, Vec<u8>) {
+    (headers, arg.value.to_vec())
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

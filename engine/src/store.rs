@@ -1,0 +1,294 @@
+//! A partition's state: a sled tree that checkpoints the partition's changelog
+//! (`<cluster>-state`, partition p), plus the epoch's overlay of uncommitted changes.
+//!
+//! Invariant: the tree is never ahead of the changelog. Changes live only in the overlay until
+//! the epoch's Kafka transaction commits; then [`PartitionStore::checkpoint`] applies them to
+//! the tree atomically together with the changelog offset they reach. A crash anywhere loses at
+//! most the overlay, which the changelog and the committed input offsets replay.
+//!
+//! Keys (the same bytes in sled and in the changelog):
+//! - `a` + address: [`AddressState`] of one function address.
+//! - `s` + function type: [`RegisteredSpecs`] of that type.
+//! - `t` + fire time (8 bytes BE) + id (8 bytes BE): a [`DelayedMessage`].
+//! - `m` + name: local metadata (the checkpointed changelog offset); never changelogged.
+
+use std::collections::BTreeMap;
+
+use keyflow_protocol::{Address, Message};
+
+use crate::internal::{AddressState, DelayedMessage, RegisteredSpecs};
+use crate::timers::TimerId;
+
+const OFFSET_KEY: &[u8] = b"m/changelog-offset";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("local state store (sled): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt state record under key {key:?}: {err}")]
+    Corrupt { key: String, err: prost::DecodeError },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Uncommitted changes of one epoch: `None` deletes.
+pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+pub struct PartitionStore {
+    tree: sled::Tree,
+    overlay: Overlay,
+}
+
+impl PartitionStore {
+    pub fn open(db: &sled::Db, partition: i32) -> Result<Self> {
+        Ok(PartitionStore { tree: db.open_tree(format!("partition-{partition}"))?, overlay: Overlay::new() })
+    }
+
+    /// A second handle on the same committed data, with an empty overlay (for restore, which
+    /// runs on a blocking thread).
+    pub fn handle(&self) -> PartitionStore {
+        PartitionStore { tree: self.tree.clone(), overlay: Overlay::new() }
+    }
+
+    /// The changelog offset the tree has caught up to (the next offset to replay).
+    pub fn changelog_offset(&self) -> Result<i64> {
+        Ok(self
+            .tree
+            .get(OFFSET_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Applies changelog records read during restore, up to `next_offset`.
+    pub fn apply_changelog(&self, records: Vec<(Vec<u8>, Option<Vec<u8>>)>, next_offset: i64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in records {
+            if k.first() == Some(&b'm') {
+                continue;
+            }
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(OFFSET_KEY, &next_offset.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn decode<M: Message + Default>(key: &[u8], bytes: Option<Vec<u8>>) -> Result<Option<M>> {
+        bytes
+            .map(|b| {
+                M::decode(b.as_slice())
+                    .map_err(|err| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), err })
+            })
+            .transpose()
+    }
+
+    pub fn address_state(&self, addr: &Address) -> Result<AddressState> {
+        let key = address_key(addr);
+        Ok(Self::decode(&key, self.get(&key)?)?.unwrap_or_default())
+    }
+
+    pub fn put_address_state(&mut self, addr: &Address, state: &AddressState) {
+        let key = address_key(addr);
+        let value = (!state.values.is_empty()).then(|| state.encode_to_vec());
+        self.overlay.insert(key, value);
+    }
+
+    pub fn put_specs(&mut self, function_type: &str, specs: &RegisteredSpecs) {
+        self.overlay.insert(specs_key(function_type), Some(specs.encode_to_vec()));
+    }
+
+    pub fn delayed(&self, id: TimerId) -> Result<Option<DelayedMessage>> {
+        let key = timer_key(id);
+        Self::decode(&key, self.get(&key)?)
+    }
+
+    pub fn put_delayed(&mut self, id: TimerId, msg: &DelayedMessage) {
+        self.overlay.insert(timer_key(id), Some(msg.encode_to_vec()));
+    }
+
+    pub fn delete_delayed(&mut self, id: TimerId) {
+        self.overlay.insert(timer_key(id), None);
+    }
+
+    /// Every committed registered-specs record: (function type, specs).
+    pub fn all_specs(&self) -> Result<Vec<(String, RegisteredSpecs)>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"s") {
+            let (k, v) = kv?;
+            let specs = Self::decode::<RegisteredSpecs>(&k, Some(v.to_vec()))?.unwrap_or_default();
+            out.push((String::from_utf8_lossy(&k[1..]).into_owned(), specs));
+        }
+        Ok(out)
+    }
+
+    /// Every committed delayed message: (id, message).
+    pub fn all_delayed(&self) -> Result<Vec<(TimerId, DelayedMessage)>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"t") {
+            let (k, v) = kv?;
+            if let (Some(id), Some(msg)) = (parse_timer_key(&k), Self::decode::<DelayedMessage>(&k, Some(v.to_vec()))?) {
+                out.push((id, msg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Committed address states, for the expiry sweep and introspection.
+    pub fn scan_addresses(&self) -> impl Iterator<Item = Result<(Vec<u8>, AddressState)>> + '_ {
+        self.tree.scan_prefix(b"a").map(|kv| {
+            let (k, v) = kv?;
+            let st = Self::decode::<AddressState>(&k, Some(v.to_vec()))?.unwrap_or_default();
+            Ok((k.to_vec(), st))
+        })
+    }
+
+    /// Writes an address state by its raw key (used by the expiry sweep).
+    pub fn put_raw_address_state(&mut self, key: Vec<u8>, state: &AddressState) {
+        let value = (!state.values.is_empty()).then(|| state.encode_to_vec());
+        self.overlay.insert(key, value);
+    }
+
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.overlay.is_empty()
+    }
+
+    /// After the epoch's transaction committed: apply the overlay and the changelog offset it
+    /// reached, atomically.
+    pub fn checkpoint(&mut self, next_changelog_offset: Option<i64>) -> Result<()> {
+        let overlay = std::mem::take(&mut self.overlay);
+        let mut batch = sled::Batch::default();
+        for (k, v) in overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        if let Some(off) = next_changelog_offset {
+            batch.insert(OFFSET_KEY, &off.to_be_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Drops the epoch's uncommitted changes (the transaction aborted or its outcome is unknown).
+    pub fn discard(&mut self) {
+        self.overlay.clear();
+    }
+}
+
+fn push_field(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub fn address_key(a: &Address) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 12 + a.namespace.len() + a.r#type.len() + a.id.len());
+    k.push(b'a');
+    push_field(&mut k, &a.namespace);
+    push_field(&mut k, &a.r#type);
+    push_field(&mut k, &a.id);
+    k
+}
+
+/// The address encoded in an `a` key.
+pub fn parse_address_key(k: &[u8]) -> Option<Address> {
+    let mut rest = k.strip_prefix(b"a")?;
+    let mut next = || {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let s = std::str::from_utf8(rest.get(4..4 + len)?).ok()?.to_string();
+        rest = &rest[4 + len..];
+        Some(s)
+    };
+    Some(Address::new(next()?, next()?, next()?))
+}
+
+pub fn specs_key(function_type: &str) -> Vec<u8> {
+    let mut k = vec![b's'];
+    k.extend_from_slice(function_type.as_bytes());
+    k
+}
+
+pub fn timer_key((fire_at, id): TimerId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b't');
+    k.extend_from_slice(&(fire_at.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn parse_timer_key(k: &[u8]) -> Option<TimerId> {
+    if k.len() != 17 || k[0] != b't' {
+        return None;
+    }
+    let fire = u64::from_be_bytes(k[1..9].try_into().ok()?) as i64;
+    let id = u64::from_be_bytes(k[9..17].try_into().ok()?);
+    Some((fire, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::internal::StoredValue;
+
+    fn temp_db() -> sled::Db {
+        sled::Config::new().temporary(true).open().unwrap()
+    }
+
+    #[test]
+    fn keys_round_trip_and_do_not_collide() {
+        let a = Address::new("ns", "f", "a/b");
+        assert_eq!(parse_address_key(&address_key(&a)), Some(a.clone()));
+        // Without length prefixes these two would share a key.
+        assert_ne!(address_key(&Address::new("n", "sf", "x")), address_key(&Address::new("ns", "f", "x")));
+        assert_eq!(parse_timer_key(&timer_key((1_234, 9))), Some((1_234, 9)));
+        assert!(timer_key((1, 9)) < timer_key((2, 0)), "timer keys sort by fire time");
+    }
+
+    #[test]
+    fn the_tree_is_never_ahead_of_a_checkpoint() {
+        let db = temp_db();
+        let mut s = PartitionStore::open(&db, 3).unwrap();
+        let a = Address::new("ns", "f", "1");
+        let mut st = AddressState::default();
+        st.values.insert("n".into(), StoredValue { value: None, expires_at_ms: 0 });
+        s.put_address_state(&a, &st);
+        assert_eq!(s.address_state(&a).unwrap(), st, "the overlay is read first");
+        s.discard();
+        assert_eq!(s.address_state(&a).unwrap(), AddressState::default(), "discarded changes are gone");
+        s.put_address_state(&a, &st);
+        s.checkpoint(Some(42)).unwrap();
+        assert_eq!(s.changelog_offset().unwrap(), 42);
+        let reopened = PartitionStore::open(&db, 3).unwrap();
+        assert_eq!(reopened.address_state(&a).unwrap(), st);
+        // An empty state is a delete, not an empty record.
+        s.put_address_state(&a, &AddressState::default());
+        assert_eq!(s.overlay().get(&address_key(&a)), Some(&None));
+    }
+
+    #[test]
+    fn changelog_replay_applies_puts_and_tombstones() {
+        let db = temp_db();
+        let s = PartitionStore::open(&db, 0).unwrap();
+        let id = (10, 1);
+        let msg = DelayedMessage { fire_at_ms: 10, envelope: None, cancellation_token: "t".into() };
+        s.apply_changelog(vec![(timer_key(id), Some(msg.encode_to_vec()))], 5).unwrap();
+        assert_eq!(s.all_delayed().unwrap(), vec![(id, msg)]);
+        s.apply_changelog(vec![(timer_key(id), None)], 6).unwrap();
+        assert!(s.all_delayed().unwrap().is_empty());
+        assert_eq!(s.changelog_offset().unwrap(), 6);
+    }
+}

@@ -1,0 +1,322 @@
+//! One worker process: owns the partitions the consumer group gives it.
+//!
+//! Ownership comes from a "membership" consumer in group `<cluster>-members`, subscribed to
+//! `<cluster>-messages` and every ingress topic with cooperative-sticky assignment. It never
+//! reads records (its partitions are paused at once); it only tells the worker which
+//! partitions are its own. For each owned partition the worker runs one task with its own
+//! consumer and transactional producer: a [`processor`] for `<cluster>-messages` partitions,
+//! an [`ingress`] router for ingress partitions. On revocation the task finishes or aborts
+//! its epoch before the partition is given up; a worker that misses that (a stall, a crash) is
+//! fenced by the next owner's `init_transactions` on the same transactional id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EngineConfig;
+use crate::invoker::Invoker;
+use crate::kafka::{self, TopicSpec};
+use crate::metrics::Metrics;
+use crate::module::{DeliverySemantic, Module};
+use crate::{admin, ingress, processor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionPhase {
+    Restoring,
+    Running,
+}
+
+/// What every partition task of this worker shares.
+pub struct Shared {
+    pub cfg: EngineConfig,
+    pub module: Module,
+    /// The one Kafka cluster of this engine (transactions cannot span clusters).
+    pub bootstrap: String,
+    pub invoker: Invoker,
+    pub metrics: Metrics,
+    /// For at-least-once and fire-and-forget egress.
+    pub plain: FutureProducer,
+    pub db: sled::Db,
+    /// `transaction.timeout.ms` of the processors' producers.
+    pub txn_timeout: Duration,
+    known_topics: tokio::sync::Mutex<HashSet<String>>,
+    phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
+    assigned_once: AtomicBool,
+}
+
+impl Shared {
+    pub fn set_phase(&self, topic: &str, p: i32, phase: PartitionPhase) {
+        self.phases.lock().unwrap().insert((topic.to_string(), p), phase);
+    }
+
+    pub fn clear_phase(&self, topic: &str, p: i32) {
+        self.phases.lock().unwrap().remove(&(topic.to_string(), p));
+    }
+
+    /// Ready: the group assigned this worker its partitions and each one is restored.
+    pub fn is_ready(&self) -> bool {
+        self.assigned_once.load(Ordering::Acquire)
+            && self.phases.lock().unwrap().values().all(|p| *p == PartitionPhase::Running)
+    }
+
+    /// (topic, partition, phase) of every partition this worker owns.
+    pub fn partitions(&self) -> Vec<(String, i32, PartitionPhase)> {
+        let mut v: Vec<_> = self.phases.lock().unwrap().iter().map(|((t, p), ph)| (t.clone(), *p, *ph)).collect();
+        v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        v
+    }
+
+    /// Creates an egress topic on first use (an existing one is left as it is).
+    pub async fn ensure_topic(&self, topic: &str) -> Result<(), kafka::TopicError> {
+        let mut known = self.known_topics.lock().await;
+        if known.contains(topic) {
+            return Ok(());
+        }
+        let spec = TopicSpec {
+            name: topic.to_string(),
+            partitions: self.cfg.topic_partitions.get() as i32,
+            compacted: false,
+            exact_partitions: false,
+        };
+        kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
+        known.insert(topic.to_string());
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Topic(#[from] kafka::TopicError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("opening the local state store at {path}: {err}")]
+    Store { path: String, err: sled::Error },
+    #[error("admin server on {addr}: {err}")]
+    Admin { addr: std::net::SocketAddr, err: std::io::Error },
+    #[error("creating the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Runs a worker until `shutdown` fires; then finishes or aborts every open epoch, leaves the
+/// group and returns.
+pub async fn run(cfg: EngineConfig, module: Module, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let bootstrap = cfg
+        .bootstrap
+        .clone()
+        .or_else(|| module.ingresses.first().map(|i| i.address.clone()))
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+    for addr in module.ingresses.iter().map(|i| &i.address).chain(module.egresses.iter().map(|e| &e.address)) {
+        if addr != &bootstrap {
+            tracing::warn!("module.yaml names Kafka at `{addr}` but the engine uses `{bootstrap}` for everything: one engine, one Kafka cluster (transactions cannot span clusters)");
+        }
+    }
+    let worker_id = cfg.worker_id();
+    let n = cfg.partition_count();
+
+    let mut topics = vec![
+        TopicSpec { name: cfg.topic_messages(), partitions: n, compacted: false, exact_partitions: true },
+        TopicSpec { name: cfg.topic_state(), partitions: n, compacted: true, exact_partitions: true },
+        TopicSpec { name: cfg.topic_dead_letters(), partitions: 1, compacted: false, exact_partitions: false },
+    ];
+    let mut routes: HashMap<String, usize> = HashMap::new();
+    for (i, ing) in module.ingresses.iter().enumerate() {
+        for t in &ing.topics {
+            routes.insert(t.topic.clone(), i);
+            topics.push(TopicSpec {
+                name: t.topic.clone(),
+                partitions: cfg.topic_partitions.get() as i32,
+                compacted: false,
+                exact_partitions: false,
+            });
+        }
+    }
+    kafka::ensure_topics(&bootstrap, &topics, cfg.replication_factor).await?;
+
+    let data = cfg.data_dir.join(&worker_id);
+    let db = sled::Config::new()
+        .path(&data)
+        .flush_every_ms(Some(200))
+        .open()
+        .map_err(|err| WorkerError::Store { path: data.display().to_string(), err })?;
+    let txn_timeout = module
+        .egresses
+        .iter()
+        .filter_map(|e| match e.delivery {
+            DeliverySemantic::ExactlyOnce { transaction_timeout } => Some(transaction_timeout),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(Duration::from_secs(60));
+    let shared = Arc::new(Shared {
+        invoker: Invoker::new(&module)?,
+        plain: kafka::plain_producer(&bootstrap)?,
+        metrics: Metrics::new(),
+        db,
+        txn_timeout,
+        known_topics: Default::default(),
+        phases: Default::default(),
+        assigned_once: AtomicBool::new(false),
+        bootstrap,
+        module,
+        cfg,
+    });
+
+    let admin_addr = shared.cfg.admin_addr;
+    let listener = tokio::net::TcpListener::bind(admin_addr).await.map_err(|err| WorkerError::Admin { addr: admin_addr, err })?;
+    let admin_task = tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
+    tracing::info!(worker = %worker_id, cluster = %shared.cfg.cluster, partitions = n, admin = %admin_addr, "worker starting");
+
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
+    let mut subscribe: Vec<String> = vec![shared.cfg.topic_messages()];
+    subscribe.extend(routes.keys().cloned());
+    let membership = Membership::start(&shared, &worker_id, &subscribe, changes_tx)?;
+
+    let mut tasks: HashMap<(String, i32), (CancellationToken, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = changes.recv() => match c { Some(c) => c, None => break },
+        };
+        match change {
+            Change::Assigned(list) => {
+                for (topic, p) in list {
+                    let stop = shutdown.child_token();
+                    let handle = if topic == shared.cfg.topic_messages() {
+                        shared.metrics.partitions_owned.inc();
+                        tokio::spawn(processor::run(shared.clone(), p, stop.clone()))
+                    } else if let Some(&ing) = routes.get(&topic) {
+                        tokio::spawn(ingress::run(shared.clone(), ing, topic.clone(), p, stop.clone()))
+                    } else {
+                        continue;
+                    };
+                    tracing::info!(topic = %topic, partition = p, "partition assigned");
+                    if let Some((old_stop, old)) = tasks.insert((topic, p), (stop, handle)) {
+                        old_stop.cancel();
+                        let _ = old.await;
+                    }
+                }
+                shared.assigned_once.store(true, Ordering::Release);
+            }
+            Change::Revoked(list, ack) => {
+                let mut stopping = Vec::new();
+                for key in list {
+                    if let Some((stop, handle)) = tasks.remove(&key) {
+                        tracing::info!(topic = %key.0, partition = key.1, "partition revoked");
+                        if key.0 == shared.cfg.topic_messages() {
+                            shared.metrics.partitions_owned.dec();
+                        }
+                        stop.cancel();
+                        stopping.push(handle);
+                    }
+                }
+                for h in stopping {
+                    let _ = h.await;
+                }
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    tracing::info!("shutting down: closing open epochs");
+    for (stop, _) in tasks.values() {
+        stop.cancel();
+    }
+    for (_, (_, handle)) in tasks {
+        let _ = handle.await;
+    }
+    membership.close().await;
+    let _ = shared.db.flush_async().await;
+    let _ = admin_task.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// A change of this worker's partitions. A revocation waits for the ack: the partitions are
+/// given up only after their tasks stopped.
+enum Change {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>, std_mpsc::Sender<()>),
+}
+
+struct MembershipContext {
+    changes: mpsc::UnboundedSender<Change>,
+}
+
+impl ClientContext for MembershipContext {}
+
+fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ConsumerContext for MembershipContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let (ack_tx, ack_rx) = std_mpsc::channel();
+            if self.changes.send(Change::Revoked(list(tpl), ack_tx)).is_ok() {
+                // Hold the rebalance until the partitions' epochs are closed. A worker that
+                // takes longer is fenced by the next owner anyway.
+                let _ = ack_rx.recv_timeout(Duration::from_secs(60));
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // The membership consumer never reads: each partition task has its own consumer.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::warn!("pausing membership partitions: {e}");
+            }
+            let _ = self.changes.send(Change::Assigned(list(tpl)));
+        }
+    }
+}
+
+struct Membership {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Membership {
+    fn start(shared: &Shared, worker_id: &str, topics: &[String], changes: mpsc::UnboundedSender<Change>) -> Result<Self, WorkerError> {
+        let consumer: BaseConsumer<MembershipContext> = kafka::client_config(&shared.bootstrap)
+            .set("group.id", format!("{}-members", shared.cfg.cluster))
+            .set("client.id", format!("{}-{worker_id}", shared.cfg.cluster))
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", shared.cfg.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (shared.cfg.session_timeout.as_millis() / 5).max(100).to_string())
+            .set("enable.auto.commit", "false")
+            .create_with_context(MembershipContext { changes })?;
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    // Records cannot arrive (partitions are paused); polling serves the
+                    // group protocol and the rebalance callbacks.
+                    let _ = consumer.poll(Duration::from_millis(100));
+                }
+                consumer.unsubscribe();
+                drop(consumer);
+            })
+            .expect("spawning a thread");
+        Ok(Membership { stop, thread })
+    }
+
+    async fn close(self) {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}

@@ -1,0 +1,327 @@
+//! Shared helpers of the engine's integration tests: the real broker, engine processes that
+//! can be killed, and read_committed views of topics.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The broker the suite runs against (`scripts/kafka.sh start`).
+pub fn bootstrap() -> String {
+    std::env::var("KEYFLOW_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Produces `(key, value)` records (a key of `None` means no key), waiting for every ack.
+pub fn produce(topic: &str, records: &[(Option<&str>, Option<&[u8]>)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic);
+        rec.key = *k;
+        rec.payload = *v;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    p.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => panic!("producing to {topic}: {e} (is the broker running? scripts/kafka.sh start)"),
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+pub fn produce_str(topic: &str, records: &[(&str, &str)]) {
+    let recs: Vec<(Option<&str>, Option<&[u8]>)> = records.iter().map(|(k, v)| (Some(*k), Some(v.as_bytes()))).collect();
+    produce(topic, &recs);
+}
+
+/// One record read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn value_str(&self) -> String {
+        String::from_utf8_lossy(&self.value).into_owned()
+    }
+}
+
+/// Everything committed on `topic` (all partitions), read_committed, in partition order.
+pub fn read_committed(topic: &str) -> Vec<Record> {
+    read(topic, "read_committed")
+}
+
+pub fn read(topic: &str, isolation: &str) -> Vec<Record> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("isolation.level", isolation)
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let parts: Vec<i32> = md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut eof = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while eof < parts.len() && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Polls `read_committed(topic)` until `done` holds or `timeout` passes; returns the last read.
+pub fn wait_for(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let recs = read_committed(topic);
+        if done(&recs) || Instant::now() >= deadline {
+            return recs;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// An engine worker process.
+pub struct Engine {
+    child: Option<Child>,
+    pub admin_port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Engine {
+    /// Starts `keyflow run` with `module` for `cluster`; `data_dir` survives restarts.
+    pub fn start(module: &Path, cluster: &str, worker_id: &str, data_dir: &Path, extra: &[&str]) -> Engine {
+        let admin_port = free_port();
+        let mut args = vec![
+            "run".to_string(),
+            "--module".into(),
+            module.display().to_string(),
+            "--cluster".into(),
+            cluster.into(),
+            "--worker-id".into(),
+            worker_id.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--bootstrap".into(),
+            bootstrap(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--partitions".into(),
+            "4".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = data_dir.join(format!("{worker_id}.log"));
+        let mut e = Engine { child: None, admin_port, args, log };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keyflow"))
+            .args(&self.args)
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting the keyflow binary");
+        self.child = Some(child);
+    }
+
+    /// Waits for `/ready`; panics with the log tail after `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("engine exited with {status} before it was ready:\n{}", self.log_tail(60));
+            }
+            if http_get(self.admin_port, "/ready").map(|(s, _)| s == 200).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("engine not ready after {timeout:?}:\n{}", self.log_tail(60));
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe_kill(c.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().map(|c| c.try_wait().unwrap().is_none()).unwrap_or(false)
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin_port, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// A tiny blocking HTTP/1.1 GET against 127.0.0.1.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Writes a module file into `dir` and returns its path.
+pub fn write_module(dir: &Path, yaml: &str) -> PathBuf {
+    let p = dir.join("module.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// A function service served in-process on 127.0.0.1 by the Rust SDK, on its own runtime.
+pub struct FunctionServer {
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FunctionServer {
+    /// Serves `functions` on `port` (0: any free port).
+    pub fn start(functions: keyflow_sdk::StatefulFunctions, port: u16) -> FunctionServer {
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the function server");
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let _ = keyflow_sdk::serve(listener, functions, async {
+                    let _ = rx.await;
+                })
+                .await;
+            });
+        });
+        FunctionServer { port, stop: Some(tx), thread: Some(thread) }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FunctionServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

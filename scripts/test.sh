@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The whole test suite (also the CI entry point via .ci/run):
+#   1. machine setup (scripts/setup.sh, idempotent)
+#   2. lint, fail fast: cargo fmt --check, cargo clippy -D warnings (KEYFLOW_SKIP_LINT=1 skips)
+#   3. start the Kafka broker unless one is already running (and stop it again at the end)
+#   4. run every suite in SUITES (cargo test --workspace, then whatever later steps add)
+# Exit status: 0 if all suites pass, else the status of the first failing suite.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+cd "$REPO_ROOT"
+
+export KAFKA_PORT="${KAFKA_PORT:-9092}"
+export KEYFLOW_BOOTSTRAP="${KEYFLOW_BOOTSTRAP:-127.0.0.1:$KAFKA_PORT}"
+
+say() { echo "test.sh: $*" >&2; }
+banner() { echo >&2; echo "==== test.sh: $* ====" >&2; }
+
+# ---- Test suites ------------------------------------------------------------------------------
+# To add a suite: write a function here (runs from the repo root with the broker up and
+# KEYFLOW_BOOTSTRAP exported; non-zero exit = failure) and append its name to SUITES.
+suite_cargo_test() {
+  cargo test --workspace
+}
+
+SUITES=(
+  suite_cargo_test
+  # later: playthrough scripts, conformance tests, ...
+)
+# -----------------------------------------------------------------------------------------------
+
+banner "setup"
+scripts/setup.sh
+
+if [[ "${KEYFLOW_SKIP_LINT:-0}" == 1 ]]; then
+  say "KEYFLOW_SKIP_LINT=1: skipping cargo fmt / clippy (local iterations only; CI never sets it)"
+else
+  banner "cargo fmt --all --check"
+  cargo fmt --all --check
+  banner "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+banner "Kafka broker"
+STARTED_BROKER=0
+stop_broker() {
+  if ((STARTED_BROKER)); then
+    say "stopping the broker this script started"
+    scripts/kafka.sh stop || true
+  fi
+}
+trap stop_broker EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if scripts/kafka.sh status >/dev/null 2>&1; then
+  say "broker already running ($(scripts/kafka.sh status)); using it and leaving it running"
+else
+  STARTED_BROKER=1
+  scripts/kafka.sh start
+fi
+
+status=0
+summary=()
+for suite in "${SUITES[@]}"; do
+  banner "$suite"
+  t0=$(date +%s)
+  rc=0
+  "$suite" || rc=$?
+  summary+=("$(printf '%-28s %s (%ss)' "$suite" "$([[ $rc -eq 0 ]] && echo ok || echo "FAILED rc=$rc")" $(( $(date +%s) - t0 )))")
+  if ((rc != 0 && status == 0)); then status=$rc; fi
+done
+
+banner "summary"
+printf '  %s\n' "${summary[@]}" >&2
+if ((status == 0)); then say "all suites passed"; else say "FAILED (exit $status)"; fi
+exit "$status"
