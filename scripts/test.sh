@@ -21,7 +21,7 @@ banner() { echo >&2; echo "==== test.sh: $* ====" >&2; }
 # To add a suite: write a function here (runs from the repo root with the broker up and
 # KEYFLOW_BOOTSTRAP exported; non-zero exit = failure) and append its name to SUITES.
 suite_cargo_test() {
-  cargo test --workspace
+  cargo test --workspace --no-fail-fast
 }
 
 SUITES=(

@@ -12,26 +12,38 @@ use tokio_util::sync::CancellationToken;
 
 use crate::worker::{PartitionPhase, Shared};
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(shared);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if s.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: partitions are being assigned or restored\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: partitions are being assigned or restored\n",
+        )
     }
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
@@ -52,5 +64,8 @@ async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         "ready": s.is_ready(),
         "partitions": partitions,
     });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
 }

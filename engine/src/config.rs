@@ -47,6 +47,12 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_MAX_EPOCH_RECORDS", default_value = "5000")]
     pub max_epoch_records: usize,
 
+    /// How long a closing epoch waits for slow invocations (a function that is down and being
+    /// retried, a slow call) before it commits without them. Their messages are kept in the
+    /// partition's state (the address's inbox) until they complete, so other addresses go on.
+    #[arg(long, env = "KEYFLOW_PARK_AFTER", default_value = "500ms", value_parser = parse_duration)]
+    pub park_after: Duration,
+
     /// Admin HTTP address: /health, /ready, /metrics.
     #[arg(long, env = "KEYFLOW_ADMIN_ADDR", default_value = "127.0.0.1:8090")]
     pub admin_addr: SocketAddr,
@@ -102,13 +108,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration (examples: 250ms, 2s, 1min)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 250ms, 2s, 1min)"))?;
     let ms = match unit.trim() {
         "" | "ms" => n,
         "s" => n * 1_000,
         "min" | "m" => n * 60_000,
         "h" => n * 3_600_000,
-        other => return Err(format!("`{other}` is not a duration unit in `{s}`; use ms, s, min or h")),
+        other => {
+            return Err(format!(
+                "`{other}` is not a duration unit in `{s}`; use ms, s, min or h"
+            ))
+        }
     };
     Ok(Duration::from_millis(ms))
 }
@@ -123,7 +135,9 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1min"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("75"), Ok(Duration::from_millis(75)));
-        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("fast")
+            .unwrap_err()
+            .contains("not a duration"));
         assert!(parse_duration("3weeks").unwrap_err().contains("unit"));
     }
 }

@@ -31,7 +31,11 @@ impl<A: Eq + Hash + Clone, T> Default for Dispatcher<A, T> {
 
 impl<A: Eq + Hash + Clone, T> Dispatcher<A, T> {
     pub fn new() -> Self {
-        Dispatcher { busy: HashMap::new(), queued: 0, full: 0 }
+        Dispatcher {
+            busy: HashMap::new(),
+            queued: 0,
+            full: 0,
+        }
     }
 
     /// Offers a message for `addr`. Returns the batch to send now when the address was idle;
@@ -47,7 +51,13 @@ impl<A: Eq + Hash + Clone, T> Dispatcher<A, T> {
                 None
             }
             None => {
-                self.busy.insert(addr, Slot { max_batch: max_batch.max(1), queue: VecDeque::new() });
+                self.busy.insert(
+                    addr,
+                    Slot {
+                        max_batch: max_batch.max(1),
+                        queue: VecDeque::new(),
+                    },
+                );
                 Some(vec![item])
             }
         }
@@ -85,6 +95,11 @@ impl<A: Eq + Hash + Clone, T> Dispatcher<A, T> {
 
     pub fn is_busy(&self, addr: &A) -> bool {
         self.busy.contains_key(addr)
+    }
+
+    /// Every address with a request in flight, with the messages queued behind it.
+    pub fn busy(&self) -> impl Iterator<Item = (&A, impl Iterator<Item = &T>)> {
+        self.busy.iter().map(|(a, slot)| (a, slot.queue.iter()))
     }
 
     /// Messages waiting behind in-flight requests.
@@ -162,6 +177,18 @@ mod tests {
             seen.extend(batch);
         }
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn busy_addresses_list_their_queues() {
+        let mut d = Dispatcher::new();
+        d.enqueue("a", 1, 10);
+        d.enqueue("a", 2, 10);
+        d.enqueue("b", 3, 10);
+        let mut busy: Vec<(&str, Vec<i32>)> =
+            d.busy().map(|(a, q)| (*a, q.copied().collect())).collect();
+        busy.sort();
+        assert_eq!(busy, vec![("a", vec![2]), ("b", vec![])]);
     }
 
     #[test]

@@ -23,8 +23,15 @@ use crate::module::DeliverySemantic;
 /// A delayed message to schedule, or a cancellation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delayed {
-    Send { delay_ms: i64, target: Address, argument: TypedValue, token: Option<String> },
-    Cancel { token: String },
+    Send {
+        delay_ms: i64,
+        target: Address,
+        argument: TypedValue,
+        token: Option<String>,
+    },
+    Cancel {
+        token: String,
+    },
 }
 
 /// One record for a Kafka egress.
@@ -59,11 +66,17 @@ pub struct Env<'a> {
 }
 
 /// Validates `resp` and turns it into effects on `state` (the target's current state).
-pub fn apply(resp: InvocationResponse, state: &AddressState, env: &Env<'_>) -> Result<Effects, String> {
+pub fn apply(
+    resp: InvocationResponse,
+    state: &AddressState,
+    env: &Env<'_>,
+) -> Result<Effects, String> {
     let mut fx = Effects::default();
 
     for m in resp.outgoing_messages {
-        let target = m.target.ok_or("an outgoing message has no target address")?;
+        let target = m
+            .target
+            .ok_or("an outgoing message has no target address")?;
         check_address(&target)?;
         fx.messages.push((target, m.argument.unwrap_or_default()));
     }
@@ -75,7 +88,9 @@ pub fn apply(resp: InvocationResponse, state: &AddressState, env: &Env<'_>) -> R
         let token = d.cancellation_token;
         if d.is_cancellation_request {
             if token.is_empty() {
-                return Err("a delayed-message cancellation has an empty cancellation token".into());
+                return Err(
+                    "a delayed-message cancellation has an empty cancellation token".into(),
+                );
             }
             added.remove(&token);
             cancelled.insert(token.clone());
@@ -85,12 +100,16 @@ pub fn apply(resp: InvocationResponse, state: &AddressState, env: &Env<'_>) -> R
         let target = d.target.ok_or("a delayed message has no target address")?;
         check_address(&target)?;
         if d.delay_in_ms < 0 {
-            return Err(format!("a delayed message to {target} has a negative delay ({} ms)", d.delay_in_ms));
+            return Err(format!(
+                "a delayed message to {target} has a negative delay ({} ms)",
+                d.delay_in_ms
+            ));
         }
         let token = if token.is_empty() {
             None
         } else {
-            let live = added.contains(&token) || ((env.token_live)(&token) && !cancelled.contains(&token));
+            let live =
+                added.contains(&token) || ((env.token_live)(&token) && !cancelled.contains(&token));
             if live {
                 return Err(format!(
                     "a delayed message with cancellation token `{token}` is already pending; tokens must be unique"
@@ -109,7 +128,8 @@ pub fn apply(resp: InvocationResponse, state: &AddressState, env: &Env<'_>) -> R
 
     for e in resp.outgoing_egresses {
         let id = format!("{}/{}", e.egress_namespace, e.egress_type);
-        let delivery = (env.egress)(&id).ok_or_else(|| format!("unknown egress `{id}`: module.yaml declares no such egress"))?;
+        let delivery = (env.egress)(&id)
+            .ok_or_else(|| format!("unknown egress `{id}`: module.yaml declares no such egress"))?;
         let arg = e.argument.unwrap_or_default();
         if arg.typename != KAFKA_PRODUCER_RECORD_TYPENAME {
             return Err(format!(
@@ -120,7 +140,9 @@ pub fn apply(resp: InvocationResponse, state: &AddressState, env: &Env<'_>) -> R
         let rec = KafkaProducerRecord::decode(arg.value.as_ref())
             .map_err(|err| format!("egress `{id}`: undecodable KafkaProducerRecord: {err}"))?;
         if rec.topic.is_empty() {
-            return Err(format!("egress `{id}`: the KafkaProducerRecord names no topic"));
+            return Err(format!(
+                "egress `{id}`: the KafkaProducerRecord names no topic"
+            ));
         }
         fx.egress.push(EgressRecord {
             egress: id,
@@ -138,15 +160,20 @@ pub fn apply(resp: InvocationResponse, state: &AddressState, env: &Env<'_>) -> R
                 .specs
                 .iter()
                 .find(|s| s.state_name == m.state_name)
-                .ok_or_else(|| format!("the function changed state `{}`, which it never declared", m.state_name))?;
+                .ok_or_else(|| {
+                    format!(
+                        "the function changed state `{}`, which it never declared",
+                        m.state_name
+                    )
+                })?;
             match MutationType::try_from(m.mutation_type) {
                 Ok(MutationType::Delete) => {
                     next.values.remove(&m.state_name);
                 }
                 Ok(MutationType::Modify) => {
-                    let value = m
-                        .state_value
-                        .ok_or_else(|| format!("a MODIFY of state `{}` carries no value", m.state_name))?;
+                    let value = m.state_value.ok_or_else(|| {
+                        format!("a MODIFY of state `{}` carries no value", m.state_name)
+                    })?;
                     if value.typename != spec.type_typename {
                         return Err(format!(
                             "state `{}` is registered with type `{}` but the function wrote `{}`",
@@ -154,9 +181,20 @@ pub fn apply(resp: InvocationResponse, state: &AddressState, env: &Env<'_>) -> R
                         ));
                     }
                     let expires_at_ms = expiry_after_write(spec, env.now_ms);
-                    next.values.insert(m.state_name, StoredValue { value: Some(value), expires_at_ms });
+                    next.values.insert(
+                        m.state_name,
+                        StoredValue {
+                            value: Some(value),
+                            expires_at_ms,
+                        },
+                    );
                 }
-                Err(_) => return Err(format!("unknown mutation type {} for state `{}`", m.mutation_type, m.state_name)),
+                Err(_) => {
+                    return Err(format!(
+                        "unknown mutation type {} for state `{}`",
+                        m.mutation_type, m.state_name
+                    ))
+                }
             }
         }
         if &next != state {
@@ -186,11 +224,17 @@ pub fn expiry_after_write(spec: &PersistedValueSpec, now_ms: i64) -> i64 {
 /// Prepares an address's state for an invocation at `now_ms`: drops expired values and, for
 /// AFTER_INVOKE states, restarts the expiry clock (the invocation reads them). Returns true
 /// when the stored state changed (it must be written back and changelogged).
-pub fn prepare_for_invoke(state: &mut AddressState, specs: &[PersistedValueSpec], now_ms: i64) -> bool {
+pub fn prepare_for_invoke(
+    state: &mut AddressState,
+    specs: &[PersistedValueSpec],
+    now_ms: i64,
+) -> bool {
     let mut changed = purge_expired(state, now_ms);
     for spec in specs {
-        let after_invoke =
-            spec.expiration_spec.as_ref().is_some_and(|e| e.mode == ExpireMode::AfterInvoke as i32 && e.expire_after_millis > 0);
+        let after_invoke = spec
+            .expiration_spec
+            .as_ref()
+            .is_some_and(|e| e.mode == ExpireMode::AfterInvoke as i32 && e.expire_after_millis > 0);
         if !after_invoke {
             continue;
         }
@@ -208,7 +252,9 @@ pub fn prepare_for_invoke(state: &mut AddressState, specs: &[PersistedValueSpec]
 /// Removes every value whose expiry has passed. Returns true when something was removed.
 pub fn purge_expired(state: &mut AddressState, now_ms: i64) -> bool {
     let before = state.values.len();
-    state.values.retain(|_, v| v.expires_at_ms == 0 || v.expires_at_ms > now_ms);
+    state
+        .values
+        .retain(|_, v| v.expires_at_ms == 0 || v.expires_at_ms > now_ms);
     state.values.len() != before
 }
 
@@ -224,18 +270,35 @@ mod tests {
         PersistedValueSpec {
             state_name: name.into(),
             type_typename: ty.into(),
-            expiration_spec: Some(ExpirationSpec { mode: mode as i32, expire_after_millis: ms }),
+            expiration_spec: Some(ExpirationSpec {
+                mode: mode as i32,
+                expire_after_millis: ms,
+            }),
         }
     }
 
     fn egress(id: &str) -> Option<DeliverySemantic> {
-        (id == "com.example/receipts")
-            .then_some(DeliverySemantic::ExactlyOnce { transaction_timeout: std::time::Duration::from_secs(60) })
+        (id == "com.example/receipts").then_some(DeliverySemantic::ExactlyOnce {
+            transaction_timeout: std::time::Duration::from_secs(60),
+        })
     }
 
-    fn run(resp: InvocationResponse, state: &AddressState, specs: &[PersistedValueSpec]) -> Result<Effects, String> {
+    fn run(
+        resp: InvocationResponse,
+        state: &AddressState,
+        specs: &[PersistedValueSpec],
+    ) -> Result<Effects, String> {
         let live = |t: &str| t == "live";
-        apply(resp, state, &Env { now_ms: 1_000, specs, egress: &egress, token_live: &live })
+        apply(
+            resp,
+            state,
+            &Env {
+                now_ms: 1_000,
+                specs,
+                egress: &egress,
+                token_live: &live,
+            },
+        )
     }
 
     fn modify(name: &str, v: TypedValue) -> PersistedValueMutation {
@@ -247,7 +310,11 @@ mod tests {
     }
 
     fn kafka_record(topic: &str, key: &str) -> TypedValue {
-        let rec = KafkaProducerRecord { key: key.into(), value_bytes: b"v".to_vec().into(), topic: topic.into() };
+        let rec = KafkaProducerRecord {
+            key: key.into(),
+            value_bytes: b"v".to_vec().into(),
+            topic: topic.into(),
+        };
         TypedValue::of(KAFKA_PRODUCER_RECORD_TYPENAME, rec.encode_to_vec())
     }
 
@@ -275,11 +342,16 @@ mod tests {
         };
         let fx = run(resp, &AddressState::default(), &specs).unwrap();
         assert_eq!(fx.messages.len(), 1);
-        assert!(matches!(&fx.delayed[0], Delayed::Send { delay_ms: 50, token: Some(t), .. } if t == "tok"));
+        assert!(
+            matches!(&fx.delayed[0], Delayed::Send { delay_ms: 50, token: Some(t), .. } if t == "tok")
+        );
         assert_eq!(fx.egress[0].topic, "receipts");
         assert_eq!(fx.egress[0].key.as_deref(), Some(&b"1"[..]));
         let st = fx.new_state.unwrap();
-        assert_eq!(builtin::decode_int(st.values["n"].value.as_ref().unwrap()).unwrap(), 7);
+        assert_eq!(
+            builtin::decode_int(st.values["n"].value.as_ref().unwrap()).unwrap(),
+            7
+        );
         assert_eq!(st.values["n"].expires_at_ms, 0);
     }
 
@@ -293,25 +365,39 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(run(resp, &AddressState::default(), &[]).unwrap().egress[0].key, None);
+        assert_eq!(
+            run(resp, &AddressState::default(), &[]).unwrap().egress[0].key,
+            None
+        );
     }
 
     #[test]
     fn a_state_type_mismatch_rejects_the_whole_response() {
         let specs = [spec("n", builtin::INT, ExpireMode::None, 0)];
         let resp = InvocationResponse {
-            outgoing_messages: vec![Invocation { target: Some(Address::new("ns", "f", "1")), argument: None }],
+            outgoing_messages: vec![Invocation {
+                target: Some(Address::new("ns", "f", "1")),
+                argument: None,
+            }],
             state_mutations: vec![modify("n", builtin::encode_string("x".into()))],
             ..Default::default()
         };
         let err = run(resp, &AddressState::default(), &specs).unwrap_err();
-        assert!(err.contains("registered with type `io.statefun.types/int`"), "{err}");
+        assert!(
+            err.contains("registered with type `io.statefun.types/int`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn undeclared_state_is_rejected() {
-        let resp = InvocationResponse { state_mutations: vec![modify("ghost", builtin::encode_int(1))], ..Default::default() };
-        assert!(run(resp, &AddressState::default(), &[]).unwrap_err().contains("never declared"));
+        let resp = InvocationResponse {
+            state_mutations: vec![modify("ghost", builtin::encode_int(1))],
+            ..Default::default()
+        };
+        assert!(run(resp, &AddressState::default(), &[])
+            .unwrap_err()
+            .contains("never declared"));
     }
 
     #[test]
@@ -324,7 +410,9 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(run(unknown, &AddressState::default(), &[]).unwrap_err().contains("unknown egress `com.example/nope`"));
+        assert!(run(unknown, &AddressState::default(), &[])
+            .unwrap_err()
+            .contains("unknown egress `com.example/nope`"));
         let wrong = InvocationResponse {
             outgoing_egresses: vec![EgressMessage {
                 egress_namespace: "com.example".into(),
@@ -333,7 +421,9 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(run(wrong, &AddressState::default(), &[]).unwrap_err().contains("takes `type.googleapis.com"));
+        assert!(run(wrong, &AddressState::default(), &[])
+            .unwrap_err()
+            .contains("takes `type.googleapis.com"));
     }
 
     #[test]
@@ -350,13 +440,29 @@ mod tests {
             ..Default::default()
         };
         let r = |d: Vec<DelayedInvocation>| {
-            run(InvocationResponse { delayed_invocations: d, ..Default::default() }, &AddressState::default(), &[])
+            run(
+                InvocationResponse {
+                    delayed_invocations: d,
+                    ..Default::default()
+                },
+                &AddressState::default(),
+                &[],
+            )
         };
-        assert!(r(vec![cancel("")]).unwrap_err().contains("empty cancellation token"));
-        assert!(r(vec![send("live")]).unwrap_err().contains("already pending"));
-        assert!(r(vec![send("a"), send("a")]).unwrap_err().contains("already pending"));
+        assert!(r(vec![cancel("")])
+            .unwrap_err()
+            .contains("empty cancellation token"));
+        assert!(r(vec![send("live")])
+            .unwrap_err()
+            .contains("already pending"));
+        assert!(r(vec![send("a"), send("a")])
+            .unwrap_err()
+            .contains("already pending"));
         // Cancelling a live token frees it for a new message in the same response.
-        assert_eq!(r(vec![cancel("live"), send("live")]).unwrap().delayed.len(), 2);
+        assert_eq!(
+            r(vec![cancel("live"), send("live")]).unwrap().delayed.len(),
+            2
+        );
         // Cancelling an unknown token is not an error.
         assert_eq!(r(vec![cancel("unknown")]).unwrap().delayed.len(), 1);
     }
@@ -365,7 +471,13 @@ mod tests {
     fn delete_removes_and_unchanged_state_is_not_rewritten() {
         let specs = [spec("n", builtin::INT, ExpireMode::None, 0)];
         let mut st = AddressState::default();
-        st.values.insert("n".into(), StoredValue { value: Some(builtin::encode_int(1)), expires_at_ms: 0 });
+        st.values.insert(
+            "n".into(),
+            StoredValue {
+                value: Some(builtin::encode_int(1)),
+                expires_at_ms: 0,
+            },
+        );
         let del = InvocationResponse {
             state_mutations: vec![PersistedValueMutation {
                 mutation_type: MutationType::Delete as i32,
@@ -374,16 +486,30 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(run(del, &st, &specs).unwrap().new_state.unwrap().values.is_empty());
-        let same = InvocationResponse { state_mutations: vec![modify("n", builtin::encode_int(1))], ..Default::default() };
+        assert!(run(del, &st, &specs)
+            .unwrap()
+            .new_state
+            .unwrap()
+            .values
+            .is_empty());
+        let same = InvocationResponse {
+            state_mutations: vec![modify("n", builtin::encode_int(1))],
+            ..Default::default()
+        };
         assert_eq!(run(same, &st, &specs).unwrap().new_state, None);
     }
 
     #[test]
     fn after_write_expiry_is_set_on_write_and_expired_values_are_never_served() {
         let specs = [spec("n", builtin::INT, ExpireMode::AfterWrite, 500)];
-        let resp = InvocationResponse { state_mutations: vec![modify("n", builtin::encode_int(1))], ..Default::default() };
-        let mut st = run(resp, &AddressState::default(), &specs).unwrap().new_state.unwrap();
+        let resp = InvocationResponse {
+            state_mutations: vec![modify("n", builtin::encode_int(1))],
+            ..Default::default()
+        };
+        let mut st = run(resp, &AddressState::default(), &specs)
+            .unwrap()
+            .new_state
+            .unwrap();
         assert_eq!(st.values["n"].expires_at_ms, 1_500);
         // Invoking does not renew an AFTER_WRITE value.
         assert!(!prepare_for_invoke(&mut st, &specs, 1_200));
@@ -396,7 +522,13 @@ mod tests {
     fn after_invoke_expiry_is_renewed_by_each_invocation() {
         let specs = [spec("n", builtin::INT, ExpireMode::AfterInvoke, 500)];
         let mut st = AddressState::default();
-        st.values.insert("n".into(), StoredValue { value: Some(builtin::encode_int(1)), expires_at_ms: 1_500 });
+        st.values.insert(
+            "n".into(),
+            StoredValue {
+                value: Some(builtin::encode_int(1)),
+                expires_at_ms: 1_500,
+            },
+        );
         assert!(prepare_for_invoke(&mut st, &specs, 1_400));
         assert_eq!(st.values["n"].expires_at_ms, 1_900);
         assert!(prepare_for_invoke(&mut st, &specs, 2_000));

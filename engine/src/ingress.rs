@@ -28,7 +28,13 @@ use crate::worker::{PartitionPhase, Shared};
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
-pub async fn run(shared: Arc<Shared>, ingress: usize, topic: String, p: i32, stop: CancellationToken) {
+pub async fn run(
+    shared: Arc<Shared>,
+    ingress: usize,
+    topic: String,
+    p: i32,
+    stop: CancellationToken,
+) {
     let mut pause = Duration::from_millis(100);
     while !stop.is_cancelled() {
         shared.set_phase(&topic, p, PartitionPhase::Restoring);
@@ -73,11 +79,22 @@ struct Router {
 }
 
 impl Router {
-    async fn open(shared: Arc<Shared>, ingress: usize, topic: &str, p: i32) -> Result<Self, KafkaError> {
+    async fn open(
+        shared: Arc<Shared>,
+        ingress: usize,
+        topic: &str,
+        p: i32,
+    ) -> Result<Self, KafkaError> {
         let spec: &KafkaIngress = &shared.module.ingresses[ingress];
-        let route = spec.topics.iter().find(|t| t.topic == topic).expect("the worker routes only declared topics").clone();
+        let route = spec
+            .topics
+            .iter()
+            .find(|t| t.topic == topic)
+            .expect("the worker routes only declared topics")
+            .clone();
         let txn_id = format!("{}-ingress-{topic}-{p}", shared.cfg.cluster);
-        let producer = kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
+        let producer =
+            kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
         let pr = producer.clone();
         blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
 
@@ -153,13 +170,31 @@ impl Router {
         self.last_offset = Some(m.offset());
         self.records += 1;
         let origin = format!("{}/{}/{}", self.topic, self.p, m.offset());
-        self.shared.metrics.ingress_records.with_label_values(&[&self.topic]).inc();
+        self.shared
+            .metrics
+            .ingress_records
+            .with_label_values(&[&self.topic])
+            .inc();
         let id = match m.key().map(std::str::from_utf8) {
             Some(Ok(id)) => id.to_string(),
-            Some(Err(_)) => return self.dead_letter(&m, &origin, "key-not-utf8", "the record key is not UTF-8, so it cannot name a function id").await,
+            Some(Err(_)) => {
+                return self
+                    .dead_letter(
+                        &m,
+                        &origin,
+                        "key-not-utf8",
+                        "the record key is not UTF-8, so it cannot name a function id",
+                    )
+                    .await
+            }
             None => {
                 return self
-                    .dead_letter(&m, &origin, "no-key", "the record has no key; the key names the target function's id")
+                    .dead_letter(
+                        &m,
+                        &origin,
+                        "no-key",
+                        "the record has no key; the key names the target function's id",
+                    )
                     .await
             }
         };
@@ -168,31 +203,76 @@ impl Router {
         let argument = TypedValue {
             typename: self.route.value_type.to_string(),
             has_value: m.payload().is_some(),
-            value: m.payload().map(|v| bytes::Bytes::copy_from_slice(v)).unwrap_or_default(),
+            value: m
+                .payload()
+                .map(bytes::Bytes::copy_from_slice)
+                .unwrap_or_default(),
         };
         for (i, target) in self.route.targets.iter().enumerate() {
             let env = Envelope {
-                target: Some(Address::new(target.namespace.clone(), target.name.clone(), id.clone())),
+                target: Some(Address::new(
+                    target.namespace.clone(),
+                    target.name.clone(),
+                    id.clone(),
+                )),
                 caller: None,
                 argument: Some(argument.clone()),
                 message_id: format!("{origin}/{i}"),
                 origin: origin.clone(),
             };
             let payload = env.encode_to_vec();
-            kafka::send(&self.producer, &messages, Some(partition_for(&id, partitions)), Some(id.as_bytes()), Some(&payload), None).await?;
+            kafka::send(
+                &self.producer,
+                &messages,
+                Some(partition_for(&id, partitions)),
+                Some(id.as_bytes()),
+                Some(&payload),
+                None,
+            )
+            .await?;
         }
         Ok(())
     }
 
-    async fn dead_letter(&mut self, m: &rdkafka::message::OwnedMessage, origin: &str, kind: &str, reason: &str) -> Result<(), KafkaError> {
+    async fn dead_letter(
+        &mut self,
+        m: &rdkafka::message::OwnedMessage,
+        origin: &str,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), KafkaError> {
         tracing::warn!(origin, kind, "ingress dead letter: {reason}");
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "keyflow.reason", value: Some(reason) })
-            .insert(Header { key: "keyflow.reason-kind", value: Some(kind) })
-            .insert(Header { key: "keyflow.origin", value: Some(origin) })
-            .insert(Header { key: "keyflow.typename", value: Some(self.route.value_type.to_string().as_str()) });
-        kafka::send(&self.producer, &self.shared.cfg.topic_dead_letters(), None, m.key(), m.payload(), Some(headers)).await?;
-        self.shared.metrics.dead_letters.with_label_values(&[kind]).inc();
+            .insert(Header {
+                key: "keyflow.reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "keyflow.reason-kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "keyflow.origin",
+                value: Some(origin),
+            })
+            .insert(Header {
+                key: "keyflow.typename",
+                value: Some(self.route.value_type.to_string().as_str()),
+            });
+        kafka::send(
+            &self.producer,
+            &self.shared.cfg.topic_dead_letters(),
+            None,
+            m.key(),
+            m.payload(),
+            Some(headers),
+        )
+        .await?;
+        self.shared
+            .metrics
+            .dead_letters
+            .with_label_values(&[kind])
+            .inc();
         Ok(())
     }
 
@@ -201,14 +281,22 @@ impl Router {
         if let Some(last) = self.last_offset {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.topic, self.p, Offset::Offset(last + 1))?;
-            let cgm = self.consumer.group_metadata().ok_or(KafkaError::Subscription("consumer has no group metadata".into()))?;
+            let cgm = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::Subscription(
+                    "consumer has no group metadata".into(),
+                ))?;
             let pr = self.producer.clone();
             blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
         }
         let pr = self.producer.clone();
         blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await?;
         self.in_txn = false;
-        self.shared.metrics.epoch_commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.shared
+            .metrics
+            .epoch_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.last_offset = None;
         self.records = 0;
         Ok(())
@@ -217,7 +305,12 @@ impl Router {
 
 /// Where a router starts: the group's committed offset when there is one (that is the
 /// router's own checkpoint), else the ingress's `startupPosition`.
-async fn start_offset(consumer: &StreamConsumer, spec: &KafkaIngress, topic: &str, p: i32) -> Result<Offset, KafkaError> {
+async fn start_offset(
+    consumer: &StreamConsumer,
+    spec: &KafkaIngress,
+    topic: &str,
+    p: i32,
+) -> Result<Offset, KafkaError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, p);
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
@@ -243,8 +336,13 @@ async fn start_offset(consumer: &StreamConsumer, spec: &KafkaIngress, topic: &st
             let found = consumer.offsets_for_timestamp(*ms, Duration::from_secs(30))?;
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, p, Offset::Offset(*ms))?;
-            let found = consumer.offsets_for_times(tpl, Duration::from_secs(30)).unwrap_or(found);
-            found.find_partition(topic, p).map(|e| e.offset()).unwrap_or(Offset::End)
+            let found = consumer
+                .offsets_for_times(tpl, Duration::from_secs(30))
+                .unwrap_or(found);
+            found
+                .find_partition(topic, p)
+                .map(|e| e.offset())
+                .unwrap_or(Offset::End)
         }
     })
 }

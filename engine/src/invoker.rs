@@ -14,9 +14,18 @@ use crate::module::{HttpEndpoint, Module, TypeName};
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum InvokeError {
     #[error("function endpoint {url} answered HTTP {status}: {body}")]
-    Rejected { url: String, status: u16, body: String },
+    Rejected {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("function endpoint {url} still failing after {attempts} attempts over {elapsed:?} (the call timeout): {last}")]
-    Exhausted { url: String, attempts: u32, elapsed: Duration, last: String },
+    Exhausted {
+        url: String,
+        attempts: u32,
+        elapsed: Duration,
+        last: String,
+    },
     #[error("function endpoint {url} answered a body that is not a FromFunction: {err}")]
     Garbage { url: String, err: String },
 }
@@ -55,14 +64,27 @@ impl Invoker {
 
     /// POSTs one `ToFunction` body to the endpoint serving `function_type`, retrying transient
     /// failures until the endpoint's call timeout. `None` when no endpoint serves the type.
-    pub async fn invoke(&self, module: &Module, function_type: &TypeName, body: Vec<u8>) -> Option<Result<FromFunction, InvokeError>> {
-        let ep = module.endpoint_for(function_type)?;
-        let idx = module.endpoints.iter().position(|e| std::ptr::eq(e, ep))?;
+    pub async fn invoke(
+        &self,
+        module: &Module,
+        function_type: &TypeName,
+        body: Vec<u8>,
+    ) -> Option<Result<FromFunction, InvokeError>> {
+        let (idx, ep) = module.endpoint_index_for(function_type)?;
         let url = ep.url_for(function_type);
-        Some(self.invoke_endpoint(&self.clients[idx], ep, &url, body).await)
+        Some(
+            self.invoke_endpoint(&self.clients[idx], ep, &url, body)
+                .await,
+        )
     }
 
-    async fn invoke_endpoint(&self, client: &reqwest::Client, ep: &HttpEndpoint, url: &str, body: Vec<u8>) -> Result<FromFunction, InvokeError> {
+    async fn invoke_endpoint(
+        &self,
+        client: &reqwest::Client,
+        ep: &HttpEndpoint,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<FromFunction, InvokeError> {
         let body = bytes::Bytes::from(body);
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -76,14 +98,29 @@ impl Invoker {
             };
             let pause = backoff(attempt - 1);
             if started.elapsed() + pause >= ep.call_timeout {
-                return Err(InvokeError::Exhausted { url: url.to_string(), attempts: attempt, elapsed: started.elapsed(), last });
+                return Err(InvokeError::Exhausted {
+                    url: url.to_string(),
+                    attempts: attempt,
+                    elapsed: started.elapsed(),
+                    last,
+                });
             }
-            tracing::debug!(url, attempt, "transient failure, retrying in {pause:?}: {last}");
+            tracing::debug!(
+                url,
+                attempt,
+                "transient failure, retrying in {pause:?}: {last}"
+            );
             tokio::time::sleep(pause).await;
         }
     }
 
-    async fn attempt(&self, client: &reqwest::Client, url: &str, body: bytes::Bytes, timeout: Duration) -> Result<FromFunction, Attempt> {
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<FromFunction, Attempt> {
         let resp = client
             .post(url)
             .header("Content-Type", "application/octet-stream")
@@ -94,17 +131,28 @@ impl Invoker {
             .await
             .map_err(|e| Attempt::Transient(format!("{e}")))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| Attempt::Transient(format!("reading the reply: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Attempt::Transient(format!("reading the reply: {e}")))?;
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
             return if is_retryable_status(status) {
                 Err(Attempt::Transient(format!("HTTP {status}: {text}")))
             } else {
-                Err(Attempt::Fatal(InvokeError::Rejected { url: url.to_string(), status, body: text }))
+                Err(Attempt::Fatal(InvokeError::Rejected {
+                    url: url.to_string(),
+                    status,
+                    body: text,
+                }))
             };
         }
-        FromFunction::decode(bytes.as_ref())
-            .map_err(|e| Attempt::Fatal(InvokeError::Garbage { url: url.to_string(), err: e.to_string() }))
+        FromFunction::decode(bytes.as_ref()).map_err(|e| {
+            Attempt::Fatal(InvokeError::Garbage {
+                url: url.to_string(),
+                err: e.to_string(),
+            })
+        })
     }
 }
 

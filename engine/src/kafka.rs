@@ -24,9 +24,16 @@ pub struct TopicSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
     #[error("topic `{topic}` has {actual} partitions but this cluster needs {expected}; the partition count is fixed when a cluster is created (use the count it was created with, or a new cluster name)")]
-    PartitionMismatch { topic: String, expected: i32, actual: i32 },
+    PartitionMismatch {
+        topic: String,
+        expected: i32,
+        actual: i32,
+    },
     #[error("creating topic `{topic}` failed: {code}")]
-    Create { topic: String, code: RDKafkaErrorCode },
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("Kafka at {bootstrap} did not answer: {err} (is the broker running? `scripts/kafka.sh start`)")]
     Unreachable { bootstrap: String, err: KafkaError },
     #[error(transparent)]
@@ -45,7 +52,11 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
 }
 
 /// A transactional producer: idempotent, low linger, one `transactional.id`.
-pub fn transactional_producer(bootstrap: &str, transactional_id: &str, txn_timeout: Duration) -> Result<FutureProducer, KafkaError> {
+pub fn transactional_producer(
+    bootstrap: &str,
+    transactional_id: &str,
+    txn_timeout: Duration,
+) -> Result<FutureProducer, KafkaError> {
     let txn_ms = txn_timeout.as_millis().clamp(1_000, 900_000);
     client_config(bootstrap)
         .set("transactional.id", transactional_id)
@@ -59,16 +70,25 @@ pub fn transactional_producer(bootstrap: &str, transactional_id: &str, txn_timeo
 
 /// A non-transactional idempotent producer (at-least-once and fire-and-forget egress).
 pub fn plain_producer(bootstrap: &str) -> Result<FutureProducer, KafkaError> {
-    client_config(bootstrap).set("enable.idempotence", "true").set("linger.ms", "1").create()
+    client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()
 }
 
 /// Runs a blocking Kafka call off the async threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("a blocking Kafka call panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a blocking Kafka call panicked")
 }
 
 /// Creates the topics that are missing and checks the partition counts of those that exist.
-pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec], replication: i32) -> Result<(), TopicError> {
+pub async fn ensure_topics(
+    bootstrap: &str,
+    topics: &[TopicSpec],
+    replication: i32,
+) -> Result<(), TopicError> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
     let existing = {
         let bootstrap = bootstrap.to_string();
@@ -77,7 +97,12 @@ pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec], replication: i
             admin_md
                 .inner()
                 .fetch_metadata(None, Duration::from_secs(20))
-                .map(|md| md.topics().iter().map(|t| (t.name().to_string(), t.partitions().len() as i32)).collect::<Vec<_>>())
+                .map(|md| {
+                    md.topics()
+                        .iter()
+                        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+                        .collect::<Vec<_>>()
+                })
                 .map_err(|err| TopicError::Unreachable { bootstrap, err })
         })
         .await?
@@ -86,7 +111,11 @@ pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec], replication: i
     for t in topics {
         match existing.iter().find(|(n, _)| n == &t.name) {
             Some((_, actual)) if t.exact_partitions && *actual != t.partitions => {
-                return Err(TopicError::PartitionMismatch { topic: t.name.clone(), expected: t.partitions, actual: *actual })
+                return Err(TopicError::PartitionMismatch {
+                    topic: t.name.clone(),
+                    expected: t.partitions,
+                    actual: *actual,
+                })
             }
             Some(_) => {}
             None => missing.push(t),
@@ -106,7 +135,12 @@ pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec], replication: i
             }
         })
         .collect();
-    let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await?;
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, "created topic"),
@@ -130,7 +164,11 @@ pub fn is_abortable(err: &KafkaError) -> bool {
 pub fn is_fenced(err: &KafkaError) -> bool {
     matches!(
         err.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
     )
 }
 
@@ -144,7 +182,8 @@ pub async fn send(
     payload: Option<&[u8]>,
     headers: Option<rdkafka::message::OwnedHeaders>,
 ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-    let mut rec: rdkafka::producer::FutureRecord<'_, [u8], [u8]> = rdkafka::producer::FutureRecord::to(topic);
+    let mut rec: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+        rdkafka::producer::FutureRecord::to(topic);
     rec.partition = partition;
     rec.key = key;
     rec.payload = payload;

@@ -17,6 +17,7 @@
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP server.
+//! - [`tools`]: `keyflow produce`, `consume`, `topics`: Kafka at the command line.
 //!
 //! # Invariants
 //! Each partition has exactly one processor (the owner), and nothing else touches its state.
@@ -37,6 +38,7 @@ pub mod processor;
 pub mod restore;
 pub mod store;
 pub mod timers;
+pub mod tools;
 pub mod worker;
 
 /// The engine's own protobuf records (envelopes, stored state, delayed messages).

@@ -1,4 +1,4 @@
-//! The `keyflow` command: runs an engine worker.
+//! The `keyflow` command: runs an engine worker (`run`) and the Kafka tools (`produce`, `consume`, `topics`).
 
 use clap::{Parser, Subcommand};
 use keyflow_engine::config::EngineConfig;
@@ -6,7 +6,11 @@ use keyflow_engine::module::Module;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "keyflow", version, about = "A Kafka-driven stateful-functions engine (StateFun-compatible, exactly-once)")]
+#[command(
+    name = "keyflow",
+    version,
+    about = "A Kafka-driven stateful-functions engine (StateFun-compatible, exactly-once)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,16 +20,25 @@ struct Cli {
 enum Command {
     /// Run an engine worker for the application in module.yaml.
     Run(EngineConfig),
+    /// Send records to a topic: one from the arguments, or `key: value` lines from a file or stdin.
+    Produce(keyflow_engine::tools::ProduceArgs),
+    /// Print a topic's records (read_committed unless --read-uncommitted).
+    Consume(keyflow_engine::tools::ConsumeArgs),
+    /// List the broker's topics with their partition counts.
+    Topics(keyflow_engine::tools::TopicsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Run(mut cfg) => rt.block_on(async move {
             cfg.worker_id = Some(cfg.worker_id());
@@ -35,6 +48,9 @@ fn main() -> anyhow::Result<()> {
             keyflow_engine::worker::run(cfg, module, shutdown).await?;
             Ok(())
         }),
+        Command::Produce(args) => rt.block_on(keyflow_engine::tools::produce(args)),
+        Command::Consume(args) => rt.block_on(keyflow_engine::tools::consume(args)),
+        Command::Topics(args) => rt.block_on(keyflow_engine::tools::topics(args)),
     }
 }
 

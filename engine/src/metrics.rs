@@ -2,7 +2,8 @@
 //! server renders [`Metrics::registry`] at `/metrics` in Prometheus text format.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -38,32 +39,86 @@ impl Metrics {
         let registry = Registry::new_custom(Some("keyflow".into()), None).expect("valid prefix");
         let latency = exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
         let m = Metrics {
-            ingress_records: IntCounterVec::new(Opts::new("ingress_records_total", "Ingress records routed to functions"), &["topic"]).unwrap(),
-            invocations: IntCounterVec::new(Opts::new("invocations_total", "Messages delivered to functions"), &["function_type"]).unwrap(),
+            ingress_records: IntCounterVec::new(
+                Opts::new(
+                    "ingress_records_total",
+                    "Ingress records routed to functions",
+                ),
+                &["topic"],
+            )
+            .unwrap(),
+            invocations: IntCounterVec::new(
+                Opts::new("invocations_total", "Messages delivered to functions"),
+                &["function_type"],
+            )
+            .unwrap(),
             batch_size: HistogramVec::new(
-                HistogramOpts::new("invocation_batch_size", "Messages per request to a function").buckets(exponential_buckets(1.0, 2.0, 11).unwrap()),
+                HistogramOpts::new(
+                    "invocation_batch_size",
+                    "Messages per request to a function",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 11).unwrap()),
                 &["function_type"],
             )
             .unwrap(),
             invocation_seconds: HistogramVec::new(
-                HistogramOpts::new("invocation_duration_seconds", "Round trip of one request to a function, retries included").buckets(latency.clone()),
+                HistogramOpts::new(
+                    "invocation_duration_seconds",
+                    "Round trip of one request to a function, retries included",
+                )
+                .buckets(latency.clone()),
                 &["function_type"],
             )
             .unwrap(),
-            dead_letters: IntCounterVec::new(Opts::new("dead_letters_total", "Records sent to the dead-letter topic"), &["reason"]).unwrap(),
-            egress_records: IntCounterVec::new(Opts::new("egress_records_total", "Records written to egress topics"), &["topic"]).unwrap(),
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "dead_letters_total",
+                    "Records sent to the dead-letter topic",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            egress_records: IntCounterVec::new(
+                Opts::new("egress_records_total", "Records written to egress topics"),
+                &["topic"],
+            )
+            .unwrap(),
             epoch_commit_seconds: Histogram::with_opts(
-                HistogramOpts::new("epoch_commit_seconds", "Time to commit one epoch's Kafka transaction").buckets(latency),
+                HistogramOpts::new(
+                    "epoch_commit_seconds",
+                    "Time to commit one epoch's Kafka transaction",
+                )
+                .buckets(latency),
             )
             .unwrap(),
             epoch_records: Histogram::with_opts(
-                HistogramOpts::new("epoch_records", "Input records per epoch").buckets(exponential_buckets(1.0, 2.0, 14).unwrap()),
+                HistogramOpts::new("epoch_records", "Input records per epoch")
+                    .buckets(exponential_buckets(1.0, 2.0, 14).unwrap()),
             )
             .unwrap(),
-            epoch_failures: IntCounterVec::new(Opts::new("epoch_failures_total", "Epochs aborted and replayed"), &["partition"]).unwrap(),
-            delayed_pending: IntGaugeVec::new(Opts::new("delayed_messages_pending", "Delayed messages waiting to fire"), &["partition"]).unwrap(),
-            restore_seconds: prometheus::GaugeVec::new(Opts::new("restore_seconds", "Duration of the last restore of a partition"), &["partition"]).unwrap(),
-            partitions_owned: IntGauge::new("partitions_owned", "Partitions this worker processes").unwrap(),
+            epoch_failures: IntCounterVec::new(
+                Opts::new("epoch_failures_total", "Epochs aborted and replayed"),
+                &["partition"],
+            )
+            .unwrap(),
+            delayed_pending: IntGaugeVec::new(
+                Opts::new(
+                    "delayed_messages_pending",
+                    "Delayed messages waiting to fire",
+                ),
+                &["partition"],
+            )
+            .unwrap(),
+            restore_seconds: prometheus::GaugeVec::new(
+                Opts::new(
+                    "restore_seconds",
+                    "Duration of the last restore of a partition",
+                ),
+                &["partition"],
+            )
+            .unwrap(),
+            partitions_owned: IntGauge::new("partitions_owned", "Partitions this worker processes")
+                .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -73,7 +128,8 @@ impl Metrics {
         r.register(Box::new(m.invocation_seconds.clone())).unwrap();
         r.register(Box::new(m.dead_letters.clone())).unwrap();
         r.register(Box::new(m.egress_records.clone())).unwrap();
-        r.register(Box::new(m.epoch_commit_seconds.clone())).unwrap();
+        r.register(Box::new(m.epoch_commit_seconds.clone()))
+            .unwrap();
         r.register(Box::new(m.epoch_records.clone())).unwrap();
         r.register(Box::new(m.epoch_failures.clone())).unwrap();
         r.register(Box::new(m.delayed_pending.clone())).unwrap();
@@ -85,7 +141,9 @@ impl Metrics {
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out).expect("text encoding never fails");
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails");
         out
     }
 }

@@ -222,7 +222,8 @@ pub enum ModuleError {
 }
 
 fn line_note(line: &Option<usize>) -> String {
-    line.map(|line| format!(" (line {line})")).unwrap_or_default()
+    line.map(|line| format!(" (line {line})"))
+        .unwrap_or_default()
 }
 
 fn field_note(field: &Option<String>) -> String {
@@ -433,7 +434,11 @@ fn assemble(documents: Vec<Document>, source_name: &str) -> Result<Module, Modul
                     format!(
                         "topic `{}` has valueType `{}` here but `{}` in document {} ({}); \
                          a topic carries one value type",
-                        entry.topic, entry.value_type, first.value_type, first.document, first.field
+                        entry.topic,
+                        entry.value_type,
+                        first.value_type,
+                        first.document,
+                        first.field
                     ),
                 ));
             }
@@ -444,7 +449,11 @@ fn assemble(documents: Vec<Document>, source_name: &str) -> Result<Module, Modul
                     format!(
                         "topic `{}` is read by consumer group `{}` here but `{}` in document {} \
                          ({}); a topic is read by one consumer group",
-                        entry.topic, ingress.consumer_group_id, first.group, first.document, first.field
+                        entry.topic,
+                        ingress.consumer_group_id,
+                        first.group,
+                        first.document,
+                        first.field
                     ),
                 ));
             }
@@ -478,13 +487,16 @@ impl FromStr for TypeName {
             text: text.to_owned(),
             reason,
         };
-        let (namespace, name) = keyflow_protocol::split_typename(text)
-            .ok_or_else(|| error("expected `namespace/name`, e.g. `com.example/user-shopping-cart`"))?;
+        let (namespace, name) = keyflow_protocol::split_typename(text).ok_or_else(|| {
+            error("expected `namespace/name`, e.g. `com.example/user-shopping-cart`")
+        })?;
         if text.chars().any(char::is_whitespace) {
             return Err(error("it contains whitespace"));
         }
         if text.contains('*') {
-            return Err(error("`*` only appears in an endpoint's `functions` pattern"));
+            return Err(error(
+                "`*` only appears in an endpoint's `functions` pattern",
+            ));
         }
         Ok(TypeName::new(namespace, name))
     }
@@ -524,14 +536,17 @@ impl FromStr for FunctionSelector {
                 }
                 Ok(FunctionSelector::Namespace(namespace.to_owned()))
             }
-            _ => text.parse().map(FunctionSelector::Exact).map_err(|e| TypeNameError {
-                reason: if text.contains('*') {
-                    "only `namespace/name` or `namespace/*` is allowed"
-                } else {
-                    e.reason
-                },
-                ..e
-            }),
+            _ => text
+                .parse()
+                .map(FunctionSelector::Exact)
+                .map_err(|e| TypeNameError {
+                    reason: if text.contains('*') {
+                        "only `namespace/name` or `namespace/*` is allowed"
+                    } else {
+                        e.reason
+                    },
+                    ..e
+                }),
         }
     }
 }

@@ -12,6 +12,12 @@
 //!
 //! An epoch closes when no request is in flight and either its input window
 //! (`commit-interval`) has passed, it took `max-epoch-records`, or no more input is ready.
+//! A request still in flight `park-after` past the window does not hold the epoch: its
+//! address is *parked*: the in-flight batch and the messages queued behind it are written to
+//! the address's inbox in the partition state, the epoch commits, and the request's outcome
+//! is applied in whichever later epoch it arrives. So a function that is down, retried for
+//! its whole call timeout, stalls only its own addresses. On restore, inboxes are
+//! dispatched first, ahead of any input read after them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
 use crate::effects::{self, Delayed, EgressRecord};
-use crate::internal::{DelayedMessage, Envelope, RegisteredSpecs};
+use crate::internal::{DelayedMessage, Envelope, Inbox, RegisteredSpecs};
 use crate::invoker::InvokeError;
 use crate::kafka::{self, blocking};
 use crate::module::{DeliverySemantic, TypeName};
@@ -81,13 +87,20 @@ pub async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
         match result {
             Ok(()) => break,
             Err(e) => {
-                shared.metrics.epoch_failures.with_label_values(&[&p.to_string()]).inc();
+                shared
+                    .metrics
+                    .epoch_failures
+                    .with_label_values(&[&p.to_string()])
+                    .inc();
                 if let EpochError::Kafka(k) = &e {
                     if kafka::is_fenced(k) {
                         tracing::warn!(partition = p, "fenced: another worker took over this partition's transactional id; reopening");
                     }
                 }
-                tracing::warn!(partition = p, "epoch failed, reopening the partition from its last commit in {pause:?}: {e}");
+                tracing::warn!(
+                    partition = p,
+                    "epoch failed, reopening the partition from its last commit in {pause:?}: {e}"
+                );
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(pause) => {}
@@ -130,6 +143,10 @@ struct Processor {
     inflight: JoinSet<Done>,
     timers: Timers,
     specs: HashMap<String, Vec<PersistedValueSpec>>,
+    /// The batch each busy address has in flight.
+    sent: HashMap<Address, Vec<Envelope>>,
+    /// Addresses with an inbox in the partition state, with the message ids it holds.
+    parked: HashMap<Address, Vec<String>>,
     /// Offset of the last input record taken in this epoch.
     last_offset: Option<i64>,
     records: usize,
@@ -141,7 +158,8 @@ impl Processor {
         let started = Instant::now();
         let cfg = &shared.cfg;
         let txn_id = format!("{}-p{p}", cfg.cluster);
-        let producer = kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
+        let producer =
+            kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
         // Fences any earlier owner of this partition and aborts its open transaction, so the
         // changelog below is complete once we read it to its end.
         let pr = producer.clone();
@@ -153,10 +171,16 @@ impl Processor {
         let mut timers = Timers::default();
         for (id, msg) in store.all_delayed()? {
             let sender = msg.envelope.as_ref().and_then(|e| e.caller.clone());
-            let token = (!msg.cancellation_token.is_empty()).then(|| msg.cancellation_token.clone());
+            let token =
+                (!msg.cancellation_token.is_empty()).then(|| msg.cancellation_token.clone());
             timers.insert(id, sender.zip(token));
         }
-        let specs = store.all_specs()?.into_iter().map(|(t, s)| (t, s.specs)).collect();
+        let specs = store
+            .all_specs()?
+            .into_iter()
+            .map(|(t, s)| (t, s.specs))
+            .collect();
+        let inboxes = store.all_inboxes()?;
 
         let consumer: StreamConsumer = kafka::client_config(&shared.bootstrap)
             .set("group.id", &cfg.cluster)
@@ -171,10 +195,25 @@ impl Processor {
         consumer.assign(&tpl)?;
 
         let secs = started.elapsed().as_secs_f64();
-        shared.metrics.restore_seconds.with_label_values(&[&p.to_string()]).set(secs);
-        shared.metrics.delayed_pending.with_label_values(&[&p.to_string()]).set(timers.len() as i64);
-        tracing::info!(partition = p, replayed, delayed = timers.len(), "partition restored in {:.3}s", secs);
-        Ok(Processor {
+        shared
+            .metrics
+            .restore_seconds
+            .with_label_values(&[&p.to_string()])
+            .set(secs);
+        shared
+            .metrics
+            .delayed_pending
+            .with_label_values(&[&p.to_string()])
+            .set(timers.len() as i64);
+        tracing::info!(
+            partition = p,
+            replayed,
+            delayed = timers.len(),
+            parked = inboxes.len(),
+            "partition restored in {:.3}s",
+            secs
+        );
+        let mut proc = Processor {
             shared,
             p,
             producer,
@@ -184,34 +223,60 @@ impl Processor {
             inflight: JoinSet::new(),
             timers,
             specs,
+            sent: HashMap::new(),
+            parked: HashMap::new(),
             last_offset: None,
             records: 0,
             in_txn: false,
-        })
+        };
+        // Parked addresses go first: their messages precede any input still to be read.
+        if !inboxes.is_empty() {
+            proc.begin()?;
+        }
+        for (addr, inbox) in inboxes {
+            proc.parked.insert(
+                addr,
+                inbox
+                    .messages
+                    .iter()
+                    .map(|m| m.message_id.clone())
+                    .collect(),
+            );
+            for env in inbox.messages {
+                proc.deliver(env).await?;
+            }
+        }
+        Ok(proc)
     }
 
     async fn run(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
         let mut next_sweep = Instant::now() + self.shared.cfg.expiry_sweep;
         loop {
-            // Idle: wait for input, a due delayed message, the expiry sweep, or the stop.
-            let timer_at = self.next_timer_instant();
-            let first = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(()),
-                m = self.consumer.recv() => Some(m.map(decode_record)),
-                _ = sleep_until_opt(timer_at) => None,
-                _ = tokio::time::sleep_until(next_sweep.into()) => None,
-            };
-            self.begin()?;
+            // Idle: wait for input, a parked request's outcome, a due delayed message, the
+            // expiry sweep, or the stop. (An epoch may already be open: restore dispatches
+            // inboxes inside one.)
+            if !self.in_txn {
+                let timer_at = self.next_timer_instant();
+                let first = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Ok(()),
+                    Some(done) = self.inflight.join_next() => Event::Done(done),
+                    m = self.consumer.recv() => Event::Record(m.map(decode_record)),
+                    _ = sleep_until_opt(timer_at) => Event::WindowClosed,
+                    _ = tokio::time::sleep_until(next_sweep.into()) => Event::WindowClosed,
+                };
+                self.begin()?;
+                self.on_event(first).await?;
+            }
             if Instant::now() >= next_sweep {
                 self.sweep_expired()?;
                 next_sweep = Instant::now() + self.shared.cfg.expiry_sweep;
             }
-            if let Some(rec) = first {
-                self.on_record(rec).await?;
-            }
             self.epoch(stop).await?;
             self.commit().await?;
+            if stop.is_cancelled() {
+                return Ok(());
+            }
         }
     }
 
@@ -219,13 +284,24 @@ impl Processor {
     /// open, drive every invocation to completion, fire due delayed messages.
     async fn epoch(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
         let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
+        let park_at = window + self.shared.cfg.park_after;
         let mut intake = true;
         loop {
             self.fire_due_timers().await?;
-            if intake && (self.records >= self.shared.cfg.max_epoch_records || stop.is_cancelled()) {
+            if intake && (self.records >= self.shared.cfg.max_epoch_records || stop.is_cancelled())
+            {
                 intake = false;
             }
-            if self.dispatcher.is_idle() {
+            // Slow requests do not hold the epoch past `park-after` (or a stop): their
+            // addresses are parked when it commits.
+            let settled = self.settled();
+            if !intake
+                && !settled
+                && (stop.is_cancelled() || tokio::time::Instant::now() >= park_at)
+            {
+                return Ok(());
+            }
+            if settled {
                 if !intake {
                     return Ok(());
                 }
@@ -245,16 +321,67 @@ impl Processor {
                 Some(done) = self.inflight.join_next() => Event::Done(done),
                 m = self.consumer.recv(), if take => Event::Record(m.map(decode_record)),
                 _ = tokio::time::sleep_until(window), if intake => Event::WindowClosed,
+                _ = tokio::time::sleep_until(park_at), if !intake => Event::WindowClosed,
+                _ = stop.cancelled(), if intake => Event::WindowClosed,
             };
-            match ev {
-                Event::Done(done) => {
-                    let done = done.map_err(|e| EpochError::Panicked(e.to_string()))?;
-                    self.on_done(done).await?;
-                }
-                Event::Record(rec) => self.on_record(rec).await?,
-                Event::WindowClosed => intake = false,
+            if matches!(ev, Event::WindowClosed) {
+                intake = false;
+            }
+            self.on_event(ev).await?;
+        }
+    }
+
+    /// True when every request in flight belongs to an already parked address: nothing the
+    /// epoch should wait for.
+    fn settled(&self) -> bool {
+        self.dispatcher
+            .busy()
+            .all(|(a, _)| self.parked.contains_key(a))
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), EpochError> {
+        match ev {
+            Event::Done(done) => {
+                let done = done.map_err(|e| EpochError::Panicked(e.to_string()))?;
+                self.on_done(done).await
+            }
+            Event::Record(rec) => self.on_record(rec).await,
+            Event::WindowClosed => Ok(()),
+        }
+    }
+
+    /// Brings the inboxes in the overlay up to date with the dispatcher: every busy address
+    /// keeps its in-flight batch and queue; an address that became idle loses its inbox.
+    fn write_inboxes(&mut self) {
+        let mut now_parked: HashMap<Address, Vec<String>> = HashMap::new();
+        for (addr, queued) in self.dispatcher.busy() {
+            let messages: Vec<Envelope> = self
+                .sent
+                .get(addr)
+                .into_iter()
+                .flatten()
+                .chain(queued)
+                .cloned()
+                .collect();
+            let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+            if self.parked.get(addr) != Some(&ids) {
+                self.store.put_inbox(addr, Some(&Inbox { messages }));
+            }
+            now_parked.insert(addr.clone(), ids);
+        }
+        for addr in self.parked.keys() {
+            if !now_parked.contains_key(addr) {
+                self.store.put_inbox(addr, None);
             }
         }
+        if !now_parked.is_empty() {
+            tracing::debug!(
+                partition = self.p,
+                parked = now_parked.len(),
+                "epoch commits with slow requests parked"
+            );
+        }
+        self.parked = now_parked;
     }
 
     fn begin(&mut self) -> Result<(), EpochError> {
@@ -280,9 +407,21 @@ impl Processor {
             Some(Ok(env)) => env,
             Some(Err(e)) => {
                 let reason = format!("undecodable message envelope at {origin}: {e}");
-                return self.dead_letter_raw("envelope", &reason, None, None, &origin).await;
+                return self
+                    .dead_letter_raw("envelope", &reason, None, None, &origin)
+                    .await;
             }
-            None => return self.dead_letter_raw("envelope", &format!("empty message envelope at {origin}"), None, None, &origin).await,
+            None => {
+                return self
+                    .dead_letter_raw(
+                        "envelope",
+                        &format!("empty message envelope at {origin}"),
+                        None,
+                        None,
+                        &origin,
+                    )
+                    .await
+            }
         };
         self.deliver(env).await
     }
@@ -291,16 +430,25 @@ impl Processor {
     /// the in-flight request otherwise.
     async fn deliver(&mut self, env: Envelope) -> Result<(), EpochError> {
         let Some(target) = env.target.clone() else {
-            return self.dead_letter(&env, "envelope", "the message has no target address").await;
+            return self
+                .dead_letter(&env, "envelope", "the message has no target address")
+                .await;
         };
-        let ftype = TypeName { namespace: target.namespace.clone(), name: target.r#type.clone() };
+        let ftype = TypeName {
+            namespace: target.namespace.clone(),
+            name: target.r#type.clone(),
+        };
         let Some(ep) = self.shared.module.endpoint_for(&ftype) else {
-            let reason = format!("unknown function type `{ftype}`: no endpoint in module.yaml serves it");
+            let reason =
+                format!("unknown function type `{ftype}`: no endpoint in module.yaml serves it");
             return self.dead_letter(&env, "unknown-function", &reason).await;
         };
         let max_batch = ep.max_num_batch_requests;
         if partition_for(&target.id, self.shared.cfg.partition_count()) != self.p {
-            let reason = format!("message for {target} arrived on partition {}, which does not own that id", self.p);
+            let reason = format!(
+                "message for {target} arrived on partition {}, which does not own that id",
+                self.p
+            );
             return self.dead_letter(&env, "misrouted", &reason).await;
         }
         if let Some(batch) = self.dispatcher.enqueue(target.clone(), env, max_batch) {
@@ -324,33 +472,66 @@ impl Processor {
                     .iter()
                     .map(|s| PersistedValue {
                         state_name: s.state_name.clone(),
-                        state_value: state.values.get(&s.state_name).and_then(|v| v.value.clone()),
+                        state_value: state
+                            .values
+                            .get(&s.state_name)
+                            .and_then(|v| v.value.clone()),
                     })
                     .collect(),
                 invocations: batch
                     .iter()
-                    .map(|e| to_function::Invocation { caller: e.caller.clone(), argument: e.argument.clone() })
+                    .map(|e| to_function::Invocation {
+                        caller: e.caller.clone(),
+                        argument: e.argument.clone(),
+                    })
                     .collect(),
             })),
         };
         let body = request.encode_to_vec();
+        self.sent.insert(addr.clone(), batch.clone());
         let shared = self.shared.clone();
         let m = &self.shared.metrics;
-        m.invocations.with_label_values(&[&ftype]).inc_by(batch.len() as u64);
-        m.batch_size.with_label_values(&[&ftype]).observe(batch.len() as f64);
+        m.invocations
+            .with_label_values(&[&ftype])
+            .inc_by(batch.len() as u64);
+        m.batch_size
+            .with_label_values(&[&ftype])
+            .observe(batch.len() as f64);
         self.inflight.spawn(async move {
             let started = Instant::now();
-            let tn = TypeName { namespace: addr.namespace.clone(), name: addr.r#type.clone() };
-            let result = shared.invoker.invoke(&shared.module, &tn, body).await.expect("deliver checked the endpoint");
-            Done { addr, batch, result, elapsed: started.elapsed() }
+            let tn = TypeName {
+                namespace: addr.namespace.clone(),
+                name: addr.r#type.clone(),
+            };
+            let result = shared
+                .invoker
+                .invoke(&shared.module, &tn, body)
+                .await
+                .expect("deliver checked the endpoint");
+            Done {
+                addr,
+                batch,
+                result,
+                elapsed: started.elapsed(),
+            }
         });
         Ok(())
     }
 
     async fn on_done(&mut self, done: Done) -> Result<(), EpochError> {
-        let Done { addr, batch, result, elapsed } = done;
+        let Done {
+            addr,
+            batch,
+            result,
+            elapsed,
+        } = done;
+        self.sent.remove(&addr);
         let ftype = addr.function_type();
-        self.shared.metrics.invocation_seconds.with_label_values(&[&ftype]).observe(elapsed.as_secs_f64());
+        self.shared
+            .metrics
+            .invocation_seconds
+            .with_label_values(&[&ftype])
+            .observe(elapsed.as_secs_f64());
         match result.map(|r| r.response) {
             Err(e) => {
                 let kind = match e {
@@ -364,7 +545,10 @@ impl Processor {
             Ok(Some(from_function::Response::IncompleteInvocationContext(ctx))) => {
                 match self.register_specs(&ftype, ctx.missing_values) {
                     Ok(()) => return self.start(addr, batch),
-                    Err(reason) => self.dead_letter_batch(&batch, "state-spec", &reason).await?,
+                    Err(reason) => {
+                        self.dead_letter_batch(&batch, "state-spec", &reason)
+                            .await?
+                    }
                 }
             }
             Ok(Some(from_function::Response::InvocationResult(resp))) => {
@@ -372,14 +556,31 @@ impl Processor {
                 let outcome = {
                     let specs = self.specs.get(&ftype).map(Vec::as_slice).unwrap_or(&[]);
                     let module = &self.shared.module;
-                    let egress = |id: &str| id.parse::<TypeName>().ok().and_then(|t| module.egress(&t)).map(|e| e.delivery.clone());
+                    let egress = |id: &str| {
+                        id.parse::<TypeName>()
+                            .ok()
+                            .and_then(|t| module.egress(&t))
+                            .map(|e| e.delivery.clone())
+                    };
                     let timers = &self.timers;
                     let live = |t: &str| timers.is_live(&addr, t);
-                    effects::apply(resp, &state, &effects::Env { now_ms: now_ms(), specs, egress: &egress, token_live: &live })
+                    effects::apply(
+                        resp,
+                        &state,
+                        &effects::Env {
+                            now_ms: now_ms(),
+                            specs,
+                            egress: &egress,
+                            token_live: &live,
+                        },
+                    )
                 };
                 match outcome {
                     Ok(fx) => self.apply_effects(&addr, fx).await?,
-                    Err(reason) => self.dead_letter_batch(&batch, "bad-response", &reason).await?,
+                    Err(reason) => {
+                        self.dead_letter_batch(&batch, "bad-response", &reason)
+                            .await?
+                    }
                 }
             }
         }
@@ -390,7 +591,11 @@ impl Processor {
     }
 
     /// Registers the specs a function reported missing. A spec's type never changes.
-    fn register_specs(&mut self, ftype: &str, missing: Vec<PersistedValueSpec>) -> Result<(), String> {
+    fn register_specs(
+        &mut self,
+        ftype: &str,
+        missing: Vec<PersistedValueSpec>,
+    ) -> Result<(), String> {
         let list = self.specs.entry(ftype.to_string()).or_default();
         let mut added = false;
         for m in missing {
@@ -409,14 +614,22 @@ impl Processor {
             }
         }
         if !added {
-            return Err(format!("`{ftype}` reports missing state although every registered state was sent"));
+            return Err(format!(
+                "`{ftype}` reports missing state although every registered state was sent"
+            ));
         }
-        let specs = RegisteredSpecs { specs: list.clone() };
+        let specs = RegisteredSpecs {
+            specs: list.clone(),
+        };
         self.store.put_specs(ftype, &specs);
         Ok(())
     }
 
-    async fn apply_effects(&mut self, sender: &Address, fx: effects::Effects) -> Result<(), EpochError> {
+    async fn apply_effects(
+        &mut self,
+        sender: &Address,
+        fx: effects::Effects,
+    ) -> Result<(), EpochError> {
         for (target, argument) in fx.messages {
             let env = Envelope {
                 target: Some(target),
@@ -429,7 +642,12 @@ impl Processor {
         }
         for d in fx.delayed {
             match d {
-                Delayed::Send { delay_ms, target, argument, token } => {
+                Delayed::Send {
+                    delay_ms,
+                    target,
+                    argument,
+                    token,
+                } => {
                     let fire_at = now_ms().saturating_add(delay_ms);
                     let id: TimerId = (fire_at, rand::random());
                     let msg = DelayedMessage {
@@ -453,7 +671,11 @@ impl Processor {
                 }
             }
         }
-        self.shared.metrics.delayed_pending.with_label_values(&[&self.p.to_string()]).set(self.timers.len() as i64);
+        self.shared
+            .metrics
+            .delayed_pending
+            .with_label_values(&[&self.p.to_string()])
+            .set(self.timers.len() as i64);
         for e in fx.egress {
             self.send_egress(e).await?;
         }
@@ -476,7 +698,11 @@ impl Processor {
             fired = true;
         }
         if fired {
-            self.shared.metrics.delayed_pending.with_label_values(&[&self.p.to_string()]).set(self.timers.len() as i64);
+            self.shared
+                .metrics
+                .delayed_pending
+                .with_label_values(&[&self.p.to_string()])
+                .set(self.timers.len() as i64);
         }
         Ok(())
     }
@@ -498,11 +724,21 @@ impl Processor {
     }
 
     async fn send_envelope(&self, env: &Envelope) -> Result<(), EpochError> {
-        let target = env.target.as_ref().expect("envelopes are built with a target");
+        let target = env
+            .target
+            .as_ref()
+            .expect("envelopes are built with a target");
         let partition = partition_for(&target.id, self.shared.cfg.partition_count());
         let payload = env.encode_to_vec();
-        kafka::send(&self.producer, &self.shared.cfg.topic_messages(), Some(partition), Some(target.id.as_bytes()), Some(&payload), None)
-            .await?;
+        kafka::send(
+            &self.producer,
+            &self.shared.cfg.topic_messages(),
+            Some(partition),
+            Some(target.id.as_bytes()),
+            Some(&payload),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -512,28 +748,73 @@ impl Processor {
             DeliverySemantic::ExactlyOnce { .. } => &self.producer,
             DeliverySemantic::AtLeastOnce | DeliverySemantic::None => &self.shared.plain,
         };
-        kafka::send(producer, &e.topic, None, e.key.as_deref(), Some(&e.value), None).await?;
-        self.shared.metrics.egress_records.with_label_values(&[&e.topic]).inc();
+        kafka::send(
+            producer,
+            &e.topic,
+            None,
+            e.key.as_deref(),
+            Some(&e.value),
+            None,
+        )
+        .await?;
+        self.shared
+            .metrics
+            .egress_records
+            .with_label_values(&[&e.topic])
+            .inc();
         Ok(())
     }
 
-    async fn dead_letter_batch(&mut self, batch: &[Envelope], kind: &'static str, reason: &str) -> Result<(), EpochError> {
+    async fn dead_letter_batch(
+        &mut self,
+        batch: &[Envelope],
+        kind: &'static str,
+        reason: &str,
+    ) -> Result<(), EpochError> {
         for env in batch {
             self.dead_letter(env, kind, reason).await?;
         }
         Ok(())
     }
 
-    async fn dead_letter(&mut self, env: &Envelope, kind: &'static str, reason: &str) -> Result<(), EpochError> {
-        let target = env.target.as_ref().map(|t| t.to_string()).unwrap_or_default();
+    async fn dead_letter(
+        &mut self,
+        env: &Envelope,
+        kind: &'static str,
+        reason: &str,
+    ) -> Result<(), EpochError> {
+        let target = env
+            .target
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         let arg = env.argument.clone().unwrap_or_default();
         tracing::warn!(partition = self.p, target = %target, message_id = %env.message_id, kind, "dead letter: {reason}");
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "keyflow.target", value: Some(target.as_str()) })
-            .insert(Header { key: "keyflow.typename", value: Some(arg.typename.as_str()) })
-            .insert(Header { key: "keyflow.message-id", value: Some(env.message_id.as_str()) })
-            .insert(Header { key: "keyflow.origin", value: Some(env.origin.as_str()) });
-        self.dead_letter_raw(kind, reason, Some(target.as_bytes()), Some(headers_with_value(headers, &arg)), &env.origin).await
+            .insert(Header {
+                key: "keyflow.target",
+                value: Some(target.as_str()),
+            })
+            .insert(Header {
+                key: "keyflow.typename",
+                value: Some(arg.typename.as_str()),
+            })
+            .insert(Header {
+                key: "keyflow.message-id",
+                value: Some(env.message_id.as_str()),
+            })
+            .insert(Header {
+                key: "keyflow.origin",
+                value: Some(env.origin.as_str()),
+            });
+        self.dead_letter_raw(
+            kind,
+            reason,
+            Some(target.as_bytes()),
+            Some(headers_with_value(headers, &arg)),
+            &env.origin,
+        )
+        .await
     }
 
     async fn dead_letter_raw(
@@ -549,25 +830,61 @@ impl Processor {
         }
         let (headers, payload) = value.unwrap_or_else(|| (OwnedHeaders::new(), Vec::new()));
         let headers = headers
-            .insert(Header { key: "keyflow.reason", value: Some(reason) })
-            .insert(Header { key: "keyflow.reason-kind", value: Some(kind) });
-        kafka::send(&self.producer, &self.shared.cfg.topic_dead_letters(), None, key, Some(&payload), Some(headers)).await?;
-        self.shared.metrics.dead_letters.with_label_values(&[kind]).inc();
+            .insert(Header {
+                key: "keyflow.reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "keyflow.reason-kind",
+                value: Some(kind),
+            });
+        kafka::send(
+            &self.producer,
+            &self.shared.cfg.topic_dead_letters(),
+            None,
+            key,
+            Some(&payload),
+            Some(headers),
+        )
+        .await?;
+        self.shared
+            .metrics
+            .dead_letters
+            .with_label_values(&[kind])
+            .inc();
         Ok(())
     }
 
     /// Commits the epoch: changelog, input offsets, transaction; then the sled checkpoint.
     async fn commit(&mut self) -> Result<(), EpochError> {
         let started = Instant::now();
+        self.write_inboxes();
         let state_topic = self.shared.cfg.topic_state();
         let mut deliveries = Vec::with_capacity(self.store.overlay().len());
         for (k, v) in self.store.overlay() {
-            deliveries.push(kafka::send(&self.producer, &state_topic, Some(self.p), Some(k), v.as_deref(), None).await?);
+            deliveries.push(
+                kafka::send(
+                    &self.producer,
+                    &state_topic,
+                    Some(self.p),
+                    Some(k),
+                    v.as_deref(),
+                    None,
+                )
+                .await?,
+            );
         }
         if let Some(last) = self.last_offset {
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.shared.cfg.topic_messages(), self.p, Offset::Offset(last + 1))?;
-            let cgm = self.consumer.group_metadata().ok_or_else(|| EpochError::Other("consumer has no group metadata".into()))?;
+            tpl.add_partition_offset(
+                &self.shared.cfg.topic_messages(),
+                self.p,
+                Offset::Offset(last + 1),
+            )?;
+            let cgm = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| EpochError::Other("consumer has no group metadata".into()))?;
             let pr = self.producer.clone();
             blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
         }
@@ -585,7 +902,8 @@ impl Processor {
         }
         self.store.checkpoint(next_offset)?;
         let m = &self.shared.metrics;
-        m.epoch_commit_seconds.observe(started.elapsed().as_secs_f64());
+        m.epoch_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         m.epoch_records.observe(self.records as f64);
         self.last_offset = None;
         self.records = 0;
@@ -600,7 +918,10 @@ impl Processor {
         if self.in_txn {
             let pr = self.producer.clone();
             if let Err(e) = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await {
-                tracing::debug!(partition = self.p, "abort failed (the reopened producer will abort instead): {e}");
+                tracing::debug!(
+                    partition = self.p,
+                    "abort failed (the reopened producer will abort instead): {e}"
+                );
             }
             self.in_txn = false;
         }

@@ -21,15 +21,29 @@ const STALL: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("reading changelog {topic}/{partition}: {err}")]
-    Kafka { topic: String, partition: i32, err: KafkaError },
+    Kafka {
+        topic: String,
+        partition: i32,
+        err: KafkaError,
+    },
     #[error("changelog {topic}/{partition}: nothing received for {STALL:?} before reaching its end (offset {at}, end {end})")]
-    Stalled { topic: String, partition: i32, at: i64, end: i64 },
+    Stalled {
+        topic: String,
+        partition: i32,
+        at: i64,
+        end: i64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Replays the changelog tail into `store`. Returns how many records were applied.
-pub async fn catch_up(bootstrap: &str, topic: &str, partition: i32, store: &PartitionStore) -> Result<u64, RestoreError> {
+pub async fn catch_up(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    store: &PartitionStore,
+) -> Result<u64, RestoreError> {
     let from = store.changelog_offset()?;
     let (bootstrap, topic_owned) = (bootstrap.to_string(), topic.to_string());
     // sled trees are cheap handles onto the same data; the blocking task gets its own.
@@ -37,8 +51,18 @@ pub async fn catch_up(bootstrap: &str, topic: &str, partition: i32, store: &Part
     blocking(move || replay(&bootstrap, &topic_owned, partition, from, &tree_store)).await
 }
 
-fn replay(bootstrap: &str, topic: &str, partition: i32, from: i64, store: &PartitionStore) -> Result<u64, RestoreError> {
-    let kerr = |err| RestoreError::Kafka { topic: topic.to_string(), partition, err };
+fn replay(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    store: &PartitionStore,
+) -> Result<u64, RestoreError> {
+    let kerr = |err| RestoreError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        err,
+    };
     let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", format!("{topic}-restore"))
         .set("isolation.level", "read_committed")
@@ -46,13 +70,16 @@ fn replay(bootstrap: &str, topic: &str, partition: i32, from: i64, store: &Parti
         .set("enable.partition.eof", "true")
         .create()
         .map_err(kerr)?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)).map_err(kerr)?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        .map_err(kerr)?;
     let start = from.max(low);
     if start >= high {
         return Ok(0);
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(kerr)?;
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+        .map_err(kerr)?;
     consumer.assign(&tpl).map_err(kerr)?;
 
     let mut applied = 0u64;
@@ -62,7 +89,10 @@ fn replay(bootstrap: &str, topic: &str, partition: i32, from: i64, store: &Parti
     loop {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
-                batch.push((m.key().unwrap_or_default().to_vec(), m.payload().map(<[u8]>::to_vec)));
+                batch.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().map(<[u8]>::to_vec),
+                ));
                 next = m.offset() + 1;
                 last_progress = Instant::now();
                 if batch.len() >= BATCH {
@@ -74,7 +104,12 @@ fn replay(bootstrap: &str, topic: &str, partition: i32, from: i64, store: &Parti
             Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => break,
             Some(Err(e)) => return Err(kerr(e)),
             None if last_progress.elapsed() > STALL => {
-                return Err(RestoreError::Stalled { topic: topic.to_string(), partition, at: next, end: high })
+                return Err(RestoreError::Stalled {
+                    topic: topic.to_string(),
+                    partition,
+                    at: next,
+                    end: high,
+                })
             }
             None => {}
         }
@@ -84,7 +119,10 @@ fn replay(bootstrap: &str, topic: &str, partition: i32, from: i64, store: &Parti
     let end = consumer
         .position()
         .ok()
-        .and_then(|p| p.find_partition(topic, partition).and_then(|e| e.offset().to_raw()))
+        .and_then(|p| {
+            p.find_partition(topic, partition)
+                .and_then(|e| e.offset().to_raw())
+        })
         .filter(|o| *o >= next)
         .unwrap_or(next);
     store.apply_changelog(batch, end)?;

@@ -10,13 +10,14 @@
 //! - `a` + address: [`AddressState`] of one function address.
 //! - `s` + function type: [`RegisteredSpecs`] of that type.
 //! - `t` + fire time (8 bytes BE) + id (8 bytes BE): a [`DelayedMessage`].
+//! - `i` + address: the [`Inbox`] of an address whose request outlived an epoch.
 //! - `m` + name: local metadata (the checkpointed changelog offset); never changelogged.
 
 use std::collections::BTreeMap;
 
 use keyflow_protocol::{Address, Message};
 
-use crate::internal::{AddressState, DelayedMessage, RegisteredSpecs};
+use crate::internal::{AddressState, DelayedMessage, Inbox, RegisteredSpecs};
 use crate::timers::TimerId;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
@@ -26,7 +27,10 @@ pub enum StoreError {
     #[error("local state store (sled): {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt state record under key {key:?}: {err}")]
-    Corrupt { key: String, err: prost::DecodeError },
+    Corrupt {
+        key: String,
+        err: prost::DecodeError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -41,13 +45,19 @@ pub struct PartitionStore {
 
 impl PartitionStore {
     pub fn open(db: &sled::Db, partition: i32) -> Result<Self> {
-        Ok(PartitionStore { tree: db.open_tree(format!("partition-{partition}"))?, overlay: Overlay::new() })
+        Ok(PartitionStore {
+            tree: db.open_tree(format!("partition-{partition}"))?,
+            overlay: Overlay::new(),
+        })
     }
 
     /// A second handle on the same committed data, with an empty overlay (for restore, which
     /// runs on a blocking thread).
     pub fn handle(&self) -> PartitionStore {
-        PartitionStore { tree: self.tree.clone(), overlay: Overlay::new() }
+        PartitionStore {
+            tree: self.tree.clone(),
+            overlay: Overlay::new(),
+        }
     }
 
     /// The changelog offset the tree has caught up to (the next offset to replay).
@@ -60,7 +70,11 @@ impl PartitionStore {
     }
 
     /// Applies changelog records read during restore, up to `next_offset`.
-    pub fn apply_changelog(&self, records: Vec<(Vec<u8>, Option<Vec<u8>>)>, next_offset: i64) -> Result<()> {
+    pub fn apply_changelog(
+        &self,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        next_offset: i64,
+    ) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (k, v) in records {
             if k.first() == Some(&b'm') {
@@ -86,8 +100,10 @@ impl PartitionStore {
     fn decode<M: Message + Default>(key: &[u8], bytes: Option<Vec<u8>>) -> Result<Option<M>> {
         bytes
             .map(|b| {
-                M::decode(b.as_slice())
-                    .map_err(|err| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), err })
+                M::decode(b.as_slice()).map_err(|err| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    err,
+                })
             })
             .transpose()
     }
@@ -104,7 +120,8 @@ impl PartitionStore {
     }
 
     pub fn put_specs(&mut self, function_type: &str, specs: &RegisteredSpecs) {
-        self.overlay.insert(specs_key(function_type), Some(specs.encode_to_vec()));
+        self.overlay
+            .insert(specs_key(function_type), Some(specs.encode_to_vec()));
     }
 
     pub fn delayed(&self, id: TimerId) -> Result<Option<DelayedMessage>> {
@@ -113,11 +130,35 @@ impl PartitionStore {
     }
 
     pub fn put_delayed(&mut self, id: TimerId, msg: &DelayedMessage) {
-        self.overlay.insert(timer_key(id), Some(msg.encode_to_vec()));
+        self.overlay
+            .insert(timer_key(id), Some(msg.encode_to_vec()));
     }
 
     pub fn delete_delayed(&mut self, id: TimerId) {
         self.overlay.insert(timer_key(id), None);
+    }
+
+    pub fn put_inbox(&mut self, addr: &Address, inbox: Option<&Inbox>) {
+        let mut key = address_key(addr);
+        key[0] = b'i';
+        self.overlay.insert(key, inbox.map(Message::encode_to_vec));
+    }
+
+    /// Every committed inbox: (address, its pending messages).
+    pub fn all_inboxes(&self) -> Result<Vec<(Address, Inbox)>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"i") {
+            let (k, v) = kv?;
+            let mut akey = k.to_vec();
+            akey[0] = b'a';
+            if let (Some(addr), Some(inbox)) = (
+                parse_address_key(&akey),
+                Self::decode::<Inbox>(&k, Some(v.to_vec()))?,
+            ) {
+                out.push((addr, inbox));
+            }
+        }
+        Ok(out)
     }
 
     /// Every committed registered-specs record: (function type, specs).
@@ -136,7 +177,10 @@ impl PartitionStore {
         let mut out = Vec::new();
         for kv in self.tree.scan_prefix(b"t") {
             let (k, v) = kv?;
-            if let (Some(id), Some(msg)) = (parse_timer_key(&k), Self::decode::<DelayedMessage>(&k, Some(v.to_vec()))?) {
+            if let (Some(id), Some(msg)) = (
+                parse_timer_key(&k),
+                Self::decode::<DelayedMessage>(&k, Some(v.to_vec()))?,
+            ) {
                 out.push((id, msg));
             }
         }
@@ -253,9 +297,15 @@ mod tests {
         let a = Address::new("ns", "f", "a/b");
         assert_eq!(parse_address_key(&address_key(&a)), Some(a.clone()));
         // Without length prefixes these two would share a key.
-        assert_ne!(address_key(&Address::new("n", "sf", "x")), address_key(&Address::new("ns", "f", "x")));
+        assert_ne!(
+            address_key(&Address::new("n", "sf", "x")),
+            address_key(&Address::new("ns", "f", "x"))
+        );
         assert_eq!(parse_timer_key(&timer_key((1_234, 9))), Some((1_234, 9)));
-        assert!(timer_key((1, 9)) < timer_key((2, 0)), "timer keys sort by fire time");
+        assert!(
+            timer_key((1, 9)) < timer_key((2, 0)),
+            "timer keys sort by fire time"
+        );
     }
 
     #[test]
@@ -264,11 +314,25 @@ mod tests {
         let mut s = PartitionStore::open(&db, 3).unwrap();
         let a = Address::new("ns", "f", "1");
         let mut st = AddressState::default();
-        st.values.insert("n".into(), StoredValue { value: None, expires_at_ms: 0 });
+        st.values.insert(
+            "n".into(),
+            StoredValue {
+                value: None,
+                expires_at_ms: 0,
+            },
+        );
         s.put_address_state(&a, &st);
-        assert_eq!(s.address_state(&a).unwrap(), st, "the overlay is read first");
+        assert_eq!(
+            s.address_state(&a).unwrap(),
+            st,
+            "the overlay is read first"
+        );
         s.discard();
-        assert_eq!(s.address_state(&a).unwrap(), AddressState::default(), "discarded changes are gone");
+        assert_eq!(
+            s.address_state(&a).unwrap(),
+            AddressState::default(),
+            "discarded changes are gone"
+        );
         s.put_address_state(&a, &st);
         s.checkpoint(Some(42)).unwrap();
         assert_eq!(s.changelog_offset().unwrap(), 42);
@@ -280,12 +344,38 @@ mod tests {
     }
 
     #[test]
+    fn inboxes_round_trip() {
+        let db = temp_db();
+        let mut s = PartitionStore::open(&db, 0).unwrap();
+        let a = Address::new("ns", "f", "1");
+        let inbox = Inbox {
+            messages: vec![Default::default()],
+        };
+        s.put_inbox(&a, Some(&inbox));
+        s.checkpoint(None).unwrap();
+        assert_eq!(s.all_inboxes().unwrap(), vec![(a.clone(), inbox)]);
+        assert_eq!(
+            s.address_state(&a).unwrap(),
+            AddressState::default(),
+            "an inbox is not state"
+        );
+        s.put_inbox(&a, None);
+        s.checkpoint(None).unwrap();
+        assert!(s.all_inboxes().unwrap().is_empty());
+    }
+
+    #[test]
     fn changelog_replay_applies_puts_and_tombstones() {
         let db = temp_db();
         let s = PartitionStore::open(&db, 0).unwrap();
         let id = (10, 1);
-        let msg = DelayedMessage { fire_at_ms: 10, envelope: None, cancellation_token: "t".into() };
-        s.apply_changelog(vec![(timer_key(id), Some(msg.encode_to_vec()))], 5).unwrap();
+        let msg = DelayedMessage {
+            fire_at_ms: 10,
+            envelope: None,
+            cancellation_token: "t".into(),
+        };
+        s.apply_changelog(vec![(timer_key(id), Some(msg.encode_to_vec()))], 5)
+            .unwrap();
         assert_eq!(s.all_delayed().unwrap(), vec![(id, msg)]);
         s.apply_changelog(vec![(timer_key(id), None)], 6).unwrap();
         assert!(s.all_delayed().unwrap().is_empty());

@@ -37,7 +37,8 @@ impl Timers {
     }
 
     pub fn is_live(&self, sender: &Address, token: &str) -> bool {
-        self.tokens.contains_key(&(sender.clone(), token.to_string()))
+        self.tokens
+            .contains_key(&(sender.clone(), token.to_string()))
     }
 
     /// Takes the earliest message due at `now_ms`, if any.
@@ -85,7 +86,10 @@ mod tests {
         assert_eq!(t.pop_due(50), None);
         assert_eq!(t.pop_due(250), Some((100, 2)));
         assert_eq!(t.pop_due(250), Some((200, 3)));
-        assert!(!t.is_live(&a("x"), "tok"), "a fired message's token is free again");
+        assert!(
+            !t.is_live(&a("x"), "tok"),
+            "a fired message's token is free again"
+        );
         assert_eq!(t.pop_due(250), None);
         assert_eq!(t.len(), 1);
     }
@@ -98,7 +102,11 @@ mod tests {
         assert!(!t.is_live(&a("y"), "tok"));
         assert_eq!(t.cancel(&a("y"), "tok"), None);
         assert_eq!(t.cancel(&a("x"), "tok"), Some((100, 1)));
-        assert_eq!(t.cancel(&a("x"), "tok"), None, "cancelling twice does nothing");
+        assert_eq!(
+            t.cancel(&a("x"), "tok"),
+            None,
+            "cancelling twice does nothing"
+        );
         assert_eq!(t.pop_due(1_000), None, "a cancelled message never fires");
         assert!(t.is_empty());
     }

@@ -54,7 +54,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn set_phase(&self, topic: &str, p: i32, phase: PartitionPhase) {
-        self.phases.lock().unwrap().insert((topic.to_string(), p), phase);
+        self.phases
+            .lock()
+            .unwrap()
+            .insert((topic.to_string(), p), phase);
     }
 
     pub fn clear_phase(&self, topic: &str, p: i32) {
@@ -64,12 +67,23 @@ impl Shared {
     /// Ready: the group assigned this worker its partitions and each one is restored.
     pub fn is_ready(&self) -> bool {
         self.assigned_once.load(Ordering::Acquire)
-            && self.phases.lock().unwrap().values().all(|p| *p == PartitionPhase::Running)
+            && self
+                .phases
+                .lock()
+                .unwrap()
+                .values()
+                .all(|p| *p == PartitionPhase::Running)
     }
 
     /// (topic, partition, phase) of every partition this worker owns.
     pub fn partitions(&self) -> Vec<(String, i32, PartitionPhase)> {
-        let mut v: Vec<_> = self.phases.lock().unwrap().iter().map(|((t, p), ph)| (t.clone(), *p, *ph)).collect();
+        let mut v: Vec<_> = self
+            .phases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|((t, p), ph)| (t.clone(), *p, *ph))
+            .collect();
         v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         v
     }
@@ -101,20 +115,32 @@ pub enum WorkerError {
     #[error("opening the local state store at {path}: {err}")]
     Store { path: String, err: sled::Error },
     #[error("admin server on {addr}: {err}")]
-    Admin { addr: std::net::SocketAddr, err: std::io::Error },
+    Admin {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
     #[error("creating the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
 }
 
 /// Runs a worker until `shutdown` fires; then finishes or aborts every open epoch, leaves the
 /// group and returns.
-pub async fn run(cfg: EngineConfig, module: Module, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(
+    cfg: EngineConfig,
+    module: Module,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let bootstrap = cfg
         .bootstrap
         .clone()
         .or_else(|| module.ingresses.first().map(|i| i.address.clone()))
         .unwrap_or_else(|| "127.0.0.1:9092".to_string());
-    for addr in module.ingresses.iter().map(|i| &i.address).chain(module.egresses.iter().map(|e| &e.address)) {
+    for addr in module
+        .ingresses
+        .iter()
+        .map(|i| &i.address)
+        .chain(module.egresses.iter().map(|e| &e.address))
+    {
         if addr != &bootstrap {
             tracing::warn!("module.yaml names Kafka at `{addr}` but the engine uses `{bootstrap}` for everything: one engine, one Kafka cluster (transactions cannot span clusters)");
         }
@@ -123,9 +149,24 @@ pub async fn run(cfg: EngineConfig, module: Module, shutdown: CancellationToken)
     let n = cfg.partition_count();
 
     let mut topics = vec![
-        TopicSpec { name: cfg.topic_messages(), partitions: n, compacted: false, exact_partitions: true },
-        TopicSpec { name: cfg.topic_state(), partitions: n, compacted: true, exact_partitions: true },
-        TopicSpec { name: cfg.topic_dead_letters(), partitions: 1, compacted: false, exact_partitions: false },
+        TopicSpec {
+            name: cfg.topic_messages(),
+            partitions: n,
+            compacted: false,
+            exact_partitions: true,
+        },
+        TopicSpec {
+            name: cfg.topic_state(),
+            partitions: n,
+            compacted: true,
+            exact_partitions: true,
+        },
+        TopicSpec {
+            name: cfg.topic_dead_letters(),
+            partitions: 1,
+            compacted: false,
+            exact_partitions: false,
+        },
     ];
     let mut routes: HashMap<String, usize> = HashMap::new();
     for (i, ing) in module.ingresses.iter().enumerate() {
@@ -146,12 +187,17 @@ pub async fn run(cfg: EngineConfig, module: Module, shutdown: CancellationToken)
         .path(&data)
         .flush_every_ms(Some(200))
         .open()
-        .map_err(|err| WorkerError::Store { path: data.display().to_string(), err })?;
+        .map_err(|err| WorkerError::Store {
+            path: data.display().to_string(),
+            err,
+        })?;
     let txn_timeout = module
         .egresses
         .iter()
         .filter_map(|e| match e.delivery {
-            DeliverySemantic::ExactlyOnce { transaction_timeout } => Some(transaction_timeout),
+            DeliverySemantic::ExactlyOnce {
+                transaction_timeout,
+            } => Some(transaction_timeout),
             _ => None,
         })
         .max()
@@ -171,7 +217,12 @@ pub async fn run(cfg: EngineConfig, module: Module, shutdown: CancellationToken)
     });
 
     let admin_addr = shared.cfg.admin_addr;
-    let listener = tokio::net::TcpListener::bind(admin_addr).await.map_err(|err| WorkerError::Admin { addr: admin_addr, err })?;
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|err| WorkerError::Admin {
+            addr: admin_addr,
+            err,
+        })?;
     let admin_task = tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
     tracing::info!(worker = %worker_id, cluster = %shared.cfg.cluster, partitions = n, admin = %admin_addr, "worker starting");
 
@@ -194,7 +245,13 @@ pub async fn run(cfg: EngineConfig, module: Module, shutdown: CancellationToken)
                         shared.metrics.partitions_owned.inc();
                         tokio::spawn(processor::run(shared.clone(), p, stop.clone()))
                     } else if let Some(&ing) = routes.get(&topic) {
-                        tokio::spawn(ingress::run(shared.clone(), ing, topic.clone(), p, stop.clone()))
+                        tokio::spawn(ingress::run(
+                            shared.clone(),
+                            ing,
+                            topic.clone(),
+                            p,
+                            stop.clone(),
+                        ))
                     } else {
                         continue;
                     };
@@ -254,14 +311,21 @@ struct MembershipContext {
 impl ClientContext for MembershipContext {}
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ConsumerContext for MembershipContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let (ack_tx, ack_rx) = std_mpsc::channel();
-            if self.changes.send(Change::Revoked(list(tpl), ack_tx)).is_ok() {
+            if self
+                .changes
+                .send(Change::Revoked(list(tpl), ack_tx))
+                .is_ok()
+            {
                 // Hold the rebalance until the partitions' epochs are closed. A worker that
                 // takes longer is fenced by the next owner anyway.
                 let _ = ack_rx.recv_timeout(Duration::from_secs(60));
@@ -286,13 +350,26 @@ struct Membership {
 }
 
 impl Membership {
-    fn start(shared: &Shared, worker_id: &str, topics: &[String], changes: mpsc::UnboundedSender<Change>) -> Result<Self, WorkerError> {
+    fn start(
+        shared: &Shared,
+        worker_id: &str,
+        topics: &[String],
+        changes: mpsc::UnboundedSender<Change>,
+    ) -> Result<Self, WorkerError> {
         let consumer: BaseConsumer<MembershipContext> = kafka::client_config(&shared.bootstrap)
             .set("group.id", format!("{}-members", shared.cfg.cluster))
             .set("client.id", format!("{}-{worker_id}", shared.cfg.cluster))
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", shared.cfg.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (shared.cfg.session_timeout.as_millis() / 5).max(100).to_string())
+            .set(
+                "session.timeout.ms",
+                shared.cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (shared.cfg.session_timeout.as_millis() / 5)
+                    .max(100)
+                    .to_string(),
+            )
             .set("enable.auto.commit", "false")
             .create_with_context(MembershipContext { changes })?;
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();

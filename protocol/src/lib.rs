@@ -29,8 +29,16 @@ pub const KAFKA_PRODUCER_RECORD_TYPENAME: &str =
     "type.googleapis.com/io.statefun.sdk.egress.KafkaProducerRecord";
 
 impl Address {
-    pub fn new(namespace: impl Into<String>, r#type: impl Into<String>, id: impl Into<String>) -> Self {
-        Address { namespace: namespace.into(), r#type: r#type.into(), id: id.into() }
+    pub fn new(
+        namespace: impl Into<String>,
+        r#type: impl Into<String>,
+        id: impl Into<String>,
+    ) -> Self {
+        Address {
+            namespace: namespace.into(),
+            r#type: r#type.into(),
+            id: id.into(),
+        }
     }
 
     /// `namespace/type`, the function type this address belongs to.
@@ -48,7 +56,11 @@ impl std::fmt::Display for Address {
 impl TypedValue {
     /// A present value of the given type.
     pub fn of(typename: impl Into<String>, value: impl Into<bytes::Bytes>) -> Self {
-        TypedValue { typename: typename.into(), has_value: true, value: value.into() }
+        TypedValue {
+            typename: typename.into(),
+            has_value: true,
+            value: value.into(),
+        }
     }
 }
 
@@ -92,7 +104,10 @@ pub mod builtin {
         if v.typename == want {
             Ok(())
         } else {
-            Err(DecodeError(format!("expected a value of type `{want}`, got `{}`", v.typename)))
+            Err(DecodeError(format!(
+                "expected a value of type `{want}`, got `{}`",
+                v.typename
+            )))
         }
     }
 
@@ -137,7 +152,10 @@ mod tests {
     use super::*;
 
     fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
@@ -148,17 +166,22 @@ mod tests {
 
     #[test]
     fn long_is_sfixed64_in_field_1() {
-        assert_eq!(hex(&builtin::encode_long(-2).value), "09 fe ff ff ff ff ff ff ff");
+        assert_eq!(
+            hex(&builtin::encode_long(-2).value),
+            "09 fe ff ff ff ff ff ff ff"
+        );
     }
 
     #[test]
     fn to_function_starts_with_field_100() {
         let req = ToFunction {
-            request: Some(to_function::Request::Invocation(to_function::InvocationBatchRequest {
-                target: Some(Address::new("com.example", "stock", "socks")),
-                state: vec![],
-                invocations: vec![],
-            })),
+            request: Some(to_function::Request::Invocation(
+                to_function::InvocationBatchRequest {
+                    target: Some(Address::new("com.example", "stock", "socks")),
+                    state: vec![],
+                    invocations: vec![],
+                },
+            )),
         };
         let bytes = req.encode_to_vec();
         assert_eq!(&bytes[..2], &[0xa2, 0x06]);
@@ -169,7 +192,9 @@ mod tests {
     fn from_function_incomplete_context_is_field_101() {
         let resp = FromFunction {
             response: Some(from_function::Response::IncompleteInvocationContext(
-                from_function::IncompleteInvocationContext { missing_values: vec![] },
+                from_function::IncompleteInvocationContext {
+                    missing_values: vec![],
+                },
             )),
         };
         assert_eq!(hex(&resp.encode_to_vec()), "aa 06 00");
@@ -206,10 +231,16 @@ mod tests {
 
     #[test]
     fn typename_split_uses_last_slash() {
-        assert_eq!(split_typename("com.example/Basket"), Some(("com.example", "Basket")));
+        assert_eq!(
+            split_typename("com.example/Basket"),
+            Some(("com.example", "Basket"))
+        );
         assert_eq!(
             split_typename(KAFKA_PRODUCER_RECORD_TYPENAME),
-            Some(("type.googleapis.com", "io.statefun.sdk.egress.KafkaProducerRecord"))
+            Some((
+                "type.googleapis.com",
+                "io.statefun.sdk.egress.KafkaProducerRecord"
+            ))
         );
         assert_eq!(split_typename("nonamespace"), None);
         assert_eq!(split_typename("/x"), None);

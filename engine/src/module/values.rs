@@ -9,8 +9,14 @@ const UNITS: &[(&[&str], u64)] = &[
     (&["h", "hour", "hours"], 3_600_000_000_000),
     (&["min", "m", "minute", "minutes"], 60_000_000_000),
     (&["s", "sec", "secs", "second", "seconds"], 1_000_000_000),
-    (&["ms", "milli", "millis", "millisecond", "milliseconds"], 1_000_000),
-    (&["µs", "micro", "micros", "microsecond", "microseconds"], 1_000),
+    (
+        &["ms", "milli", "millis", "millisecond", "milliseconds"],
+        1_000_000,
+    ),
+    (
+        &["µs", "micro", "micros", "microsecond", "microseconds"],
+        1_000,
+    ),
     (&["ns", "nano", "nanos", "nanosecond", "nanoseconds"], 1),
 ];
 
@@ -18,7 +24,10 @@ const UNITS: &[(&[&str], u64)] = &[
 /// `2 s`, `1min`, `15min`, `1 m`, `3h`, `1d`, or long forms like `seconds`); no unit means ms.
 pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
-    let digits = trimmed.len() - trimmed.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let digits = trimmed.len()
+        - trimmed
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
     let (number, unit) = trimmed.split_at(digits);
     if number.is_empty() {
         return Err(format!(
@@ -29,7 +38,9 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let nanos_per_unit = if unit.is_empty() {
         1_000_000
     } else {
-        let found = UNITS.iter().find(|(labels, _)| labels.contains(&unit.as_str()));
+        let found = UNITS
+            .iter()
+            .find(|(labels, _)| labels.contains(&unit.as_str()));
         let Some(&(_, nanos)) = found else {
             let labels = UNITS.iter().flat_map(|(labels, _)| labels.iter().copied());
             let hint = did_you_mean(&unit, labels)
@@ -129,7 +140,10 @@ fn parse_offset(zone: &str) -> Option<i64> {
         return None;
     }
     let hours: i64 = digits[..2].parse().ok()?;
-    let minutes: i64 = digits.get(2..).filter(|m| !m.is_empty()).map_or(Some(0), |m| m.parse().ok())?;
+    let minutes: i64 = digits
+        .get(2..)
+        .filter(|m| !m.is_empty())
+        .map_or(Some(0), |m| m.parse().ok())?;
     (hours <= 18 && minutes < 60).then_some(sign * (hours * 60 + minutes))
 }
 

@@ -20,7 +20,9 @@ use serde::de::{
 use serde::Deserialize;
 
 use super::env::substitute;
-use super::values::{check_topic, did_you_mean, parse_date_millis, parse_duration, with_suggestion};
+use super::values::{
+    check_topic, did_you_mean, parse_date_millis, parse_duration, with_suggestion,
+};
 use super::{
     DeliverySemantic, FunctionSelector, HttpEndpoint, IngressTopic, KafkaEgress, KafkaIngress,
     ModuleError, OffsetReset, StartupPosition, TypeName,
@@ -114,7 +116,10 @@ fn located_error(
     document_line: Option<usize>,
     err: serde_norway::Error,
 ) -> ModuleError {
-    let line = err.location().map(|location| location.line()).or(document_line);
+    let line = err
+        .location()
+        .map(|location| location.line())
+        .or(document_line);
     let text = strip_location(&err.to_string()).to_owned();
     let (field, message) = match split_path(&text) {
         Some((field, message)) => (Some(field.to_owned()), message.to_owned()),
@@ -312,7 +317,8 @@ impl Grammar for TypeNameG {
     type Out = TypeName;
     const EXPECTING: &'static str = "a typename `namespace/name`";
     fn parse(text: String) -> Result<TypeName, String> {
-        text.parse().map_err(|e: super::TypeNameError| e.to_string())
+        text.parse()
+            .map_err(|e: super::TypeNameError| e.to_string())
     }
 }
 
@@ -322,7 +328,8 @@ impl Grammar for SelectorG {
     type Out = FunctionSelector;
     const EXPECTING: &'static str = "`namespace/name` or `namespace/*`";
     fn parse(text: String) -> Result<FunctionSelector, String> {
-        text.parse().map_err(|e: super::TypeNameError| e.to_string())
+        text.parse()
+            .map_err(|e: super::TypeNameError| e.to_string())
     }
 }
 
@@ -402,7 +409,9 @@ impl Grammar for OffsetG {
     fn parse(text: String) -> Result<i64, String> {
         match text.trim().parse::<i64>() {
             Ok(offset) if offset >= 0 => Ok(offset),
-            _ => Err(format!("`{text}` is not a Kafka offset (a whole number of at least 0)")),
+            _ => Err(format!(
+                "`{text}` is not a Kafka offset (a whole number of at least 0)"
+            )),
         }
     }
 }
@@ -595,7 +604,9 @@ impl<'de, G: Grammar> Visitor<'de> for OneEntryVisitor<G> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OneEntry<G>, A::Error> {
         let too_many = || {
-            de::Error::custom("each list entry is a one-key mapping such as `- max.poll.records: 500`")
+            de::Error::custom(
+                "each list entry is a one-key mapping such as `- max.poll.records: 500`",
+            )
         };
         let Some((key, Parsed::<G>(value))) = map.next_entry()? else {
             return Err(too_many());
@@ -715,20 +726,36 @@ impl FromRaw for Transport {
     fn from_raw(raw: RawTransport) -> Result<Transport, String> {
         let kind = raw.kind.map_or(TransportKind::Async, |kind| kind.0);
         let nested = |pick: fn(&RawTimeouts) -> &Option<Parsed<TimeoutG>>| {
-            raw.timeouts.as_ref().and_then(|t| pick(t).as_ref()).map(|d| d.0)
+            raw.timeouts
+                .as_ref()
+                .and_then(|t| pick(t).as_ref())
+                .map(|d| d.0)
         };
-        // StateFun's async transport defaults to 2 min / 20 s, but a `timeouts` block, even
-        // a partial one, brings the okhttp defaults of 1 min / 10 s and overrides the top level.
-        let (call_default, connect_default) = match (kind, &raw.timeouts) {
-            (TransportKind::Async, None) => (Duration::from_secs(120), Duration::from_secs(20)),
-            _ => (Duration::from_secs(60), Duration::from_secs(10)),
+        // StateFun's async transport defaults to 2 min / 20 s, but a `timeouts` block, even a
+        // partial one, brings its own defaults of 1 min / 10 s and silently overrides a
+        // top-level `call` or `connect`; we refuse that combination instead.
+        let (call, connect) = match (kind, &raw.timeouts) {
+            (_, Some(_)) if raw.call.is_some() || raw.connect.is_some() => {
+                return Err(
+                    "give `call` and `connect` either directly under `transport` or \
+                            inside `timeouts`, not both (StateFun ignores the direct ones when \
+                            `timeouts` is present)"
+                        .to_owned(),
+                )
+            }
+            (TransportKind::Async, None) => (
+                raw.call.map_or(Duration::from_secs(120), |d| d.0),
+                raw.connect.map_or(Duration::from_secs(20), |d| d.0),
+            ),
+            (TransportKind::OkHttp, None) => (
+                raw.call.map_or(Duration::from_secs(60), |d| d.0),
+                raw.connect.map_or(Duration::from_secs(10), |d| d.0),
+            ),
+            (_, Some(_)) => (
+                nested(|t| &t.call).unwrap_or(Duration::from_secs(60)),
+                nested(|t| &t.connect).unwrap_or(Duration::from_secs(10)),
+            ),
         };
-        let call = nested(|t| &t.call)
-            .or(raw.call.map(|d| d.0))
-            .unwrap_or(call_default);
-        let connect = nested(|t| &t.connect)
-            .or(raw.connect.map(|d| d.0))
-            .unwrap_or(connect_default);
         // The async transport has no read or write timeout: only the call timeout bounds them.
         let io_default = match kind {
             TransportKind::Async => call,
@@ -751,9 +778,7 @@ impl FromRaw for Transport {
             connect,
             read,
             write,
-            pool_ttl: raw
-                .pool_ttl
-                .map_or(Duration::from_secs(15), |d| d.0),
+            pool_ttl: raw.pool_ttl.map_or(Duration::from_secs(15), |d| d.0),
             pool_size: raw.pool_size.map_or(1024, |n| n.0),
             payload_max_bytes: raw.payload_max_bytes.map_or(32 * 1024 * 1024, |n| n.0),
         })
