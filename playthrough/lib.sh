@@ -21,8 +21,9 @@ export RUST_LIB_BACKTRACE=0
 RUN="${RUN:-$(date +%s%N | tail -c 7)}"
 WAIT_TIMEOUT="${WAIT_TIMEOUT:-60}"
 
-say() { printf '[%s] %s\n' "$SCENARIO" "$*"; }
-pass() { printf '[%s] PASS  %s\n' "$SCENARIO" "$*"; }
+# Progress lines; a reader that went away (a closed pipe) must not stop a script halfway.
+say() { printf '[%s] %s\n' "$SCENARIO" "$*" 2>/dev/null || true; }
+pass() { printf '[%s] PASS  %s\n' "$SCENARIO" "$*" 2>/dev/null || true; }
 fail() {
   printf '[%s] FAIL  %s\n' "$SCENARIO" "$*" >&2
   exit 1
@@ -137,7 +138,7 @@ show_seen() { # show_seen KEY: prints SEEN / SEEN_AT
   for i in "${!SEEN[@]}"; do say "seen  ${SEEN_AT[$i]}  $1: ${SEEN[$i]}"; done
 }
 
-STACK_HINT="is the stack running (playthrough/stack.sh status)? engine logs: .data/logs/"
+STACK_HINT="is the stack running? playthrough/stack.sh status; logs in ${KEYFLOW_DATA_DIR:-.data}/logs/"
 
 # wait_records TOPIC KEY N [GLOB]: waits up to WAIT_TIMEOUT seconds until at least N records
 # of TOPIC with KEY (values matching GLOB) are committed; leaves them in SEEN / SEEN_AT.
@@ -250,15 +251,24 @@ await_outcome() {
 
 # --- checks and stack --------------------------------------------------------------------------
 
-# http_status PORT PATH: the HTTP status code of GET http://127.0.0.1:PORT/PATH, or 000.
-http_status() {
-  local port=$1 path=$2 line
+# http_get PORT PATH: the whole HTTP/1.0 response (status line, headers, body) of
+# GET http://127.0.0.1:PORT/PATH; empty when nothing answers. No curl needed.
+http_get() {
   # shellcheck disable=SC2016 # expanded by the inner shell
-  line="$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
     printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" "$1" >&3
-    head -n1 <&3' "$port" "$path" 2>/dev/null || true)"
+    cat <&3' "$1" "$2" 2>/dev/null || true
+}
+
+# http_status PORT PATH: the status code of GET http://127.0.0.1:PORT/PATH, or 000.
+http_status() {
+  local line
+  line="$(http_get "$1" "$2" | head -n1)"
   if [[ "$line" =~ ^HTTP/[0-9.]+\ ([0-9]{3}) ]]; then echo "${BASH_REMATCH[1]}"; else echo 000; fi
 }
+
+# http_body PORT PATH: the body of GET http://127.0.0.1:PORT/PATH.
+http_body() { http_get "$1" "$2" | tr -d '\r' | sed '1,/^$/d'; }
 
 # shellcheck disable=SC2016 # expanded by the inner shell
 port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null; }

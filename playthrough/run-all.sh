@@ -10,6 +10,7 @@
 set -euo pipefail
 
 SCENARIO=run-all
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export RUN KEYFLOW_BIN="$KEYFLOW"
 

@@ -5,6 +5,7 @@
 # Ids are unique per run (user-$RUN, socks-$RUN) since topics outlive runs; SEED_IDS=1 uses the
 # seed's own ids (user `1`, item `socks`) as scripts/demo.sh does on a fresh broker.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ "${SEED_IDS:-0}" == 1 ]]; then

@@ -2,6 +2,7 @@
 # Clearing a cart returns its items to the stock: alice takes all 5 scarves and clears her
 # cart; bob can then buy all 5, and after that nobody can buy even one.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 alice="$(id s2-alice)" bob="$(id s2-bob)" carol="$(id s2-carol)" item="$(id scarf)"

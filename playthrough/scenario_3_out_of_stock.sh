@@ -2,6 +2,7 @@
 # Out of stock reaches the user: asking for more than the stock has puts an OUTOFSTOCK event
 # for that user on `cart-events` and leaves the stock unchanged.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 user="$(id s3-user)" item="$(id gloves)" never="$(id unicorn)"

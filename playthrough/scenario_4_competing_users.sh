@@ -4,6 +4,7 @@
 # goes below zero, every request gets exactly one answer (a receipt or an out-of-stock event),
 # and the units sold add up to exactly the units stocked.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 alice="$(id s4-alice)" bob="$(id s4-bob)" carol="$(id s4-carol)" item="$(id hat)"

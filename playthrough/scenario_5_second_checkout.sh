@@ -2,6 +2,7 @@
 # A second checkout emits nothing new: the first checkout empties the basket. The user then
 # buys something else, and the receipts are exactly the two purchases, each listed once.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 user="$(id s5-user)" socks="$(id s5-socks)" belt="$(id belt)"

@@ -23,6 +23,7 @@ set -euo pipefail
 
 SCENARIO=stack
 PLAYTHROUGH_NO_BIN=1
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WORKERS="${WORKERS:-2}"
@@ -38,6 +39,8 @@ RUN_DIR="$DATA_DIR/run"
 
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || fail "WORKERS=$WORKERS is not a positive number"
 
+# Plain log files: no colour codes.
+export NO_COLOR="${NO_COLOR:-1}"
 # module.yaml takes the broker and the function endpoint from these.
 export KAFKA_BOOTSTRAP="$KEYFLOW_BOOTSTRAP"
 export FUNCTIONS_URL="http://127.0.0.1:$FUNCTIONS_PORT"
@@ -77,6 +80,44 @@ ready() {
   local port
   port="$(port_of "$1")"
   if [[ "$1" == functions ]]; then port_open "$port"; else [[ "$(http_status "$port" /ready)" == 200 ]]; fi
+}
+
+# ownership: one line `WORKER TOPIC/PARTITION PHASE` per partition some worker's /status
+# lists; fails when a worker answers nothing or owns nothing.
+ownership() {
+  local name body obj topic part phase n
+  while read -r name; do
+    body="$(http_body "$(port_of "$name")" /status)"
+    n=0
+    while read -r obj; do
+      [[ "$obj" =~ \"topic\":\"([^\"]+)\" ]] || continue
+      topic=${BASH_REMATCH[1]}
+      [[ "$obj" =~ \"partition\":([0-9]+) ]] || continue
+      part=${BASH_REMATCH[1]}
+      [[ "$obj" =~ \"phase\":\"([a-z]+)\" ]] || continue
+      phase=${BASH_REMATCH[1]}
+      echo "$name $topic/$part $phase"
+      n=$((n + 1))
+    done < <(grep -o '{[^{}]*}' <<<"$body")
+    ((n > 0)) || return 1
+  done < <(worker_names)
+}
+
+# settled: the workers have finished dividing the cluster among them: each owns partitions,
+# all of them running, and together they own every partition of <cluster>-messages once.
+# (Each worker's /ready only speaks for what it owns at the moment; right after start the
+# first worker owns everything, then gives half away.)
+settled() {
+  local own cluster expected
+  own="$(ownership)" || return 1
+  [[ "$own" != *" restoring"* ]] || return 1
+  [[ -z "$(awk '{print $2}' <<<"$own" | sort | uniq -d)" ]] || return 1
+  [[ "$(http_body "$(port_of "$WORKER_PREFIX-1")" /status)" =~ \"cluster\":\"([^\"]+)\" ]] || return 1
+  cluster=${BASH_REMATCH[1]}
+  expected="$("$KEYFLOW" topics | awk -v t="$cluster-messages" '$1 == t {print $2}')"
+  [[ -n "$expected" ]] || return 1
+  (($(grep -c " $cluster-messages/" <<<"$own") == expected)) || return 1
+  SETTLED="$own"
 }
 
 # launch NAME PORT CMD...: starts CMD in its own session (a Ctrl-C meant for the shell that
@@ -192,6 +233,24 @@ cmd_start() {
     fi
     sleep 0.5
   done
+  # A rebalance may follow the first worker's start; wait until ownership stops moving.
+  local last=""
+  say "waiting for the workers to divide the partitions among them"
+  while :; do
+    SETTLED=""
+    if settled && [[ "$SETTLED" == "$last" ]]; then
+      break
+    fi
+    last="$SETTLED"
+    if ((SECONDS >= deadline)); then
+      ownership >&2 || true
+      fail "the workers did not settle on an assignment of the partitions within ${READY_TIMEOUT}s (see the logs in ${LOG_DIR#"$REPO_ROOT"/})"
+    fi
+    sleep 1
+  done
+  for name in $(worker_names); do
+    say "$name owns $(grep -c "^$name " <<<"$SETTLED") partition(s)"
+  done
   trap - EXIT
   say "stack is up: functions on 127.0.0.1:$FUNCTIONS_PORT, workers' admin on 127.0.0.1:$ADMIN_BASE_PORT..$((ADMIN_BASE_PORT + WORKERS - 1))"
 }
@@ -212,7 +271,7 @@ cmd_stop() {
 
 cmd_status() {
   local names name p running=0 total=0 line
-  mapfile -t names < <({ known_names; echo functions; worker_names; } | awk '!seen[$0]++')
+  mapfile -t names < <({ echo functions; worker_names; known_names; } | awk '!seen[$0]++')
   for name in "${names[@]}"; do
     total=$((total + 1))
     if p="$(pid "$name")"; then

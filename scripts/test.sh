@@ -24,8 +24,23 @@ suite_cargo_test() {
   cargo test --workspace --no-fail-fast
 }
 
+# The playthrough scenarios against a real stack: the function service and two engine workers
+# (playthrough/stack.sh) on ports and a data dir of their own, so that a running demo
+# (scripts/demo.sh) is not disturbed. A subshell, so that its EXIT trap (stop the stack) is its own.
+suite_playthrough() (
+  export WORKER_PREFIX=test-worker ADMIN_BASE_PORT=18090 FUNCTIONS_PORT=11108
+  export KEYFLOW_DATA_DIR="$REPO_ROOT/.data/playthrough-test"
+  export KEYFLOW_BIN="$REPO_ROOT/target/debug/keyflow" FUNCTIONS_BIN="$REPO_ROOT/target/debug/shopping-cart-functions"
+  cargo build --bins || exit
+  rm -rf "$KEYFLOW_DATA_DIR"
+  trap 'playthrough/stack.sh stop' EXIT
+  playthrough/stack.sh start || exit
+  playthrough/run-all.sh
+)
+
 SUITES=(
   suite_cargo_test
+  suite_playthrough
   # later: playthrough scripts, conformance tests, ...
 )
 # -----------------------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub session_timeout: Duration,
 
+    /// Static group membership (`group.instance.id` = cluster + worker id): a worker that
+    /// restarts with the same id gets its partitions back at once, without a rebalance. The
+    /// price: a worker that stops for good keeps its partitions until the session timeout.
+    #[arg(long, env = "KEYFLOW_STATIC_MEMBERSHIP", default_value = "true", action = clap::ArgAction::Set)]
+    pub static_membership: bool,
+
     /// How often expired state is swept from the store (it is never served before that).
     #[arg(long, env = "KEYFLOW_EXPIRY_SWEEP", default_value = "10s", value_parser = parse_duration)]
     pub expiry_sweep: Duration,

@@ -116,6 +116,8 @@ pub async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
 struct Done {
     addr: Address,
     batch: Vec<Envelope>,
+    /// The state names the request carried.
+    states_sent: Vec<String>,
     result: Result<FromFunction, InvokeError>,
     elapsed: Duration,
 }
@@ -489,6 +491,7 @@ impl Processor {
         };
         let body = request.encode_to_vec();
         self.sent.insert(addr.clone(), batch.clone());
+        let states_sent: Vec<String> = specs.iter().map(|s| s.state_name.clone()).collect();
         let shared = self.shared.clone();
         let m = &self.shared.metrics;
         m.invocations
@@ -511,6 +514,7 @@ impl Processor {
             Done {
                 addr,
                 batch,
+                states_sent,
                 result,
                 elapsed: started.elapsed(),
             }
@@ -522,6 +526,7 @@ impl Processor {
         let Done {
             addr,
             batch,
+            states_sent,
             result,
             elapsed,
         } = done;
@@ -543,7 +548,7 @@ impl Processor {
             }
             Ok(None) => {}
             Ok(Some(from_function::Response::IncompleteInvocationContext(ctx))) => {
-                match self.register_specs(&ftype, ctx.missing_values) {
+                match self.register_specs(&ftype, ctx.missing_values, &states_sent) {
                     Ok(()) => return self.start(addr, batch),
                     Err(reason) => {
                         self.dead_letter_batch(&batch, "state-spec", &reason)
@@ -590,12 +595,21 @@ impl Processor {
         Ok(())
     }
 
-    /// Registers the specs a function reported missing. A spec's type never changes.
+    /// Registers the specs a function reported missing. A spec's type never changes. Other
+    /// addresses of the type may have registered them meanwhile (their requests ran
+    /// concurrently); only a state the request really carried is an error to report missing.
     fn register_specs(
         &mut self,
         ftype: &str,
         missing: Vec<PersistedValueSpec>,
+        sent: &[String],
     ) -> Result<(), String> {
+        if let Some(m) = missing.iter().find(|m| sent.contains(&m.state_name)) {
+            return Err(format!(
+                "`{ftype}` reports state `{}` missing although the request carried it",
+                m.state_name
+            ));
+        }
         let list = self.specs.entry(ftype.to_string()).or_default();
         let mut added = false;
         for m in missing {
@@ -614,9 +628,7 @@ impl Processor {
             }
         }
         if !added {
-            return Err(format!(
-                "`{ftype}` reports missing state although every registered state was sent"
-            ));
+            return Ok(());
         }
         let specs = RegisteredSpecs {
             specs: list.clone(),
@@ -664,11 +676,15 @@ impl Processor {
                     self.store.put_delayed(id, &msg);
                     self.timers.insert(id, token.map(|t| (sender.clone(), t)));
                 }
-                Delayed::Cancel { token } => {
-                    if let Some(id) = self.timers.cancel(sender, &token) {
-                        self.store.delete_delayed(id);
-                    }
-                }
+                Delayed::Cancel { token } => match self.timers.cancel(sender, &token) {
+                    Some(id) => self.store.delete_delayed(id),
+                    None => tracing::debug!(
+                        partition = self.p,
+                        %sender,
+                        token,
+                        "cancellation of a delayed message that is not pending (delivered, cancelled or never sent)"
+                    ),
+                },
             }
         }
         self.shared

@@ -224,15 +224,19 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let mut out = std::io::stdout().lock();
+    let mut quiet = args.quiet;
     for (r, delivery) in records.iter().zip(deliveries) {
         let key = r.key.as_deref().unwrap_or("(none)");
         match delivery.await {
             Ok(Ok(d)) => {
-                if !args.quiet {
-                    println!(
-                        "sent key={key} to {}/{}@{}",
-                        args.topic, d.partition, d.offset
-                    );
+                let line = format!(
+                    "sent key={key} to {}/{}@{}",
+                    args.topic, d.partition, d.offset
+                );
+                // A closed stdout stops the report, not the waiting for acknowledgements.
+                if !quiet && !print_line(&mut out, &line)? {
+                    quiet = true;
                 }
             }
             Ok(Err((e, _))) => {
@@ -289,9 +293,7 @@ fn records_to_send(args: &ProduceArgs) -> anyhow::Result<Vec<Record>> {
 /// `keyflow consume`: prints the topic's records until `--max`, `--to-end` or `--timeout`.
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let bootstrap = &args.broker.bootstrap;
-    let metadata = fetch_metadata(bootstrap, Some(&args.topic)).await?;
-    let partitions = topic_partitions(&metadata, &args.topic, bootstrap)?;
-
+    let context = ToolContext::default();
     let consumer: StreamConsumer<ToolContext> = tool_config(bootstrap)
         // Offsets are never committed: the group id only satisfies librdkafka.
         .set("group.id", format!("keyflow-cli-{}", std::process::id()))
@@ -309,8 +311,17 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 "read_committed"
             },
         )
-        .create_with_context(ToolContext::default())
+        .create_with_context(context.clone())
         .context("creating the Kafka consumer")?;
+    // The consumer's own metadata request: assigned partitions whose leader it already knows
+    // start fetching at once, instead of after librdkafka's 500 ms offset-query retry.
+    let consumer = Arc::new(consumer);
+    let metadata = {
+        let (consumer, topic) = (consumer.clone(), args.topic.clone());
+        crate::kafka::blocking(move || consumer.fetch_metadata(Some(&topic), CONNECT_TIMEOUT)).await
+    }
+    .map_err(|e| broker_unreachable(bootstrap, e, &context))?;
+    let partitions = topic_partitions(&metadata, &args.topic, bootstrap)?;
     let start = if args.latest {
         Offset::End
     } else {
@@ -377,14 +388,22 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 .unwrap_or_default();
             format!("{}\t{value}", key.unwrap_or_default())
         };
-        match writeln!(out, "{line}") {
-            Ok(()) => printed += 1,
-            // The reader went away (`| head`): that is how such a pipeline ends, not an error.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e).context("writing to stdout"),
+        if !print_line(&mut out, &line)? {
+            return Ok(());
         }
+        printed += 1;
     }
     Ok(())
+}
+
+/// Writes one line to stdout; `Ok(false)` when the reader went away (`| head`), which is how
+/// such a pipeline ends, not an error.
+fn print_line(out: &mut impl Write, line: &str) -> anyhow::Result<bool> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
 }
 
 /// One record as `consume --json` prints it; the field order is part of the format.
@@ -412,14 +431,10 @@ pub async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for (name, n) in rows {
         let noun = if n == 1 { "partition" } else { "partitions" };
-        if let Err(e) = writeln!(out, "{name:<width$}  {n} {noun}") {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(());
-            }
-            return Err(e).context("writing to stdout");
+        if !print_line(&mut out, &format!("{name:<width$}  {n} {noun}"))? {
+            break;
         }
     }
-    out.flush().ok();
     Ok(())
 }
 
@@ -459,13 +474,15 @@ async fn fetch_metadata(bootstrap: &str, topic: Option<&str>) -> anyhow::Result<
     let result =
         crate::kafka::blocking(move || client.fetch_metadata(topic.as_deref(), CONNECT_TIMEOUT))
             .await;
-    result.map_err(|e| {
-        anyhow!(
-            "cannot reach Kafka at {bootstrap} within {}s: {e}{} ({BROKER_HINT})",
-            CONNECT_TIMEOUT.as_secs(),
-            context.last_problem()
-        )
-    })
+    result.map_err(|e| broker_unreachable(bootstrap, e, &context))
+}
+
+fn broker_unreachable(bootstrap: &str, err: KafkaError, context: &ToolContext) -> anyhow::Error {
+    anyhow!(
+        "cannot reach Kafka at {bootstrap} within {}s: {err}{} ({BROKER_HINT})",
+        CONNECT_TIMEOUT.as_secs(),
+        context.last_problem()
+    )
 }
 
 fn tool_config(bootstrap: &str) -> ClientConfig {

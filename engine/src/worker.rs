@@ -290,6 +290,8 @@ pub async fn run(
     for (_, (_, handle)) in tasks {
         let _ = handle.await;
     }
+    // No one listens for revocations any more: leaving the group must not wait for acks.
+    drop(changes);
     membership.close().await;
     let _ = shared.db.flush_async().await;
     let _ = admin_task.await;
@@ -356,7 +358,14 @@ impl Membership {
         topics: &[String],
         changes: mpsc::UnboundedSender<Change>,
     ) -> Result<Self, WorkerError> {
-        let consumer: BaseConsumer<MembershipContext> = kafka::client_config(&shared.bootstrap)
+        let mut config = kafka::client_config(&shared.bootstrap);
+        if shared.cfg.static_membership {
+            config.set(
+                "group.instance.id",
+                format!("{}-{worker_id}", shared.cfg.cluster),
+            );
+        }
+        let consumer: BaseConsumer<MembershipContext> = config
             .set("group.id", format!("{}-members", shared.cfg.cluster))
             .set("client.id", format!("{}-{worker_id}", shared.cfg.cluster))
             .set("partition.assignment.strategy", "cooperative-sticky")

@@ -3,6 +3,10 @@
 //! SIGKILL at random moments and restarted. Afterwards the egress topic (read_committed)
 //! must hold exactly one record per input, counts 1..n per key with no gap or repeat, every
 //! delayed message delivered exactly once, and no cancelled one ever.
+//!
+//! Cancelled messages are scheduled an hour ahead, so a cancellation can never lose a race
+//! with its own delivery (that would be legitimate, not a bug); whether they are really gone
+//! is checked in the engine's state after the restarts: no delayed message may be left.
 
 mod common;
 
@@ -23,12 +27,18 @@ const PENDING: ValueSpec<BTreeSet<u32>> = ValueSpec::new("pending", Type::json("
 const KEYS: usize = 500;
 const PER_KEY: u32 = 40;
 const FIRE_DELAY: Duration = Duration::from_millis(1500);
+const NEVER: Duration = Duration::from_secs(3600);
 
-fn scheduled(seq: u32) -> bool {
-    seq % 4 == 1
+/// Inputs with `seq % 8 == 5` schedule a delayed message that must arrive exactly once.
+fn fires(seq: u32) -> bool {
+    seq % 8 == 5
 }
 
-/// The input at `seq` tries to cancel the delayed message scheduled at `seq - 2`.
+/// Inputs with `seq % 8 == 1` schedule one an hour ahead, cancelled by the input at `seq + 2`.
+fn cancelled(seq: u32) -> bool {
+    seq % 8 == 1
+}
+
 fn cancels(seq: u32) -> Option<u32> {
     (seq % 8 == 3).then(|| seq - 2)
 }
@@ -36,54 +46,50 @@ fn cancels(seq: u32) -> Option<u32> {
 fn counter(topic: String) -> StatefulFunctions {
     let handler = move |ctx: &mut Context, msg: Message| -> Result<(), Error> {
         let me = ctx.self_address().clone();
+        let emit = |ctx: &mut Context, out: String| {
+            let rec = KafkaRecord::new(topic.clone())
+                .key(me.id.clone())
+                .string_value(out);
+            ctx.egress(&COUNTS, rec);
+        };
         // Ingress inputs are raw bytes under `test/Cmd`; delayed messages are SDK strings.
         let text = match msg.as_string() {
             Ok(s) => s,
             Err(_) => String::from_utf8_lossy(&msg.typed_value().value).into_owned(),
         };
         let mut pending = ctx.storage().get(&PENDING)?.unwrap_or_default();
-        let out = if let Some(s) = text.strip_prefix("fire:") {
+        if let Some(s) = text.strip_prefix("fire:") {
             let s: u32 = s.parse().map_err(|_| Error::custom("bad fire"))?;
-            if pending.remove(&s) {
-                format!("f:{s}")
-            } else {
-                format!("BAD-fire-without-pending:{s}")
-            }
+            let out = match (pending.remove(&s), cancelled(s)) {
+                (true, false) => format!("f:{s}"),
+                (_, true) => format!("BAD-cancelled-message-delivered:{s}"),
+                (false, false) => format!("BAD-fire-without-pending:{s}"),
+            };
+            emit(ctx, out);
         } else {
             let seq: u32 = text
                 .parse()
                 .map_err(|_| Error::custom(format!("bad input `{text}`")))?;
             let count = ctx.storage().get(&COUNT)?.unwrap_or(0) + 1;
             ctx.storage().set(&COUNT, &count)?;
-            if scheduled(seq) {
-                ctx.send_after_cancellable(
-                    FIRE_DELAY,
-                    me.clone(),
-                    Message::string(format!("fire:{seq}")),
-                    format!("t{seq}"),
-                )?;
+            if fires(seq) || cancelled(seq) {
+                let delay = if fires(seq) { FIRE_DELAY } else { NEVER };
+                let msg = Message::string(format!("fire:{seq}"));
+                ctx.send_after_cancellable(delay, me.clone(), msg, format!("t{seq}"))?;
                 pending.insert(seq);
             }
             if let Some(target) = cancels(seq) {
-                if pending.remove(&target) {
+                let out = if pending.remove(&target) {
                     ctx.cancel_delayed(format!("t{target}"))?;
-                    ctx.egress(
-                        &COUNTS,
-                        KafkaRecord::new(topic.clone())
-                            .key(me.id.clone())
-                            .string_value(format!("x:{target}")),
-                    );
-                }
+                    format!("x:{target}")
+                } else {
+                    format!("BAD-cancel-without-pending:{target}")
+                };
+                emit(ctx, out);
             }
-            format!("c:{count}:{seq}")
-        };
+            emit(ctx, format!("c:{count}:{seq}"));
+        }
         ctx.storage().set(&PENDING, &pending)?;
-        ctx.egress(
-            &COUNTS,
-            KafkaRecord::new(topic.clone())
-                .key(me.id.clone())
-                .string_value(out),
-        );
         Ok(())
     };
     StatefulFunctions::new().with(
@@ -126,7 +132,7 @@ spec:
 }
 
 fn expected_records() -> usize {
-    let timers: usize = (1..=PER_KEY).filter(|s| scheduled(*s)).count();
+    let timers = (1..=PER_KEY).filter(|s| fires(*s) || cancelled(*s)).count();
     KEYS * (PER_KEY as usize + timers)
 }
 
@@ -152,13 +158,18 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
                 .map(|(k, v)| (Some(k.as_str()), Some(v.as_bytes())))
                 .collect();
             produce(&input, &recs);
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(200));
         }
     });
 
     let expected = expected_records();
     let mut seen_at_kills = Vec::new();
-    for round in 0..3 {
+    // KEYFLOW_TEST_KILLS=0 runs the same flow without faults (for debugging the engine).
+    let kills: usize = std::env::var("KEYFLOW_TEST_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for round in 0..kills {
         let pause = Duration::from_millis(1_000 + rand::random::<u64>() % 2_500);
         std::thread::sleep(pause);
         seen_at_kills.push(read_committed(&out_topic).len());
@@ -173,8 +184,8 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
     }
     producer.join().unwrap();
     assert!(
-        seen_at_kills[0] < expected,
-        "the first kill came after all the work was done; the test would prove nothing ({seen_at_kills:?})"
+        kills == 0 || seen_at_kills[..kills.min(2)].iter().all(|n| *n < expected),
+        "kills came after all the work was done; the test would prove little ({seen_at_kills:?})"
     );
 
     let started = Instant::now();
@@ -213,13 +224,19 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
         {
             problems.push(format!("{key}: counts {counts:?}"));
         }
-        for s in (1..=PER_KEY).filter(|s| scheduled(*s)) {
+        for s in 1..=PER_KEY {
             let fired = vals.iter().filter(|v| **v == format!("f:{s}")).count();
-            let cancelled = vals.iter().filter(|v| **v == format!("x:{s}")).count();
-            let may_cancel = (1..=PER_KEY).any(|c| cancels(c) == Some(s));
-            if fired + cancelled != 1 || (!may_cancel && cancelled > 0) {
+            let x = vals.iter().filter(|v| **v == format!("x:{s}")).count();
+            let want = if fires(s) {
+                (1, 0)
+            } else if cancelled(s) {
+                (0, 1)
+            } else {
+                (0, 0)
+            };
+            if (fired, x) != want {
                 problems.push(format!(
-                    "{key}: delayed #{s} fired {fired}x, cancelled {cancelled}x"
+                    "{key}: delayed #{s} delivered {fired}x, cancelled {x}x, want {want:?}"
                 ));
             }
         }
@@ -241,9 +258,24 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
         &problems[..problems.len().min(10)],
         engine.log_tail(40)
     );
-    let cancelled = recs.iter().filter(|r| r.value.starts_with(b"x:")).count();
+    // Cancelled messages are gone from the engine's state, not just late: after the restarts
+    // (which rebuild the timer index from the state) nothing may be pending.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pending = loop {
+        let pending = metric_sum(&engine.metrics(), "keyflow_delayed_messages_pending");
+        if pending == Some(0.0) || Instant::now() > deadline {
+            break pending;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(
+        pending,
+        Some(0.0),
+        "delayed messages left pending after all fired or were cancelled"
+    );
+    let x = recs.iter().filter(|r| r.value.starts_with(b"x:")).count();
     eprintln!(
-        "ok: {} records, {cancelled} delayed messages cancelled, kills at {seen_at_kills:?}",
+        "ok: {} records, {x} delayed messages cancelled, kills at {seen_at_kills:?}",
         recs.len()
     );
     assert_eq!(

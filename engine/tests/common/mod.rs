@@ -229,7 +229,11 @@ impl Engine {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keyflow"))
             .args(&self.args)
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KEYFLOW_TEST_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -402,4 +406,18 @@ impl Drop for FunctionServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The sum of every sample of `name` in a Prometheus text page (`None` when absent).
+pub fn metric_sum(page: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series.split('{').next() == Some(name) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
 }
