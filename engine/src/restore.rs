@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -63,12 +64,12 @@ fn replay(
         partition,
         err,
     };
-    let consumer: BaseConsumer = client_config(bootstrap)
+    let consumer: BaseConsumer<QuietEof> = client_config(bootstrap)
         .set("group.id", format!("{topic}-restore"))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(QuietEof)
         .map_err(kerr)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
@@ -128,3 +129,16 @@ fn replay(
     store.apply_changelog(batch, end)?;
     Ok(applied)
 }
+
+/// Reaching the end of the changelog is how restore knows it is done, not an error to log.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
