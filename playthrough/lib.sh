@@ -7,6 +7,9 @@
 #   KEYFLOW_BOOTSTRAP  Kafka bootstrap servers (default 127.0.0.1:9092)
 #   RUN                suffix that makes this run's user and item ids unique (default: from the clock)
 #   WAIT_TIMEOUT       seconds to wait for an expected record (default 60)
+#   KEYFLOW_ADMIN      admin addresses (host:port, space-separated) of the engine workers: when
+#                      set, a scenario first waits until they have divided the partitions
+#                      (docker-compose.yml sets it; playthrough/stack.sh start waits by itself)
 #
 # Topics outlive runs, so scenarios use ids no earlier run used (`id NAME` -> NAME-$RUN) and
 # read only the records of their own keys.
@@ -250,34 +253,102 @@ await_outcome() {
 }
 
 # --- checks and stack --------------------------------------------------------------------------
+# Addresses are `host:port`, or a bare port on 127.0.0.1. No curl needed: bash's /dev/tcp.
 
-# http_get PORT PATH: the whole HTTP/1.0 response (status line, headers, body) of
-# GET http://127.0.0.1:PORT/PATH; empty when nothing answers. No curl needed.
+# http_get ADDR PATH: the whole HTTP/1.0 response (status line, headers, body) of
+# GET http://ADDR/PATH; empty when nothing answers.
 http_get() {
+  local host=127.0.0.1 port=$1
+  if [[ "$1" == *:* ]]; then host=${1%:*} port=${1##*:}; fi
   # shellcheck disable=SC2016 # expanded by the inner shell
-  timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
-    printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" "$1" >&3
-    cat <&3' "$1" "$2" 2>/dev/null || true
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
+    printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$2" "$0" >&3
+    cat <&3' "$host" "$port" "$2" 2>/dev/null || true
 }
 
-# http_status PORT PATH: the status code of GET http://127.0.0.1:PORT/PATH, or 000.
+# http_status ADDR PATH: the status code of GET http://ADDR/PATH, or 000.
 http_status() {
   local line
   line="$(http_get "$1" "$2" | head -n1)"
   if [[ "$line" =~ ^HTTP/[0-9.]+\ ([0-9]{3}) ]]; then echo "${BASH_REMATCH[1]}"; else echo 000; fi
 }
 
-# http_body PORT PATH: the body of GET http://127.0.0.1:PORT/PATH.
+# http_body ADDR PATH: the body of GET http://ADDR/PATH.
 http_body() { http_get "$1" "$2" | tr -d '\r' | sed '1,/^$/d'; }
 
 # shellcheck disable=SC2016 # expanded by the inner shell
 port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null; }
 
-# require_broker: fails at once, with the fix, when the broker does not answer.
-require_broker() {
+# ownership ADDR...: one line `ADDR TOPIC/PARTITION PHASE` per partition that the worker with
+# admin address ADDR lists in /status; fails when a worker answers nothing or owns nothing.
+ownership() {
+  local addr body obj topic part phase n
+  for addr in "$@"; do
+    body="$(http_body "$addr" /status)"
+    n=0
+    while read -r obj; do
+      [[ "$obj" =~ \"topic\":\"([^\"]+)\" ]] || continue
+      topic=${BASH_REMATCH[1]}
+      [[ "$obj" =~ \"partition\":([0-9]+) ]] || continue
+      part=${BASH_REMATCH[1]}
+      [[ "$obj" =~ \"phase\":\"([a-z]+)\" ]] || continue
+      phase=${BASH_REMATCH[1]}
+      echo "$addr $topic/$part $phase"
+      n=$((n + 1))
+    done < <(grep -o '{[^{}]*}' <<<"$body")
+    ((n > 0)) || return 1
+  done
+}
+
+# settled ADDR...: the workers have finished dividing their cluster: each owns partitions, all
+# of them running, and together they own every partition of <cluster>-messages once. Sets
+# SETTLED to the ownership lines. (A worker's /ready speaks only for what it owns at the
+# moment; right after a start the first worker owns everything, then gives half away.)
+settled() {
+  local own cluster expected
+  SETTLED=""
+  own="$(ownership "$@")" || return 1
+  [[ "$own" != *" restoring"* ]] || return 1
+  [[ -z "$(awk '{print $2}' <<<"$own" | sort | uniq -d)" ]] || return 1
+  [[ "$(http_body "$1" /status)" =~ \"cluster\":\"([^\"]+)\" ]] || return 1
+  cluster=${BASH_REMATCH[1]}
+  expected="$("$KEYFLOW" topics | awk -v t="$cluster-messages" '$1 == t {print $2}')"
+  [[ -n "$expected" ]] || return 1
+  (($(grep -c " $cluster-messages/" <<<"$own") == expected)) || return 1
+  SETTLED="$own"
+}
+
+# wait_settled TIMEOUT ADDR...: waits until `settled` holds twice in a row, a second apart,
+# with the same assignment (a rebalance in progress moves it).
+wait_settled() {
+  local timeout=$1 last=""
+  shift
+  local deadline=$((SECONDS + timeout))
+  say "wait  for the workers ($*) to divide the partitions among them (up to ${timeout}s)"
+  while :; do
+    if settled "$@" && [[ "$SETTLED" == "$last" ]]; then
+      return 0
+    fi
+    last="$SETTLED"
+    if ((SECONDS >= deadline)); then
+      ownership "$@" >&2 || true
+      fail "the workers did not settle on an assignment of the partitions within ${timeout}s (workers of the same cluster started elsewhere, e.g. by scripts/demo.sh, take partitions too)"
+    fi
+    sleep 1
+  done
+}
+
+# require_stack: fails at once, with the fix, when the broker does not answer; with
+# KEYFLOW_ADMIN (admin addresses of the workers, space-separated) also waits until those
+# workers have settled, so that no rebalance reorders the scenario's first records.
+require_stack() {
   local err
   if ! err="$("$KEYFLOW" topics 2>&1 >/dev/null)"; then
     fail "${err#Error: }"
+  fi
+  if [[ -n "${KEYFLOW_ADMIN:-}" ]]; then
+    # shellcheck disable=SC2086 # a list of addresses
+    wait_settled "$WAIT_TIMEOUT" $KEYFLOW_ADMIN
   fi
 }
 

@@ -21,7 +21,7 @@ else
 fi
 
 start_banner
-require_broker
+require_stack
 
 passed=0 failed=0 results=()
 for s in "${scenarios[@]}"; do

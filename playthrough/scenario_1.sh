@@ -14,7 +14,7 @@ else
   user="$(id user)" item="$(id socks)"
 fi
 start_banner
-require_broker
+require_stack
 
 # Receipts of earlier runs with the same ids (only possible with SEED_IDS=1) are not ours.
 before="$(count_records receipts "$user")"

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 alice="$(id s2-alice)" bob="$(id s2-bob)" carol="$(id s2-carol)" item="$(id scarf)"
 start_banner
-require_broker
+require_stack
 
 restock "$item" 5
 add_to_cart "$alice" "$item" 5

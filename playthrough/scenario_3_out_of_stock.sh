@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 user="$(id s3-user)" item="$(id gloves)" never="$(id unicorn)"
 start_banner
-require_broker
+require_stack
 
 restock "$item" 2
 add_to_cart "$user" "$item" 3

@@ -11,7 +11,7 @@ alice="$(id s4-alice)" bob="$(id s4-bob)" carol="$(id s4-carol)" item="$(id hat)
 stock=5
 rounds=(3 1 1)
 start_banner
-require_broker
+require_stack
 
 restock "$item" "$stock"
 left=$stock sold=0

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 user="$(id s5-user)" socks="$(id s5-socks)" belt="$(id belt)"
 start_banner
-require_broker
+require_stack
 
 restock "$socks" 10
 restock "$belt" 1

@@ -82,44 +82,6 @@ ready() {
   if [[ "$1" == functions ]]; then port_open "$port"; else [[ "$(http_status "$port" /ready)" == 200 ]]; fi
 }
 
-# ownership: one line `WORKER TOPIC/PARTITION PHASE` per partition some worker's /status
-# lists; fails when a worker answers nothing or owns nothing.
-ownership() {
-  local name body obj topic part phase n
-  while read -r name; do
-    body="$(http_body "$(port_of "$name")" /status)"
-    n=0
-    while read -r obj; do
-      [[ "$obj" =~ \"topic\":\"([^\"]+)\" ]] || continue
-      topic=${BASH_REMATCH[1]}
-      [[ "$obj" =~ \"partition\":([0-9]+) ]] || continue
-      part=${BASH_REMATCH[1]}
-      [[ "$obj" =~ \"phase\":\"([a-z]+)\" ]] || continue
-      phase=${BASH_REMATCH[1]}
-      echo "$name $topic/$part $phase"
-      n=$((n + 1))
-    done < <(grep -o '{[^{}]*}' <<<"$body")
-    ((n > 0)) || return 1
-  done < <(worker_names)
-}
-
-# settled: the workers have finished dividing the cluster among them: each owns partitions,
-# all of them running, and together they own every partition of <cluster>-messages once.
-# (Each worker's /ready only speaks for what it owns at the moment; right after start the
-# first worker owns everything, then gives half away.)
-settled() {
-  local own cluster expected
-  own="$(ownership)" || return 1
-  [[ "$own" != *" restoring"* ]] || return 1
-  [[ -z "$(awk '{print $2}' <<<"$own" | sort | uniq -d)" ]] || return 1
-  [[ "$(http_body "$(port_of "$WORKER_PREFIX-1")" /status)" =~ \"cluster\":\"([^\"]+)\" ]] || return 1
-  cluster=${BASH_REMATCH[1]}
-  expected="$("$KEYFLOW" topics | awk -v t="$cluster-messages" '$1 == t {print $2}')"
-  [[ -n "$expected" ]] || return 1
-  (($(grep -c " $cluster-messages/" <<<"$own") == expected)) || return 1
-  SETTLED="$own"
-}
-
 # launch NAME PORT CMD...: starts CMD in its own session (a Ctrl-C meant for the shell that
 # ran start must not reach it; stop sends one SIGTERM), logging to $LOG_DIR/NAME.log.
 launch() {
@@ -182,7 +144,7 @@ cmd_start() {
   functions="$(find_bin shopping-cart-functions FUNCTIONS_BIN)"
   KEYFLOW="$keyflow"
   [[ -f "$MODULE" ]] || fail "no module file at $MODULE (set KEYFLOW_MODULE)"
-  require_broker
+  KEYFLOW_ADMIN="" require_stack
   say "binaries: ${keyflow#"$REPO_ROOT"/}, ${functions#"$REPO_ROOT"/}; broker $KEYFLOW_BOOTSTRAP; data ${DATA_DIR#"$REPO_ROOT"/}"
 
   STARTED=()
@@ -234,22 +196,11 @@ cmd_start() {
     sleep 0.5
   done
   # A rebalance may follow the first worker's start; wait until ownership stops moving.
-  local last=""
-  say "waiting for the workers to divide the partitions among them"
-  while :; do
-    SETTLED=""
-    if settled && [[ "$SETTLED" == "$last" ]]; then
-      break
-    fi
-    last="$SETTLED"
-    if ((SECONDS >= deadline)); then
-      ownership >&2 || true
-      fail "the workers did not settle on an assignment of the partitions within ${READY_TIMEOUT}s (see the logs in ${LOG_DIR#"$REPO_ROOT"/})"
-    fi
-    sleep 1
-  done
+  local admins=()
+  for name in $(worker_names); do admins+=("127.0.0.1:$(port_of "$name")"); done
+  wait_settled $((deadline - SECONDS > 1 ? deadline - SECONDS : 1)) "${admins[@]}"
   for name in $(worker_names); do
-    say "$name owns $(grep -c "^$name " <<<"$SETTLED") partition(s)"
+    say "$name owns $(grep -c "^127.0.0.1:$(port_of "$name") " <<<"$SETTLED") partition(s)"
   done
   trap - EXIT
   say "stack is up: functions on 127.0.0.1:$FUNCTIONS_PORT, workers' admin on 127.0.0.1:$ADMIN_BASE_PORT..$((ADMIN_BASE_PORT + WORKERS - 1))"

@@ -124,7 +124,7 @@ Everything is running:
   engine worker-1   http://127.0.0.1:8090/ready  /metrics  /status  .data/logs/worker-1.log
   engine worker-2   http://127.0.0.1:8091/ready  /metrics  /status  .data/logs/worker-2.log
 
-Try:
+Try$( [[ "$KAFKA_PORT" == 9092 ]] || echo " (first: export KEYFLOW_BOOTSTRAP=$KEYFLOW_BOOTSTRAP)"):
   $k produce --topic restock-items hats '{"itemId":"hats","quantity":5}'
   $k produce --topic add-to-cart 2 '{"userId":"2","itemId":"hats","quantity":2}'
   $k produce --topic checkout 2 '{"userId":"2"}'

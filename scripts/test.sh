@@ -31,7 +31,13 @@ suite_playthrough() (
   export WORKER_PREFIX=test-worker ADMIN_BASE_PORT=18090 FUNCTIONS_PORT=11108
   export KEYFLOW_DATA_DIR="$REPO_ROOT/.data/playthrough-test"
   export KEYFLOW_BIN="$REPO_ROOT/target/debug/keyflow" FUNCTIONS_BIN="$REPO_ROOT/target/debug/shopping-cart-functions"
-  cargo build --bins || exit
+  local demo=0
+  KEYFLOW_DATA_DIR="$REPO_ROOT/.data" playthrough/stack.sh status >/dev/null 2>&1 || demo=$?
+  if ((demo != 3)); then
+    echo "suite_playthrough: the demo stack (.data/run) is running on this broker; its workers would share the cluster with these: stop it first (playthrough/stack.sh stop)" >&2
+    exit 1
+  fi
+  cargo build -p keyflow-engine -p shopping-cart-functions --bins || exit
   rm -rf "$KEYFLOW_DATA_DIR"
   trap 'playthrough/stack.sh stop' EXIT
   playthrough/stack.sh start || exit

@@ -66,7 +66,9 @@ pub struct EngineConfig {
     pub topic_partitions: NonZeroU32,
 
     /// Consumer-group session timeout: how long a silent worker keeps its partitions.
-    #[arg(long, env = "KEYFLOW_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// 6 s is the broker's smallest allowed value (`group.min.session.timeout.ms`): failover
+    /// after a crash takes about this long plus a restore.
+    #[arg(long, env = "KEYFLOW_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
     pub session_timeout: Duration,
 
     /// Static group membership (`group.instance.id` = cluster + worker id): a worker that

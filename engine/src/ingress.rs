@@ -23,7 +23,7 @@ use crate::internal::Envelope;
 use crate::kafka::{self, blocking};
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partitioner::partition_for;
-use crate::worker::{PartitionPhase, Shared};
+use crate::worker::{PartitionPhase, Reopen, Shared};
 
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -35,32 +35,32 @@ pub async fn run(
     p: i32,
     stop: CancellationToken,
 ) {
-    let mut pause = Duration::from_millis(100);
+    let mut reopen = Reopen::new();
     while !stop.is_cancelled() {
         shared.set_phase(&topic, p, PartitionPhase::Restoring);
-        let result = match Router::open(shared.clone(), ingress, &topic, p).await {
+        let (err, fenced) = match Router::open(shared.clone(), ingress, &topic, p).await {
             Ok(mut r) => {
                 shared.set_phase(&topic, p, PartitionPhase::Running);
-                pause = Duration::from_millis(100);
-                let res = r.run(&stop).await;
-                if res.is_err() && r.in_txn {
-                    let pr = r.producer.clone();
-                    let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
+                reopen.opened();
+                match r.run(&stop).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let fenced = kafka::is_fenced(&r.producer, &e);
+                        if r.in_txn {
+                            let pr = r.producer.clone();
+                            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
+                        }
+                        (e, fenced)
+                    }
                 }
-                res
             }
-            Err(e) => Err(e),
+            Err(e) => (e, false),
         };
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(topic = %topic, partition = p, "ingress epoch failed, reopening in {pause:?}: {e}");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
+        if !reopen
+            .after_failure(&shared, &topic, p, &err, fenced, &stop)
+            .await
+        {
+            break;
         }
     }
     shared.clear_phase(&topic, p);

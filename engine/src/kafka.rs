@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 
 /// One topic the engine needs.
@@ -160,16 +160,21 @@ pub fn is_abortable(err: &KafkaError) -> bool {
     }
 }
 
-/// True when the error means another instance took over this transactional id.
-pub fn is_fenced(err: &KafkaError) -> bool {
-    matches!(
-        err.rdkafka_error_code(),
-        Some(
+/// True when `producer` was fenced: another instance took over its transactional id.
+pub fn is_fenced(producer: &FutureProducer, err: &KafkaError) -> bool {
+    let fenced = |c: RDKafkaErrorCode| {
+        matches!(
+            c,
             RDKafkaErrorCode::Fenced
                 | RDKafkaErrorCode::ProducerFenced
                 | RDKafkaErrorCode::InvalidProducerEpoch
         )
-    )
+    };
+    err.rdkafka_error_code().is_some_and(fenced)
+        || producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(c, _)| fenced(c))
 }
 
 /// Enqueues one record on `producer`, waiting while librdkafka's local queue is full. The

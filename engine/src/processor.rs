@@ -45,7 +45,7 @@ use crate::partitioner::partition_for;
 use crate::restore;
 use crate::store::{PartitionStore, StoreError};
 use crate::timers::{TimerId, Timers};
-use crate::worker::{PartitionPhase, Shared};
+use crate::worker::{PartitionPhase, Reopen, Shared};
 use crate::{new_message_id, now_ms};
 
 /// Why an epoch failed. Every variant leads to the same recovery: abort, reopen, replay.
@@ -69,47 +69,43 @@ const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs partition `p` until `stop` fires, reopening it after every failed epoch.
 pub async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
-    let mut pause = Duration::from_millis(100);
+    let topic = shared.cfg.topic_messages();
+    let mut reopen = Reopen::new();
     while !stop.is_cancelled() {
-        shared.set_phase(&shared.cfg.topic_messages(), p, PartitionPhase::Restoring);
-        let result = match Processor::open(shared.clone(), p).await {
+        shared.set_phase(&topic, p, PartitionPhase::Restoring);
+        let (err, fenced) = match Processor::open(shared.clone(), p).await {
             Ok(mut proc) => {
-                shared.set_phase(&shared.cfg.topic_messages(), p, PartitionPhase::Running);
-                pause = Duration::from_millis(100);
-                let r = proc.run(&stop).await;
-                if r.is_err() {
-                    proc.abort().await;
-                }
-                r
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                shared
-                    .metrics
-                    .epoch_failures
-                    .with_label_values(&[&p.to_string()])
-                    .inc();
-                if let EpochError::Kafka(k) = &e {
-                    if kafka::is_fenced(k) {
-                        tracing::warn!(partition = p, "fenced: another worker took over this partition's transactional id; reopening");
+                shared.set_phase(&topic, p, PartitionPhase::Running);
+                reopen.opened();
+                match proc.run(&stop).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let fenced = matches!(&e, EpochError::Kafka(k) if kafka::is_fenced(&proc.producer, k));
+                        proc.abort().await;
+                        (e, fenced)
                     }
                 }
-                tracing::warn!(
-                    partition = p,
-                    "epoch failed, reopening the partition from its last commit in {pause:?}: {e}"
-                );
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
+            Err(e) => (e, false),
+        };
+        shared
+            .metrics
+            .epoch_failures
+            .with_label_values(&[&p.to_string()])
+            .inc();
+        if !reopen
+            .after_failure(&shared, &topic, p, &err, fenced, &stop)
+            .await
+        {
+            break;
         }
     }
-    shared.clear_phase(&shared.cfg.topic_messages(), p);
+    shared.clear_phase(&topic, p);
+    // Gauges describe owned partitions only: a partition given up must not keep reporting.
+    let _ = shared
+        .metrics
+        .delayed_pending
+        .remove_label_values(&[&p.to_string()]);
 }
 
 /// The outcome of one request to a function.

@@ -99,7 +99,8 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub max: Option<u64>,
 
-    /// Stop when no record has arrived for this long (e.g. `500ms`, `10s`).
+    /// Stop when no record has arrived for this long (e.g. `500ms`, `10s`); `0` never stops
+    /// (follow the topic until Ctrl-C).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 
@@ -337,7 +338,12 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut printed = 0u64;
     let mut at_end = BTreeSet::new();
     while args.max.is_none_or(|max| printed < max) {
-        let msg = match tokio::time::timeout(args.timeout, consumer.recv()).await {
+        let next = if args.timeout.is_zero() {
+            Ok(consumer.recv().await)
+        } else {
+            tokio::time::timeout(args.timeout, consumer.recv()).await
+        };
+        let msg = match next {
             Err(_idle) => break,
             Ok(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);

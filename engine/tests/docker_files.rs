@@ -285,6 +285,19 @@ fn the_compose_stack_is_wired_as_module_yaml_expects() {
     }
 
     let play = service(&c, "playthrough");
+    let admins = env(&play, "KEYFLOW_ADMIN").expect("playthrough: KEYFLOW_ADMIN lists the workers");
+    let expected: Vec<String> = workers
+        .iter()
+        .map(|(name, w)| {
+            let admin = flag(&command(w), "--admin-addr").unwrap().to_string();
+            format!("{name}:{}", admin.rsplit(':').next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        admins.split_whitespace().collect::<Vec<_>>(),
+        expected,
+        "KEYFLOW_ADMIN"
+    );
     assert_eq!(command(&play), ["/app/playthrough/scenario_1.sh"]);
     assert_eq!(
         env(&play, "KEYFLOW_BOOTSTRAP").as_deref(),

@@ -206,9 +206,10 @@ impl Engine {
             bootstrap(),
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
-            "--partitions".into(),
-            "4".into(),
         ];
+        if !extra.contains(&"--partitions") {
+            args.extend(["--partitions".to_string(), "4".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = data_dir.join(format!("{worker_id}.log"));
         let mut e = Engine {
@@ -287,6 +288,13 @@ impl Engine {
         }
         let _ = c.kill();
         None
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the engine process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            unsafe_kill(c.id(), sig);
+        }
     }
 
     pub fn is_running(&mut self) -> bool {

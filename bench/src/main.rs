@@ -1,0 +1,1027 @@
+//! `keyflow-bench`: drives the shopping-cart application on a running engine and measures
+//! end-to-end throughput, checkout-to-receipt latency, the engine's own metrics and the CPU
+//! split between broker, engine and functions. `bench/run.sh` starts everything and calls
+//! `keyflow-bench run`; see bench/README.md for the method.
+
+mod kafka;
+mod metrics;
+mod sys;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use rand::Rng as _;
+use serde_json::{json, Value};
+
+use kafka::{Producer, RoutedProbe, Watcher};
+use metrics::{hist_delta, hist_delta_for, HistDelta, Page};
+
+const CART: &str = "com.example/user-shopping-cart";
+const STOCK: &str = "com.example/stock";
+
+#[derive(Parser)]
+#[command(
+    name = "keyflow-bench",
+    version,
+    about = "End-to-end benchmark of keyflow's shopping-cart application"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the benchmark against an engine that is already up (bench/run.sh starts one).
+    Run(RunArgs),
+    /// Print a free TCP port on 127.0.0.1.
+    FreePort,
+    /// Delete the topics one run created (after its engine stopped).
+    Cleanup {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// The run id (it is also the engine's cluster name).
+        #[arg(long)]
+        run_id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Unique id of this run: suffix of the ingress topics, prefix of every user and item id.
+    #[arg(long)]
+    run_id: String,
+    /// The engine's admin address (host:port) for /metrics.
+    #[arg(long)]
+    admin: String,
+    /// Consumer group of the engine's ingress routers (default `<run-id>-ingress`).
+    #[arg(long)]
+    ingress_group: Option<String>,
+    /// Smaller defaults: 10,000 AddToCart records, 10 s of latency measurement.
+    #[arg(long)]
+    quick: bool,
+    /// AddToCart records in the throughput phase (default 100,000; --quick 10,000).
+    #[arg(long)]
+    adds: Option<usize>,
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    #[arg(long, default_value_t = 100)]
+    items: usize,
+    /// Units each item is restocked with: enough that stock never runs out.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    stock: u64,
+    /// Each AddToCart asks for 1..=max-quantity units.
+    #[arg(long, default_value_t = 5)]
+    max_quantity: u64,
+    /// Checkouts per second in the latency phase.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of the latency phase (default 20; --quick 10).
+    #[arg(long)]
+    latency_secs: Option<u64>,
+    /// Longest wait for the throughput phase's receipts, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// A process whose CPU time is measured: `role=pid` (repeatable).
+    #[arg(long = "pid", value_parser = key_value)]
+    pids: Vec<(String, String)>,
+    /// A log file scanned for warnings and errors at the end: `role=path` (repeatable).
+    #[arg(long = "log", value_parser = key_value)]
+    logs: Vec<(String, String)>,
+    /// Extra facts recorded in the JSON (`key=value`, repeatable): versions, flags.
+    #[arg(long = "meta", value_parser = key_value)]
+    meta: Vec<(String, String)>,
+    /// Where to write the JSON results.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    #[arg(long, default_value = "receipts")]
+    receipts_topic: String,
+    #[arg(long, default_value = "cart-events")]
+    events_topic: String,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::FreePort => free_port().map(|p| println!("{p}")),
+        Command::Cleanup { bootstrap, run_id } => cleanup(&bootstrap, &run_id),
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("keyflow-bench: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The topics a run creates: its ingress topics and the engine cluster's internal topics.
+fn run_topics(run: &str) -> Vec<String> {
+    let mut t: Vec<String> = ["add-to-cart", "clear-cart", "checkout", "restock-items"]
+        .iter()
+        .map(|b| format!("{b}-{run}"))
+        .collect();
+    t.extend(
+        ["messages", "state", "deadletters"]
+            .iter()
+            .map(|s| format!("{run}-{s}")),
+    );
+    t
+}
+
+fn cleanup(bootstrap: &str, run: &str) -> anyhow::Result<()> {
+    let deleted = kafka::delete_topics(bootstrap, &run_topics(run))?;
+    eprintln!(
+        "keyflow-bench: deleted {} topics of run {run}: {}",
+        deleted.len(),
+        deleted.join(", ")
+    );
+    Ok(())
+}
+
+/// Progress lines on stderr, with the time since the driver started.
+struct Clock(Instant);
+
+impl Clock {
+    fn say(&self, msg: impl AsRef<str>) {
+        eprintln!(
+            "[bench +{:6.1}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
+    }
+}
+
+/// Polls `check` every `every` until it answers `Some(true)`-like done or `timeout` passes;
+/// `check` returns (done, status line). The status is printed every `report` interval.
+fn wait_until(
+    clock: &Clock,
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    report: Duration,
+    mut check: impl FnMut() -> anyhow::Result<(bool, String)>,
+) -> anyhow::Result<bool> {
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let (done, status) = check()?;
+        if done {
+            return Ok(true);
+        }
+        if start.elapsed() >= timeout {
+            clock.say(format!(
+                "{what}: gave up after {:.0} s ({status})",
+                timeout.as_secs_f64()
+            ));
+            return Ok(false);
+        }
+        if last_report.elapsed() >= report {
+            clock.say(format!("{what}: {status}"));
+            last_report = Instant::now();
+        }
+        std::thread::sleep(every);
+    }
+}
+
+fn add_json(user: &str, item: &str, qty: u64) -> String {
+    json!({"userId": user, "itemId": item, "quantity": qty}).to_string()
+}
+
+fn checkout_json(user: &str) -> String {
+    json!({ "userId": user }).to_string()
+}
+
+/// A receipt's `details` as item -> quantity.
+fn parse_receipt(value: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let v: Value = serde_json::from_str(value).with_context(|| format!("receipt {value}"))?;
+    let details = v["details"]
+        .as_str()
+        .ok_or_else(|| anyhow!("receipt without details: {value}"))?;
+    let mut out = BTreeMap::new();
+    for line in details.split('\n').filter(|l| !l.is_empty()) {
+        let (item, qty) = line
+            .rsplit_once(": ")
+            .ok_or_else(|| anyhow!("receipt line `{line}` is not `item: qty`"))?;
+        *out.entry(item.to_string()).or_insert(0) += qty
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("quantity in `{line}`"))?;
+    }
+    Ok(out)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+struct Ctx {
+    clock: Clock,
+    run: String,
+    admin: String,
+    add_topic: String,
+    checkout_topic: String,
+    restock_topic: String,
+    add_probe: RoutedProbe,
+    watcher: Watcher,
+}
+
+impl Ctx {
+    /// Waits until the engine's ingress routers have committed every add-to-cart record
+    /// produced so far. Only then may checkouts go out: the add-to-cart and checkout topics
+    /// are routed independently, so a checkout produced earlier could overtake its adds.
+    fn wait_adds_routed(&self, what: &str, timeout: Duration) -> anyhow::Result<bool> {
+        let end = self.add_probe.end()?;
+        wait_until(
+            &self.clock,
+            what,
+            timeout,
+            Duration::from_millis(20),
+            Duration::from_secs(2),
+            || {
+                let c = self.add_probe.committed()?;
+                Ok((c >= end, format!("{c}/{end} add-to-cart records routed")))
+            },
+        )
+    }
+
+    fn receipts_of(&self, users: &[String]) -> usize {
+        self.watcher
+            .with(|i| users.iter().filter(|u| i.receipts.contains_key(*u)).count())
+    }
+
+    fn metrics(&self) -> anyhow::Result<Page> {
+        Page::fetch(&self.admin)
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let clock = Clock(Instant::now());
+    let adds = a.adds.unwrap_or(if a.quick { 10_000 } else { 100_000 });
+    let latency_secs = a.latency_secs.unwrap_or(if a.quick { 10 } else { 20 });
+    if a.users == 0 || a.items == 0 || a.max_quantity == 0 || a.rate <= 0.0 {
+        bail!("--users, --items, --max-quantity and --rate must be positive");
+    }
+    let run = a.run_id.clone();
+    let ingress_group = a
+        .ingress_group
+        .clone()
+        .unwrap_or_else(|| format!("{run}-ingress"));
+    let add_topic = format!("add-to-cart-{run}");
+    kafka::ensure_topics(&a.bootstrap, &[&a.receipts_topic, &a.events_topic])?;
+    let watcher = Watcher::start(
+        &a.bootstrap,
+        &format!("{run}-bench-reader"),
+        &format!("{run}-"),
+        &a.receipts_topic,
+        &a.events_topic,
+    )?;
+    let ctx = Ctx {
+        add_probe: RoutedProbe::new(&a.bootstrap, &ingress_group, &add_topic)
+            .with_context(|| format!("{add_topic} (does the engine's module declare it?)"))?,
+        clock,
+        admin: a.admin.clone(),
+        checkout_topic: format!("checkout-{run}"),
+        restock_topic: format!("restock-items-{run}"),
+        add_topic,
+        watcher,
+        run: run.clone(),
+    };
+    let procs = sys::Procs {
+        roles: a
+            .pids
+            .iter()
+            .map(|(r, p)| {
+                p.parse::<u32>()
+                    .map(|p| (r.clone(), p))
+                    .map_err(|_| anyhow!("--pid {r}={p}: not a pid"))
+            })
+            .chain(std::iter::once(Ok((
+                "driver".to_string(),
+                std::process::id(),
+            ))))
+            .collect::<anyhow::Result<_>>()?,
+        ticks: sys::clock_ticks(),
+    };
+    let m_start = ctx.metrics().context("the engine's /metrics")?;
+    let mut producer = Producer::new(&a.bootstrap, 5)?;
+    let mut rng = rand::rng();
+
+    // --- Set-up: restock every item, then a warm-up user per round proves the stock is there.
+    let items: Vec<String> = (0..a.items).map(|j| format!("{run}-item{j:03}")).collect();
+    ctx.clock.say(format!(
+        "run {run}: restocking {} items with {} units each",
+        a.items, a.stock
+    ));
+    for it in &items {
+        producer.send(
+            &ctx.restock_topic,
+            it,
+            &json!({"itemId": it, "quantity": a.stock}).to_string(),
+        )?;
+    }
+    producer.flush()?;
+    let warm = warm_up(&ctx, &mut producer, &items)?;
+
+    // --- Phase 1: AddToCart throughput, three hops each, then one checkout per user.
+    let users: Vec<String> = (0..a.users).map(|u| format!("{run}-t{u:04}")).collect();
+    let mut expected: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+    let mut total_added = 0u64;
+    ctx.clock.say(format!(
+        "throughput: producing {adds} AddToCart records for {} users x {} items",
+        a.users, a.items
+    ));
+    let m1 = ctx.metrics()?;
+    let cpu1 = procs.snap();
+    let t_first = Instant::now();
+    let mut last_report = Instant::now();
+    for i in 0..adds {
+        let u = i % a.users;
+        let item = &items[(i / a.users + u) % a.items];
+        let qty = rng.random_range(1..=a.max_quantity);
+        producer.send(&ctx.add_topic, &users[u], &add_json(&users[u], item, qty))?;
+        *expected
+            .entry(users[u].clone())
+            .or_default()
+            .entry(item.clone())
+            .or_insert(0) += qty;
+        total_added += qty;
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            ctx.clock
+                .say(format!("throughput: {}/{adds} records enqueued", i + 1));
+            last_report = Instant::now();
+        }
+    }
+    producer.flush()?;
+    let t_produced = Instant::now();
+    ctx.clock.say(format!(
+        "throughput: {adds} records acknowledged by the broker after {:.2} s",
+        (t_produced - t_first).as_secs_f64()
+    ));
+    let routed = ctx.wait_adds_routed(
+        "throughput: waiting for the ingress to route every AddToCart",
+        Duration::from_secs(a.timeout_secs),
+    )?;
+    if !routed {
+        bail!("the engine did not route the AddToCart records in time");
+    }
+    let t_routed = Instant::now();
+    let buyers: Vec<String> = users
+        .iter()
+        .filter(|u| expected.contains_key(*u))
+        .cloned()
+        .collect();
+    ctx.clock.say(format!(
+        "throughput: all routed after {:.2} s; sending {} checkouts",
+        (t_routed - t_first).as_secs_f64(),
+        buyers.len()
+    ));
+    for u in &buyers {
+        producer.send(&ctx.checkout_topic, u, &checkout_json(u))?;
+    }
+    producer.flush()?;
+    let complete = wait_until(
+        &ctx.clock,
+        "throughput: waiting for receipts",
+        Duration::from_secs(a.timeout_secs),
+        Duration::from_millis(10),
+        Duration::from_secs(2),
+        || {
+            let n = ctx.receipts_of(&buyers);
+            Ok((n == buyers.len(), format!("{n}/{} receipts", buyers.len())))
+        },
+    )?;
+    let cpu2 = procs.snap();
+    let m2 = ctx.metrics()?;
+    let t_last = ctx.watcher.with(|i| {
+        buyers
+            .iter()
+            .filter_map(|u| i.receipts.get(u).and_then(|r| r.first()).map(|s| s.at))
+            .max()
+    });
+    let elapsed = t_last.map(|t| (t - t_first).as_secs_f64());
+    let mut receipt_qty = 0u64;
+    let mut wrong_receipts = Vec::new();
+    let got = ctx.watcher.with(|i| -> anyhow::Result<usize> {
+        let mut got = 0;
+        for u in &buyers {
+            let Some(first) = i.receipts.get(u).and_then(|r| r.first()) else {
+                continue;
+            };
+            got += 1;
+            let lines = parse_receipt(&first.value)?;
+            receipt_qty += lines.values().sum::<u64>();
+            if Some(&lines) != expected.get(u) && wrong_receipts.len() < 5 {
+                wrong_receipts.push(format!("{u}: {}", first.value.replace('\n', "\\n")));
+            }
+        }
+        Ok(got)
+    })?;
+    let quantity_ok = complete && receipt_qty == total_added && wrong_receipts.is_empty();
+    let throughput = elapsed.map(|s| adds as f64 / s);
+    ctx.clock.say(format!(
+        "throughput: {got}/{} receipts, {} records/s, quantity in receipts {receipt_qty} vs added {total_added}: {}",
+        buyers.len(),
+        throughput.map(|t| format!("{t:.0}")).unwrap_or("-".into()),
+        if quantity_ok { "OK" } else { "MISMATCH" }
+    ));
+    for w in &wrong_receipts {
+        ctx.clock.say(format!("throughput: unexpected receipt {w}"));
+    }
+
+    // --- Phase 2: checkout -> receipt latency at a steady rate.
+    let n_lat = (a.rate * latency_secs as f64).round().max(1.0) as usize;
+    let lat_users: Vec<String> = (0..n_lat).map(|i| format!("{run}-l{i:05}")).collect();
+    let lat_items: Vec<&String> = (0..n_lat)
+        .map(|_| &items[rng.random_range(0..items.len())])
+        .collect();
+    ctx.clock.say(format!(
+        "latency: filling {n_lat} baskets (one item each) before the measurement"
+    ));
+    for (u, it) in lat_users.iter().zip(&lat_items) {
+        producer.send(&ctx.add_topic, u, &add_json(u, it, 1))?;
+    }
+    producer.flush()?;
+    if !ctx.wait_adds_routed("latency: routing the baskets", Duration::from_secs(120))? {
+        bail!("the engine did not route the latency phase's AddToCart records in time");
+    }
+    // Each basket is done after two cart invocations (AddToCart, ItemAvailability) and one
+    // stock invocation (RequestItem); the invocation counters tell when they have happened.
+    let inv_cart0 = m2
+        .by_label("keyflow_invocations_total", "function_type")
+        .get(CART)
+        .copied()
+        .unwrap_or(0.0);
+    let inv_stock0 = m2
+        .by_label("keyflow_invocations_total", "function_type")
+        .get(STOCK)
+        .copied()
+        .unwrap_or(0.0);
+    let settled = wait_until(
+        &ctx.clock,
+        "latency: waiting for the baskets to fill",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+        || {
+            let inv = ctx
+                .metrics()?
+                .by_label("keyflow_invocations_total", "function_type");
+            let cart = inv.get(CART).copied().unwrap_or(0.0) - inv_cart0;
+            let stock = inv.get(STOCK).copied().unwrap_or(0.0) - inv_stock0;
+            Ok((
+                cart >= 2.0 * n_lat as f64 && stock >= n_lat as f64,
+                format!(
+                    "{cart}/{} cart and {stock}/{n_lat} stock invocations",
+                    2 * n_lat
+                ),
+            ))
+        },
+    )?;
+    if !settled {
+        ctx.clock
+            .say("latency: baskets may still be filling; measuring anyway");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    ctx.clock.say(format!(
+        "latency: {n_lat} checkouts at {} /s for {latency_secs} s",
+        a.rate
+    ));
+    let mut lat_producer = Producer::new(&a.bootstrap, 0)?;
+    let m3 = ctx.metrics()?;
+    let cpu3 = procs.snap();
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut sent_at = Vec::with_capacity(n_lat);
+    let mut max_lag = Duration::ZERO;
+    let mut last_report = Instant::now();
+    for (i, u) in lat_users.iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / a.rate);
+        let now = Instant::now();
+        if now < due {
+            std::thread::sleep(due - now);
+        } else {
+            max_lag = max_lag.max(now - due);
+        }
+        sent_at.push(Instant::now());
+        lat_producer.send(&ctx.checkout_topic, u, &checkout_json(u))?;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            let seen = ctx.receipts_of(&lat_users[..=i]);
+            ctx.clock
+                .say(format!("latency: {}/{n_lat} sent, {seen} receipts", i + 1));
+            last_report = Instant::now();
+        }
+    }
+    let send_window = start.elapsed();
+    lat_producer.flush()?;
+    let lat_complete = wait_until(
+        &ctx.clock,
+        "latency: waiting for the last receipts",
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        Duration::from_secs(2),
+        || {
+            let n = ctx.receipts_of(&lat_users);
+            Ok((n == n_lat, format!("{n}/{n_lat} receipts")))
+        },
+    )?;
+    let cpu4 = procs.snap();
+    let m4 = ctx.metrics()?;
+    let mut lat_ms = Vec::with_capacity(n_lat);
+    let mut lat_wrong = 0usize;
+    ctx.watcher.with(|i| {
+        for ((u, at), it) in lat_users.iter().zip(&sent_at).zip(&lat_items) {
+            if let Some(first) = i.receipts.get(u).and_then(|r| r.first()) {
+                lat_ms.push(first.at.saturating_duration_since(*at).as_secs_f64() * 1e3);
+                let want: BTreeMap<String, u64> = [((*it).clone(), 1)].into();
+                if parse_receipt(&first.value).ok() != Some(want) {
+                    lat_wrong += 1;
+                }
+            }
+        }
+    });
+    lat_ms.sort_by(f64::total_cmp);
+    let lat_mean = (!lat_ms.is_empty()).then(|| lat_ms.iter().sum::<f64>() / lat_ms.len() as f64);
+    ctx.clock.say(format!(
+        "latency: {}/{n_lat} receipts; p50 {} ms, p99 {} ms, max {} ms",
+        lat_ms.len(),
+        fmt_opt(percentile(&lat_ms, 0.5), 1),
+        fmt_opt(percentile(&lat_ms, 0.99), 1),
+        fmt_opt(lat_ms.last().copied(), 1),
+    ));
+
+    // --- Wrap-up: late duplicates, out-of-stock notices, engine counters, logs.
+    std::thread::sleep(Duration::from_secs(1));
+    let m_end = ctx.metrics()?;
+    let (duplicates, oos_events, consumer_errors, consumer_last_error) = ctx.watcher.with(|i| {
+        let dup = i.receipts.values().filter(|r| r.len() > 1).count();
+        let measured: BTreeSet<&String> = buyers.iter().chain(&lat_users).collect();
+        let oos = i
+            .events
+            .iter()
+            .filter(|(u, _)| measured.contains(u))
+            .map(|(_, e)| e.len())
+            .sum::<usize>();
+        (dup, oos, i.consumer_errors, i.last_error.clone())
+    });
+    let dead_letters =
+        m_end.sum("keyflow_dead_letters_total") - m_start.sum("keyflow_dead_letters_total");
+    let epoch_failures =
+        m_end.sum("keyflow_epoch_failures_total") - m_start.sum("keyflow_epoch_failures_total");
+    let logs: Vec<sys::LogScan> = a
+        .logs
+        .iter()
+        .map(|(_, p)| sys::scan_log(std::path::Path::new(p)))
+        .collect();
+
+    let p1 = engine_view(&m1, &m2);
+    let p2 = engine_view(&m3, &m4);
+    let cpu_p1 = sys::cpu_split(&cpu1, &cpu2);
+    let cpu_p2 = sys::cpu_split(&cpu3, &cpu4);
+
+    let machine = sys::machine();
+    let meta: BTreeMap<String, String> = a.meta.iter().cloned().collect();
+    let report = json!({
+        "run_id": run,
+        "timestamp_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "machine": machine,
+        "meta": meta,
+        "config": {
+            "quick": a.quick,
+            "adds": adds,
+            "users": a.users,
+            "items": a.items,
+            "max_quantity": a.max_quantity,
+            "stock_per_item": a.stock,
+            "latency_rate_per_s": a.rate,
+            "latency_secs": latency_secs,
+        },
+        "warm_up": { "rounds": warm.0, "seconds": warm.1 },
+        "throughput": {
+            "records": adds,
+            "complete": complete,
+            "seconds_first_produce_to_last_receipt": elapsed,
+            "records_per_s": throughput,
+            "produce_seconds": (t_produced - t_first).as_secs_f64(),
+            "routed_seconds": (t_routed - t_first).as_secs_f64(),
+            "receipts_expected": buyers.len(),
+            "receipts": got,
+            "quantity_added": total_added,
+            "quantity_in_receipts": receipt_qty,
+            "quantity_ok": quantity_ok,
+            "unexpected_receipts": wrong_receipts,
+            "engine": p1,
+            "cpu": cpu_p1,
+        },
+        "latency": {
+            "checkouts": n_lat,
+            "receipts": lat_ms.len(),
+            "complete": lat_complete,
+            "wrong_receipts": lat_wrong,
+            "send_window_seconds": send_window.as_secs_f64(),
+            "max_schedule_lag_ms": max_lag.as_secs_f64() * 1e3,
+            "ms": {
+                "p50": percentile(&lat_ms, 0.5),
+                "p90": percentile(&lat_ms, 0.9),
+                "p99": percentile(&lat_ms, 0.99),
+                "p999": percentile(&lat_ms, 0.999),
+                "max": lat_ms.last(),
+                "min": lat_ms.first(),
+                "mean": lat_mean,
+            },
+            "engine": p2,
+            "cpu": cpu_p2,
+        },
+        "checks": {
+            "duplicate_receipts": duplicates,
+            "out_of_stock_events": oos_events,
+            "dead_letters": dead_letters,
+            "epoch_failures": epoch_failures,
+            "egress_consumer_errors": consumer_errors,
+            "egress_consumer_last_error": consumer_last_error,
+        },
+        "logs": a.logs.iter().map(|(r, _)| r.clone()).zip(logs.iter().cloned()).collect::<BTreeMap<String, sys::LogScan>>(),
+    });
+
+    print_table(&report);
+    if let Some(path) = &a.json_out {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        ctx.clock
+            .say(format!("results written to {}", path.display()));
+    }
+    let correct =
+        quantity_ok && lat_complete && lat_wrong == 0 && duplicates == 0 && oos_events == 0;
+    if !correct {
+        bail!("correctness checks failed (see the table above)");
+    }
+    Ok(())
+}
+
+/// Restock reaches the stock functions through its own ingress topic, so it may still be on
+/// its way: a warm-up user adds one unit of every item not yet confirmed and checks out;
+/// items on the receipt are confirmed in stock. Returns (rounds, seconds).
+fn warm_up(ctx: &Ctx, producer: &mut Producer, items: &[String]) -> anyhow::Result<(usize, f64)> {
+    let started = Instant::now();
+    let mut remaining: Vec<String> = items.to_vec();
+    for round in 0..20 {
+        let user = format!("{}-w{round}", ctx.run);
+        ctx.clock.say(format!(
+            "warm-up round {}: {} items not confirmed in stock yet",
+            round + 1,
+            remaining.len()
+        ));
+        for it in &remaining {
+            producer.send(&ctx.add_topic, &user, &add_json(&user, it, 1))?;
+        }
+        producer.flush()?;
+        if !ctx.wait_adds_routed("warm-up: routing", Duration::from_secs(120))? {
+            bail!("the engine routes nothing (see the engine log)");
+        }
+        producer.send(&ctx.checkout_topic, &user, &checkout_json(&user))?;
+        producer.flush()?;
+        let n = remaining.len();
+        let answered = wait_until(
+            &ctx.clock,
+            "warm-up: waiting for the receipt",
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            Duration::from_secs(2),
+            || {
+                Ok(ctx.watcher.with(|i| {
+                    let oos = i.events.get(&user).map_or(0, Vec::len);
+                    (
+                        i.receipts.contains_key(&user) || oos >= n,
+                        format!("no receipt yet, {oos} out-of-stock notices"),
+                    )
+                }))
+            },
+        )?;
+        if !answered {
+            bail!("no receipt for warm-up user {user} within 120 s (see the engine log)");
+        }
+        let confirmed = ctx.watcher.with(|i| {
+            i.receipts
+                .get(&user)
+                .and_then(|r| r.first())
+                .map(|s| parse_receipt(&s.value))
+                .transpose()
+        })?;
+        if let Some(c) = confirmed {
+            remaining.retain(|it| !c.contains_key(it));
+        }
+        if remaining.is_empty() {
+            let secs = started.elapsed().as_secs_f64();
+            ctx.clock.say(format!(
+                "warm-up: every item in stock after {} round(s), {secs:.1} s",
+                round + 1
+            ));
+            return Ok((round + 1, secs));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!(
+        "{} items still out of stock after 20 warm-up rounds: the restock did not arrive",
+        remaining.len()
+    )
+}
+
+/// The engine's own view of one phase, from two scrapes of /metrics.
+fn engine_view(a: &Page, b: &Page) -> Value {
+    let commit = hist_delta(a, b, "keyflow_epoch_commit_seconds");
+    let epoch_records = hist_delta(a, b, "keyflow_epoch_records");
+    let per_type = |name: &str| -> BTreeMap<String, HistDelta> {
+        [CART, STOCK]
+            .iter()
+            .map(|t| {
+                (
+                    t.to_string(),
+                    hist_delta_for(a, b, name, "function_type", t),
+                )
+            })
+            .collect()
+    };
+    let batch_all = hist_delta(a, b, "keyflow_invocation_batch_size");
+    let diff = |name: &str| b.sum(name) - a.sum(name);
+    json!({
+        "epoch_commit_seconds": commit,
+        "epoch_records": epoch_records,
+        "invocation_batch_size": batch_all,
+        "invocation_batch_size_by_type": per_type("keyflow_invocation_batch_size"),
+        "invocation_duration_seconds_by_type": per_type("keyflow_invocation_duration_seconds"),
+        "invocations": diff("keyflow_invocations_total"),
+        "ingress_records": diff("keyflow_ingress_records_total"),
+        "egress_records": diff("keyflow_egress_records_total"),
+    })
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+/// Thousands separators for a count.
+fn grouped(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let (sign, digits) = s.split_at(if s.starts_with('-') { 1 } else { 0 });
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+fn print_table(r: &Value) {
+    let t = &r["throughput"];
+    let l = &r["latency"];
+    let c = &r["checks"];
+    let m = &r["machine"];
+    let row = |k: &str, v: String| println!("  {k:<44} {v}");
+    let ms = |v: &Value| fmt_opt(num(v).map(|s| s * 1e3), 1);
+    println!();
+    println!(
+        "keyflow-bench {}  ({} cores, {}, {})",
+        r["run_id"].as_str().unwrap_or(""),
+        m["cores"].as_str().unwrap_or("?"),
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory"].as_str().unwrap_or("?"),
+    );
+    println!();
+    println!(
+        "AddToCart throughput (ingress -> RequestItem -> ItemAvailability -> basket; then 1 checkout per user)"
+    );
+    row(
+        "AddToCart records",
+        format!(
+            "{} ({} users x {} items)",
+            grouped(num(&t["records"]).unwrap_or(0.0)),
+            r["config"]["users"],
+            r["config"]["items"]
+        ),
+    );
+    row(
+        "first produce -> last receipt",
+        format!(
+            "{} s",
+            fmt_opt(num(&t["seconds_first_produce_to_last_receipt"]), 2)
+        ),
+    );
+    row(
+        "throughput",
+        format!(
+            "{} records/s",
+            num(&t["records_per_s"]).map(grouped).unwrap_or("-".into())
+        ),
+    );
+    row(
+        "  produced (acked) / routed by the ingress",
+        format!(
+            "{} s / {} s",
+            fmt_opt(num(&t["produce_seconds"]), 2),
+            fmt_opt(num(&t["routed_seconds"]), 2)
+        ),
+    );
+    row(
+        "receipts",
+        format!("{}/{}", t["receipts"], t["receipts_expected"]),
+    );
+    row(
+        "quantity in receipts / added",
+        format!(
+            "{} / {}  {}",
+            grouped(num(&t["quantity_in_receipts"]).unwrap_or(0.0)),
+            grouped(num(&t["quantity_added"]).unwrap_or(0.0)),
+            if t["quantity_ok"].as_bool() == Some(true) {
+                "OK"
+            } else {
+                "MISMATCH"
+            }
+        ),
+    );
+    println!();
+    println!(
+        "Checkout -> receipt latency (read_committed, {} checkouts at {}/s)",
+        l["checkouts"], r["config"]["latency_rate_per_s"]
+    );
+    let lm = &l["ms"];
+    row(
+        "p50 / p99 / p99.9 / max",
+        format!(
+            "{} / {} / {} / {} ms",
+            fmt_opt(num(&lm["p50"]), 1),
+            fmt_opt(num(&lm["p99"]), 1),
+            fmt_opt(num(&lm["p999"]), 1),
+            fmt_opt(num(&lm["max"]), 1)
+        ),
+    );
+    row(
+        "min / mean",
+        format!(
+            "{} / {} ms",
+            fmt_opt(num(&lm["min"]), 1),
+            fmt_opt(num(&lm["mean"]), 1)
+        ),
+    );
+    row("receipts", format!("{}/{}", l["receipts"], l["checkouts"]));
+    println!();
+    println!("Engine /metrics                                  throughput phase | latency phase");
+    let both =
+        |f: &dyn Fn(&Value) -> String| format!("{:>16} | {}", f(&t["engine"]), f(&l["engine"]));
+    row(
+        "epoch commit mean (p50 / p99 est.) ms",
+        both(&|e| {
+            let h = &e["epoch_commit_seconds"];
+            format!("{} ({}/{})", ms(&h["mean"]), ms(&h["p50"]), ms(&h["p99"]))
+        }),
+    );
+    row(
+        "epoch commits",
+        both(&|e| {
+            format!(
+                "{:.0}",
+                num(&e["epoch_commit_seconds"]["count"]).unwrap_or(0.0)
+            )
+        }),
+    );
+    row(
+        "records per epoch (mean)",
+        both(&|e| fmt_opt(num(&e["epoch_records"]["mean"]), 1)),
+    );
+    row(
+        "invocation batch size mean (all)",
+        both(&|e| fmt_opt(num(&e["invocation_batch_size"]["mean"]), 2)),
+    );
+    for (label, ty) in [("  cart", CART), ("  stock", STOCK)] {
+        row(
+            &format!("{label} batch size mean / call mean ms"),
+            both(&|e| {
+                format!(
+                    "{} / {}",
+                    fmt_opt(num(&e["invocation_batch_size_by_type"][ty]["mean"]), 2),
+                    ms(&e["invocation_duration_seconds_by_type"][ty]["mean"])
+                )
+            }),
+        );
+    }
+    println!();
+    println!("CPU seconds (share)                              throughput phase | latency phase");
+    let roles: BTreeSet<String> = t["cpu"]["cpu_seconds"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    for role in &roles {
+        let cell = |cpu: &Value| {
+            format!(
+                "{} s ({}%)",
+                fmt_opt(num(&cpu["cpu_seconds"][role]), 1),
+                fmt_opt(num(&cpu["share_percent"][role]), 0)
+            )
+        };
+        row(
+            role,
+            format!("{:>16} | {}", cell(&t["cpu"]), cell(&l["cpu"])),
+        );
+    }
+    let busy = |cpu: &Value| {
+        format!(
+            "{} of {} over {} s",
+            fmt_opt(num(&cpu["cores_busy"]), 2),
+            cpu["cores"],
+            fmt_opt(num(&cpu["wall_seconds"]), 1)
+        )
+    };
+    row(
+        "cores busy",
+        format!("{:>16} | {}", busy(&t["cpu"]), busy(&l["cpu"])),
+    );
+    println!();
+    println!("Checks");
+    row(
+        "duplicate receipts / out-of-stock notices",
+        format!("{} / {}", c["duplicate_receipts"], c["out_of_stock_events"]),
+    );
+    row(
+        "dead letters / epoch failures (metrics)",
+        format!(
+            "{} / {}",
+            num(&c["dead_letters"]).unwrap_or(0.0),
+            num(&c["epoch_failures"]).unwrap_or(0.0)
+        ),
+    );
+    if let Some(logs) = r["logs"].as_object() {
+        for (role, scan) in logs {
+            row(
+                &format!("{role} log: errors / warnings"),
+                format!("{} / {}", scan["errors"], scan["warnings"]),
+            );
+            for s in scan["samples"].as_array().into_iter().flatten() {
+                println!("      {}", s.as_str().unwrap_or(""));
+            }
+        }
+    }
+    println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_parse() {
+        let r = parse_receipt(r#"{"userId":"1","details":"a: 3\nb-c: 2"}"#).unwrap();
+        assert_eq!(r["a"], 3);
+        assert_eq!(r["b-c"], 2);
+        assert!(parse_receipt(r#"{"userId":"1","details":""}"#)
+            .unwrap()
+            .is_empty());
+        assert!(parse_receipt(r#"{"userId":"1","details":"oops"}"#).is_err());
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(500.0));
+        assert_eq!(percentile(&v, 0.99), Some(990.0));
+        assert_eq!(percentile(&v, 0.999), Some(999.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn grouping() {
+        assert_eq!(grouped(1234567.0), "1,234,567");
+        assert_eq!(grouped(999.0), "999");
+    }
+}
