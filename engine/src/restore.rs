@@ -74,10 +74,27 @@ fn replay(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
         .map_err(kerr)?;
-    let start = from.max(low);
-    if start >= high {
+    // A checkpoint past the changelog's end, or before its start, belongs to another
+    // incarnation of the topic (a wiped broker, a deleted and recreated topic): it must not
+    // survive. Start over from the changelog alone.
+    let from = if from > high || from < low {
+        tracing::warn!(
+            topic,
+            partition,
+            checkpoint = from,
+            low,
+            high,
+            "the local checkpoint does not match the changelog (was the topic recreated?); discarding it and replaying the changelog"
+        );
+        store.clear()?;
+        low
+    } else {
+        from
+    };
+    if from >= high {
         return Ok(0);
     }
+    let start = from;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(start))
         .map_err(kerr)?;

@@ -60,6 +60,12 @@ impl PartitionStore {
         }
     }
 
+    /// Forgets everything in the tree (a checkpoint that does not belong to the changelog).
+    pub fn clear(&self) -> Result<()> {
+        self.tree.clear()?;
+        Ok(())
+    }
+
     /// The changelog offset the tree has caught up to (the next offset to replay).
     pub fn changelog_offset(&self) -> Result<i64> {
         Ok(self

@@ -49,8 +49,11 @@ pub struct Shared {
     pub txn_timeout: Duration,
     known_topics: tokio::sync::Mutex<HashSet<String>>,
     phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
-    assigned_once: AtomicBool,
+    /// When the group last changed this worker's partitions (`None`: not yet).
+    assigned_at: Mutex<Option<std::time::Instant>>,
 }
+
+const EMPTY_ASSIGNMENT_SETTLES: Duration = Duration::from_secs(3);
 
 impl Shared {
     pub fn set_phase(&self, topic: &str, p: i32, phase: PartitionPhase) {
@@ -64,15 +67,16 @@ impl Shared {
         self.phases.lock().unwrap().remove(&(topic.to_string(), p));
     }
 
-    /// Ready: the group assigned this worker its partitions and each one is restored.
+    /// Ready: the group assigned this worker its partitions and each one is restored. An
+    /// empty assignment counts only once it has lasted a few seconds: with cooperative
+    /// rebalancing a joining worker first gets nothing, then its share.
     pub fn is_ready(&self) -> bool {
-        self.assigned_once.load(Ordering::Acquire)
-            && self
-                .phases
-                .lock()
-                .unwrap()
-                .values()
-                .all(|p| *p == PartitionPhase::Running)
+        let Some(assigned_at) = *self.assigned_at.lock().unwrap() else {
+            return false;
+        };
+        let phases = self.phases.lock().unwrap();
+        phases.values().all(|p| *p == PartitionPhase::Running)
+            && (!phases.is_empty() || assigned_at.elapsed() > EMPTY_ASSIGNMENT_SETTLES)
     }
 
     /// (topic, partition, phase) of every partition this worker owns.
@@ -272,7 +276,7 @@ pub async fn run(
         txn_timeout,
         known_topics: Default::default(),
         phases: Default::default(),
-        assigned_once: AtomicBool::new(false),
+        assigned_at: Mutex::new(None),
         bootstrap,
         module,
         cfg,
@@ -323,7 +327,7 @@ pub async fn run(
                         let _ = old.await;
                     }
                 }
-                shared.assigned_once.store(true, Ordering::Release);
+                *shared.assigned_at.lock().unwrap() = Some(std::time::Instant::now());
             }
             Change::Revoked(list, ack) => {
                 let mut stopping = Vec::new();

@@ -452,7 +452,7 @@ fn randomized_cluster_survives_kills_joins_and_leaves() {
 
 #[test]
 fn a_stalled_worker_is_fenced_and_commits_nothing_twice() {
-    let mut c = Cluster::start(2);
+    let c = Cluster::start(2);
     let mut model = Model::new(50);
     let traffic = |c: &Cluster, model: &mut Model, secs: u64| {
         let until = Instant::now() + Duration::from_secs(secs);
@@ -484,4 +484,59 @@ fn a_stalled_worker_is_fenced_and_commits_nothing_twice() {
         "the woken worker must notice it was fenced:\n{}",
         c.logs()
     );
+}
+
+/// How long after a kill -9 (no restart) the survivor processes every partition again. A
+/// measurement for the notes, not a threshold; it fails only if failover never completes.
+#[test]
+fn failover_after_kill_9_is_measured() {
+    let mut c = Cluster::start(2);
+    let topic = format!("{}-messages", c.run);
+    let owned = |w: &Engine| -> usize {
+        let (_, body) = http_get(w.admin_port, "/status").unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["partitions"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["topic"] == topic.as_str() && p["phase"] == "running")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(c.workers[1].as_ref().unwrap()) == 8 || owned(c.workers[0].as_ref().unwrap()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the two workers never shared the partitions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = owned(c.workers[1].as_ref().unwrap());
+    let killed = Instant::now();
+    c.workers[0].as_mut().unwrap().kill9();
+    let survivor = c.workers[1].as_ref().unwrap();
+    while owned(survivor) < 8 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "failover did not complete:\n{}",
+            survivor.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "failover: survivor went from {before} to 8 running partitions {:.2}s after kill -9 (session timeout 6s)",
+        killed.elapsed().as_secs_f64()
+    );
+    // And it really processes them: a message to every address is answered.
+    let mut model = Model::new(40);
+    let all: Vec<(String, Vec<Cmd>)> = (0..40)
+        .map(|i| {
+            let tag = model.fresh("probe");
+            model.emits.insert(tag.clone());
+            (format!("a{i}"), vec![Cmd::Emit(tag)])
+        })
+        .collect();
+    c.send(&all);
+    check_emits(&c, &model);
 }
