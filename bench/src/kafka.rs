@@ -115,6 +115,10 @@ impl Producer {
 /// One record of this run seen on an egress topic, and when it became visible.
 pub struct Seen {
     pub at: Instant,
+    /// Wall clock when it became visible, ms since the epoch.
+    pub seen_ms: i64,
+    /// The record's CreateTime (the engine produces egress records when its epoch closes).
+    pub created_ms: Option<i64>,
     pub value: String,
 }
 
@@ -143,12 +147,13 @@ impl Watcher {
         prefix: &str,
         receipts: &str,
         events: &str,
+        fetch_wait_ms: u32,
     ) -> anyhow::Result<Watcher> {
         let consumer: BaseConsumer = config(bootstrap)
             .set("group.id", group)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
             .create()
             .context("creating the egress consumer")?;
         let mut tpl = TopicPartitionList::new();
@@ -173,6 +178,7 @@ impl Watcher {
                         match consumer.poll(Duration::from_millis(100)) {
                             Some(Ok(m)) => {
                                 let at = Instant::now();
+                                let seen_ms = wall_ms();
                                 let Some(Ok(key)) = m.key().map(std::str::from_utf8) else {
                                     continue;
                                 };
@@ -188,9 +194,12 @@ impl Watcher {
                                 } else {
                                     &mut inbox.events
                                 };
-                                map.entry(key.to_string())
-                                    .or_default()
-                                    .push(Seen { at, value });
+                                map.entry(key.to_string()).or_default().push(Seen {
+                                    at,
+                                    seen_ms,
+                                    created_ms: m.timestamp().to_millis(),
+                                    value,
+                                });
                             }
                             Some(Err(e)) => {
                                 let mut inbox = inbox.lock().unwrap();
@@ -221,6 +230,14 @@ impl Drop for Watcher {
             let _ = t.join();
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn partitions<C: rdkafka::consumer::ConsumerContext>(

@@ -99,6 +99,10 @@ struct RunArgs {
     /// Where to write the JSON results.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// `fetch.wait.max.ms` of the egress watcher: the broker answers a read_committed fetch
+    /// as soon as committed data is there, so this caps only the wait when none comes.
+    #[arg(long, default_value_t = 100)]
+    fetch_wait_ms: u32,
     #[arg(long, default_value = "receipts")]
     receipts_topic: String,
     #[arg(long, default_value = "cart-events")]
@@ -298,6 +302,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         &format!("{run}-"),
         &a.receipts_topic,
         &a.events_topic,
+        a.fetch_wait_ms,
     )?;
     let ctx = Ctx {
         add_probe: RoutedProbe::new(&a.bootstrap, &ingress_group, &add_topic)
@@ -526,7 +531,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         } else {
             max_lag = max_lag.max(now - due);
         }
-        sent_at.push(Instant::now());
+        sent_at.push((Instant::now(), kafka::wall_ms()));
         lat_producer.send(&ctx.checkout_topic, u, &checkout_json(u))?;
         if last_report.elapsed() >= Duration::from_secs(5) {
             let seen = ctx.receipts_of(&lat_users[..=i]);
@@ -552,10 +557,19 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let m4 = ctx.metrics()?;
     let mut lat_ms = Vec::with_capacity(n_lat);
     let mut lat_wrong = 0usize;
+    // Split of each latency at the receipt's CreateTime (when the engine produced it, in the
+    // transaction of the epoch that handled the checkout): before it, the ingress hop and the
+    // epoch's intake; after it, the commit and the fetch by the reader. Millisecond clocks.
+    let mut to_produced_ms = Vec::with_capacity(n_lat);
+    let mut produced_to_visible_ms = Vec::with_capacity(n_lat);
     ctx.watcher.with(|i| {
-        for ((u, at), it) in lat_users.iter().zip(&sent_at).zip(&lat_items) {
+        for ((u, (at, at_ms)), it) in lat_users.iter().zip(&sent_at).zip(&lat_items) {
             if let Some(first) = i.receipts.get(u).and_then(|r| r.first()) {
                 lat_ms.push(first.at.saturating_duration_since(*at).as_secs_f64() * 1e3);
+                if let Some(created) = first.created_ms {
+                    to_produced_ms.push((created - at_ms) as f64);
+                    produced_to_visible_ms.push((first.seen_ms - created) as f64);
+                }
                 let want: BTreeMap<String, u64> = [((*it).clone(), 1)].into();
                 if parse_receipt(&first.value).ok() != Some(want) {
                     lat_wrong += 1;
@@ -564,6 +578,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     });
     lat_ms.sort_by(f64::total_cmp);
+    to_produced_ms.sort_by(f64::total_cmp);
+    produced_to_visible_ms.sort_by(f64::total_cmp);
+    let split = |v: &[f64]| {
+        json!({
+            "p50": percentile(v, 0.5),
+            "p99": percentile(v, 0.99),
+            "max": v.last(),
+        })
+    };
     let lat_mean = (!lat_ms.is_empty()).then(|| lat_ms.iter().sum::<f64>() / lat_ms.len() as f64);
     ctx.clock.say(format!(
         "latency: {}/{n_lat} receipts; p50 {} ms, p99 {} ms, max {} ms",
@@ -618,6 +641,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             "stock_per_item": a.stock,
             "latency_rate_per_s": a.rate,
             "latency_secs": latency_secs,
+            "egress_fetch_wait_ms": a.fetch_wait_ms,
         },
         "warm_up": { "rounds": warm.0, "seconds": warm.1 },
         "throughput": {
@@ -651,6 +675,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 "max": lat_ms.last(),
                 "min": lat_ms.first(),
                 "mean": lat_mean,
+            },
+            "split_ms": {
+                "checkout_to_receipt_produced": split(&to_produced_ms),
+                "receipt_produced_to_visible": split(&produced_to_visible_ms),
             },
             "engine": p2,
             "cpu": cpu_p2,

@@ -145,6 +145,9 @@ struct Processor {
     sent: HashMap<Address, Vec<Envelope>>,
     /// Addresses with an inbox in the partition state, with the message ids it holds.
     parked: HashMap<Address, Vec<String>>,
+    /// Deliveries of this epoch's at-least-once egress records (outside the transaction):
+    /// acknowledged before the epoch commits, so that a commit never outruns them.
+    at_least_once: Vec<rdkafka::producer::DeliveryFuture>,
     /// Offset of the last input record taken in this epoch.
     last_offset: Option<i64>,
     records: usize,
@@ -223,6 +226,7 @@ impl Processor {
             specs,
             sent: HashMap::new(),
             parked: HashMap::new(),
+            at_least_once: Vec::new(),
             last_offset: None,
             records: 0,
             in_txn: false,
@@ -286,7 +290,10 @@ impl Processor {
         let mut intake = true;
         loop {
             self.fire_due_timers().await?;
-            if intake && (self.records >= self.shared.cfg.max_epoch_records || stop.is_cancelled())
+            if intake
+                && (self.records >= self.shared.cfg.max_epoch_records
+                    || stop.is_cancelled()
+                    || tokio::time::Instant::now() >= window)
             {
                 intake = false;
             }
@@ -489,13 +496,6 @@ impl Processor {
         self.sent.insert(addr.clone(), batch.clone());
         let states_sent: Vec<String> = specs.iter().map(|s| s.state_name.clone()).collect();
         let shared = self.shared.clone();
-        let m = &self.shared.metrics;
-        m.invocations
-            .with_label_values(&[&ftype])
-            .inc_by(batch.len() as u64);
-        m.batch_size
-            .with_label_values(&[&ftype])
-            .observe(batch.len() as f64);
         self.inflight.spawn(async move {
             let started = Instant::now();
             let tn = TypeName {
@@ -533,6 +533,22 @@ impl Processor {
             .invocation_seconds
             .with_label_values(&[&ftype])
             .observe(elapsed.as_secs_f64());
+        // Counted once per outcome: a batch re-sent after IncompleteInvocationContext is
+        // one delivery, not two.
+        if !matches!(
+            &result,
+            Ok(FromFunction {
+                response: Some(from_function::Response::IncompleteInvocationContext(_))
+            })
+        ) {
+            let m = &self.shared.metrics;
+            m.invocations
+                .with_label_values(&[&ftype])
+                .inc_by(batch.len() as u64);
+            m.batch_size
+                .with_label_values(&[&ftype])
+                .observe(batch.len() as f64);
+        }
         match result.map(|r| r.response) {
             Err(e) => {
                 let kind = match e {
@@ -760,7 +776,7 @@ impl Processor {
             DeliverySemantic::ExactlyOnce { .. } => &self.producer,
             DeliverySemantic::AtLeastOnce | DeliverySemantic::None => &self.shared.plain,
         };
-        kafka::send(
+        let delivery = kafka::send(
             producer,
             &e.topic,
             None,
@@ -769,6 +785,9 @@ impl Processor {
             None,
         )
         .await?;
+        if matches!(e.delivery, DeliverySemantic::AtLeastOnce) {
+            self.at_least_once.push(delivery);
+        }
         self.shared
             .metrics
             .egress_records
@@ -886,6 +905,13 @@ impl Processor {
                 .await?,
             );
         }
+        for d in self.at_least_once.drain(..) {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_) => return Err(EpochError::Other("egress delivery report lost".into())),
+            }
+        }
         if let Some(last) = self.last_offset {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(
@@ -926,6 +952,7 @@ impl Processor {
     /// overlay and in-flight calls are dropped.
     async fn abort(&mut self) {
         self.inflight.abort_all();
+        self.at_least_once.clear();
         self.store.discard();
         if self.in_txn {
             let pr = self.producer.clone();

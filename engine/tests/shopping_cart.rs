@@ -102,89 +102,87 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+impl App {
+    /// Sends one record, then waits until the engine has delivered `cart` messages to carts and
+    /// `stock` to stock functions in all. Kafka keeps no order between topics, so a scenario
+    /// that needs "restock, then add" must wait for each step (as a user watching would).
+    fn step(&self, topic: &str, key: &str, value: &str, cart: u64, stock: u64) {
+        self.send(topic, key, value);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = self.engine.metrics();
+            let got = |t: &str| metric_matching(&m, "keyflow_invocations_total", t) as u64;
+            let now = (
+                got("com.example/user-shopping-cart"),
+                got("com.example/stock"),
+            );
+            if now == (cart, stock) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline && now.0 <= cart && now.1 <= stock,
+                "after {topic} {value}: (cart, stock) invocations {now:?}, want ({cart}, {stock})\n{}",
+                self.engine.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn seed_scenario_clear_cart_out_of_stock_and_second_checkout() {
     let app = App::start();
     let socks = unique("socks");
-    let (u1, u2, u3) = (unique("u1"), unique("u2"), unique("u3"));
+    let (u1, u2, u3, u4) = (unique("u1"), unique("u2"), unique("u3"), unique("u4"));
     let wait = Duration::from_secs(60);
+    let add = |u: &str, n: u32| format!(r#"{{"userId":"{u}","itemId":"{socks}","quantity":{n}}}"#);
+    let user = |u: &str| format!(r#"{{"userId":"{u}"}}"#);
 
-    // The seed: restock 50, add 3, check out: exactly one receipt.
-    app.send(
+    // The seed: restock 50, add 3, check out: exactly one receipt. An add is three hops:
+    // cart, stock (RequestItem), cart (ItemAvailability).
+    app.step(
         "restock-items",
         &socks,
         &format!(r#"{{"itemId":"{socks}","quantity":50}}"#),
+        0,
+        1,
     );
-    app.send(
-        "add-to-cart",
-        &u1,
-        &format!(r#"{{"userId":"{u1}","itemId":"{socks}","quantity":3}}"#),
-    );
-    app.send("checkout", &u1, &format!(r#"{{"userId":"{u1}"}}"#));
+    app.step("add-to-cart", &u1, &add(&u1, 3), 2, 2);
+    app.step("checkout", &u1, &user(&u1), 3, 2);
     let receipts = records_for("receipts", &u1, 1, wait);
     assert_eq!(
-        receipts.len(),
-        1,
-        "{receipts:?}\n{}",
-        app.engine.log_tail(40)
-    );
-    assert_eq!(
-        json(&receipts[0]),
-        json(&format!(r#"{{"userId":"{u1}","details":"{socks}: 3"}}"#))
-    );
-    assert_eq!(
-        receipts[0],
-        format!(r#"{{"userId":"{u1}","details":"{socks}: 3"}}"#),
+        receipts,
+        vec![format!(r#"{{"userId":"{u1}","details":"{socks}: 3"}}"#)],
         "exact bytes"
     );
 
     // A second checkout of the (now empty) basket emits nothing new.
-    app.send("checkout", &u1, &format!(r#"{{"userId":"{u1}"}}"#));
+    app.step("checkout", &u1, &user(&u1), 4, 2);
 
-    // Clear cart returns items: u2 takes 40, clears, then u3 can take all 47.
-    app.send(
-        "add-to-cart",
-        &u2,
-        &format!(r#"{{"userId":"{u2}","itemId":"{socks}","quantity":40}}"#),
-    );
-    app.send("clear-cart", &u2, &format!(r#"{{"userId":"{u2}"}}"#));
+    // Clear cart returns items: u2 takes 40 and clears (one RestockItem back to stock).
+    app.step("add-to-cart", &u2, &add(&u2, 40), 6, 3);
+    app.step("clear-cart", &u2, &user(&u2), 7, 4);
+
     // Out of stock reaches the user: 48 > 47.
-    app.send(
-        "add-to-cart",
-        &u3,
-        &format!(r#"{{"userId":"{u3}","itemId":"{socks}","quantity":48}}"#),
-    );
+    app.step("add-to-cart", &u3, &add(&u3, 48), 9, 5);
     let events = records_for("cart-events", &u3, 1, wait);
     assert_eq!(events.len(), 1, "{events:?}");
     let ev = json(&events[0]);
     assert_eq!(ev["status"], "OUTOFSTOCK", "{ev}");
     assert_eq!(ev["quantity"], 48, "{ev}");
 
-    // Exactly 47 remain (50 - 3, with u2's 40 returned): u3 gets all of them.
-    app.send(
-        "add-to-cart",
-        &u3,
-        &format!(r#"{{"userId":"{u3}","itemId":"{socks}","quantity":47}}"#),
-    );
-    app.send("checkout", &u3, &format!(r#"{{"userId":"{u3}"}}"#));
+    // Exactly 47 remain (50 - 3, u2's 40 returned): u3 gets all of them, then none are left.
+    app.step("add-to-cart", &u3, &add(&u3, 47), 11, 6);
+    app.step("checkout", &u3, &user(&u3), 12, 6);
     let r3 = records_for("receipts", &u3, 1, wait);
     assert_eq!(
         r3,
         vec![format!(r#"{{"userId":"{u3}","details":"{socks}: 47"}}"#)]
     );
-    // ...and then nothing is left.
-    let u4 = unique("u4");
-    app.send(
-        "add-to-cart",
-        &u4,
-        &format!(r#"{{"userId":"{u4}","itemId":"{socks}","quantity":1}}"#),
-    );
+    app.step("add-to-cart", &u4, &add(&u4, 1), 14, 7);
     let e4 = records_for("cart-events", &u4, 1, wait);
     assert_eq!(json(&e4[0])["status"], "OUTOFSTOCK");
 
-    // By now u1's second checkout has long been processed (same partition order is not
-    // guaranteed across users, so check after the later outcomes above): still one receipt.
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         records_for("receipts", &u1, 1, wait).len(),
         1,
@@ -193,5 +191,20 @@ fn seed_scenario_clear_cart_out_of_stock_and_second_checkout() {
     assert!(
         records_for("receipts", &u2, 0, Duration::ZERO).is_empty(),
         "u2 cleared the cart and never checked out"
+    );
+
+    // The other counters add up too: 10 ingress records, 2 receipts, no dead letters.
+    let m = app.engine.metrics();
+    assert_eq!(
+        metric_sum(&m, "keyflow_ingress_records_total"),
+        Some(10.0),
+        "{m}"
+    );
+    let receipts_out = metric_matching(&m, "keyflow_egress_records_total", "topic=\"receipts\"");
+    assert_eq!(receipts_out, 2.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "keyflow_dead_letters_total"),
+        None,
+        "no dead letters: {m}"
     );
 }

@@ -429,3 +429,11 @@ pub fn metric_sum(page: &str, name: &str) -> Option<f64> {
     }
     found
 }
+
+/// The sum of the samples of `name` whose labels contain `label` (e.g. `topic="receipts"`).
+pub fn metric_matching(page: &str, name: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
