@@ -923,6 +923,26 @@ fn print_table(r: &Value) {
             fmt_opt(num(&lm["mean"]), 1)
         ),
     );
+    let sp = &l["split_ms"];
+    for (label, key) in [
+        (
+            "  checkout -> receipt produced p50 / p99",
+            "checkout_to_receipt_produced",
+        ),
+        (
+            "  receipt produced -> visible p50 / p99",
+            "receipt_produced_to_visible",
+        ),
+    ] {
+        row(
+            label,
+            format!(
+                "{} / {} ms",
+                fmt_opt(num(&sp[key]["p50"]), 0),
+                fmt_opt(num(&sp[key]["p99"]), 0)
+            ),
+        );
+    }
     row("receipts", format!("{}/{}", l["receipts"], l["checkouts"]));
     println!();
     println!("Engine /metrics                                  throughput phase | latency phase");

@@ -11,6 +11,11 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineConfig {
+    /// A YAML file of settings: keys are these flags' names (`commit-interval: 20ms`).
+    /// Precedence: flags, then environment variables, then this file, then the defaults.
+    #[arg(long, env = "KEYFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// The application's module file (StateFun 3.x module.yaml).
     #[arg(long, env = "KEYFLOW_MODULE", default_value = "module.yaml")]
     pub module: PathBuf,
@@ -111,6 +116,75 @@ impl EngineConfig {
     }
 }
 
+/// Loads the `--config` file named in `args` (or `KEYFLOW_CONFIG`), before the flags are
+/// parsed: each setting becomes the default of its environment variable unless that variable
+/// is set already, which gives the documented precedence.
+pub fn apply_config_file(args: &[String]) -> Result<(), String> {
+    let named = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(str::to_string))
+        })
+        .or_else(|| std::env::var("KEYFLOW_CONFIG").ok());
+    let Some(path) = named else { return Ok(()) };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading config file {path}: {e}"))?;
+    for (key, env, value) in
+        config_settings(&text).map_err(|e| format!("config file {path}: {e}"))?
+    {
+        if std::env::var_os(&env).is_none() {
+            tracing::debug!(key, env, "setting from the config file");
+            std::env::set_var(env, value);
+        }
+    }
+    Ok(())
+}
+
+/// (key, environment variable, value) for every entry of a config file.
+fn config_settings(text: &str) -> Result<Vec<(String, String, String)>, String> {
+    let cmd = <EngineConfig as clap::Args>::augment_args(clap::Command::new("run"));
+    let known: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            Some((
+                a.get_long()?.to_string(),
+                a.get_env()?.to_string_lossy().into_owned(),
+            ))
+        })
+        .filter(|(long, _)| long != "config")
+        .collect();
+    let map: std::collections::BTreeMap<String, serde_norway::Value> =
+        match serde_norway::from_str(text) {
+            Ok(m) => m,
+            Err(e) => return Err(format!("not a YAML mapping of settings: {e}")),
+        };
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let Some((_, env)) = known.iter().find(|(long, _)| *long == key) else {
+            let names: Vec<&str> = known.iter().map(|(l, _)| l.as_str()).collect();
+            return Err(format!(
+                "unknown setting `{key}`; known settings: {}",
+                names.join(", ")
+            ));
+        };
+        let value = match value {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "setting `{key}` must be a string, number or boolean, not {other:?}"
+                ))
+            }
+        };
+        out.push((key, env.clone(), value));
+    }
+    Ok(out)
+}
+
 /// Parses `250ms`, `2s`, `1min`, `1h` or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -136,6 +210,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_file_settings_map_to_environment_variables() {
+        let got =
+            config_settings("commit-interval: 20ms\npartitions: 16\nstatic-membership: false\n")
+                .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "commit-interval".into(),
+                    "KEYFLOW_COMMIT_INTERVAL".into(),
+                    "20ms".into()
+                ),
+                (
+                    "partitions".into(),
+                    "KEYFLOW_PARTITIONS".into(),
+                    "16".into()
+                ),
+                (
+                    "static-membership".into(),
+                    "KEYFLOW_STATIC_MEMBERSHIP".into(),
+                    "false".into()
+                ),
+            ]
+        );
+        let err = config_settings("comit-interval: 20ms").unwrap_err();
+        assert!(
+            err.contains("unknown setting `comit-interval`") && err.contains("commit-interval"),
+            "{err}"
+        );
+        assert!(config_settings("- a\n- b").unwrap_err().contains("mapping"));
+    }
 
     #[test]
     fn durations() {
