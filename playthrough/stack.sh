@@ -12,6 +12,7 @@
 #   WORKERS=2                      engine workers, ids $WORKER_PREFIX-1 .. $WORKER_PREFIX-N
 #   WORKER_PREFIX=worker
 #   ADMIN_BASE_PORT=8090           worker i serves /ready /metrics /status on 127.0.0.1:(8090+i-1)
+#   INGRESS_BASE_PORT=8180         worker i serves the HTTP ingress on 127.0.0.1:(8180+i-1)
 #   FUNCTIONS_PORT=1108            the function service listens on 127.0.0.1:$FUNCTIONS_PORT
 #   KEYFLOW_DATA_DIR=<repo>/.data  worker state (<dir>/<worker-id>), logs (<dir>/logs), pids (<dir>/run)
 #   KEYFLOW_MODULE=<repo>/module.yaml
@@ -29,6 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 WORKERS="${WORKERS:-2}"
 WORKER_PREFIX="${WORKER_PREFIX:-worker}"
 ADMIN_BASE_PORT="${ADMIN_BASE_PORT:-8090}"
+INGRESS_BASE_PORT="${INGRESS_BASE_PORT:-8180}"
 FUNCTIONS_PORT="${FUNCTIONS_PORT:-1108}"
 DATA_DIR="${KEYFLOW_DATA_DIR:-$REPO_ROOT/.data}"
 MODULE="${KEYFLOW_MODULE:-$REPO_ROOT/module.yaml}"
@@ -161,7 +163,8 @@ cmd_start() {
     else
       i="${name##*-}"
       launch "$name" $((ADMIN_BASE_PORT + i - 1)) "$keyflow" run --module "$MODULE" --worker-id "$name" \
-        --admin-addr "127.0.0.1:$((ADMIN_BASE_PORT + i - 1))" --data-dir "$DATA_DIR"
+        --admin-addr "127.0.0.1:$((ADMIN_BASE_PORT + i - 1))" --data-dir "$DATA_DIR" \
+        --ingress-addr "127.0.0.1:$((INGRESS_BASE_PORT + i - 1))"
     fi
   done
 
@@ -203,7 +206,7 @@ cmd_start() {
     say "$name owns $(grep -c "^127.0.0.1:$(port_of "$name") " <<<"$SETTLED") partition(s)"
   done
   trap - EXIT
-  say "stack is up: functions on 127.0.0.1:$FUNCTIONS_PORT, workers' admin on 127.0.0.1:$ADMIN_BASE_PORT..$((ADMIN_BASE_PORT + WORKERS - 1))"
+  say "stack is up: functions on 127.0.0.1:$FUNCTIONS_PORT, workers' admin on 127.0.0.1:$ADMIN_BASE_PORT..$((ADMIN_BASE_PORT + WORKERS - 1)), HTTP ingress on 127.0.0.1:$INGRESS_BASE_PORT..$((INGRESS_BASE_PORT + WORKERS - 1))"
 }
 
 cmd_stop() {

@@ -30,7 +30,7 @@ case "${1:-}" in
 esac
 
 # The demo's own stack settings (the environment must not point it elsewhere).
-export WORKERS=2 WORKER_PREFIX=worker ADMIN_BASE_PORT=8090 FUNCTIONS_PORT=1108
+export WORKERS=2 WORKER_PREFIX=worker ADMIN_BASE_PORT=8090 INGRESS_BASE_PORT=8180 FUNCTIONS_PORT=1108
 export KEYFLOW_DATA_DIR="$REPO_ROOT/.data"
 export KAFKA_PORT="${KAFKA_PORT:-9092}"
 export KEYFLOW_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
@@ -52,7 +52,7 @@ if ((stack_rc != 3)); then
 fi
 # shellcheck disable=SC2016 # expanded by the inner shell
 port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null; }
-for port in 1108 8090 8091; do
+for port in 1108 8090 8091 8180 8181; do
   if port_open "$port"; then
     die "port 127.0.0.1:$port is taken by another process (a demo from another checkout? see: ss -ltnp | grep :$port)"
   fi
@@ -132,6 +132,7 @@ Try$( [[ "$KAFKA_PORT" == 9092 ]] || echo " (first: export KEYFLOW_BOOTSTRAP=$KE
   $k consume --topic cart-events --to-end --json
   $k topics
   curl -s http://127.0.0.1:8090/status; curl -s http://127.0.0.1:8090/metrics | less
+  curl -s -X POST -H 'Content-Type: application/vnd.com.example/RequestItem' -d '{"quantity":1}' 'http://127.0.0.1:8180/com.example/stock/hats?reply=true'
   playthrough/run-all.sh        # every playthrough scenario against this stack
 EOF
 

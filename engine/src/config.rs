@@ -62,6 +62,23 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_ADMIN_ADDR", default_value = "127.0.0.1:8090")]
     pub admin_addr: SocketAddr,
 
+    /// HTTP ingress address: `POST /<namespace>/<type>/<id>` delivers a message (with
+    /// `?reply=true`, waits for the function's reply), `GET /replies/<message-id>`,
+    /// `GET /state/<namespace>/<type>/<id>`. Default `127.0.0.1:8081`, taken only if free (a
+    /// busy default port is logged and the worker runs without HTTP ingress); an address given
+    /// here must be free. `off` disables the HTTP ingress.
+    #[arg(long, env = "KEYFLOW_INGRESS_ADDR", value_parser = parse_ingress_addr)]
+    pub ingress_addr: Option<IngressAddr>,
+
+    /// How long a request-reply HTTP request waits for the function's reply before it answers
+    /// 504 with the message id (the reply can be fetched later at `/replies/<message-id>`).
+    #[arg(long, env = "KEYFLOW_REPLY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub reply_timeout: Duration,
+
+    /// Largest HTTP ingress request body, in bytes (larger: 413).
+    #[arg(long, env = "KEYFLOW_MAX_REQUEST_BYTES", default_value = "1048576")]
+    pub max_request_bytes: usize,
+
     /// Replication factor of the topics the engine creates (-1: the broker's default).
     #[arg(long, env = "KEYFLOW_REPLICATION_FACTOR", default_value = "-1")]
     pub replication_factor: i32,
@@ -87,6 +104,26 @@ pub struct EngineConfig {
     pub expiry_sweep: Duration,
 }
 
+/// Where the HTTP ingress listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressAddr {
+    Off,
+    At(SocketAddr),
+}
+
+/// The HTTP ingress's address when `--ingress-addr` is not given.
+pub const DEFAULT_INGRESS_ADDR: &str = "127.0.0.1:8081";
+
+fn parse_ingress_addr(s: &str) -> Result<IngressAddr, String> {
+    if s.trim() == "off" {
+        return Ok(IngressAddr::Off);
+    }
+    s.trim()
+        .parse()
+        .map(IngressAddr::At)
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8081 (or `off`)"))
+}
+
 impl EngineConfig {
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
@@ -109,6 +146,11 @@ impl EngineConfig {
 
     pub fn topic_dead_letters(&self) -> String {
         format!("{}-deadletters", self.cluster)
+    }
+
+    /// Replies to HTTP ingress requests (1 partition, read by every worker).
+    pub fn topic_replies(&self) -> String {
+        format!("{}-replies", self.cluster)
     }
 
     pub fn partition_count(&self) -> i32 {
@@ -242,6 +284,18 @@ mod tests {
             "{err}"
         );
         assert!(config_settings("- a\n- b").unwrap_err().contains("mapping"));
+    }
+
+    #[test]
+    fn ingress_addresses() {
+        assert_eq!(parse_ingress_addr("off"), Ok(IngressAddr::Off));
+        assert_eq!(
+            parse_ingress_addr("127.0.0.1:8181"),
+            Ok(IngressAddr::At("127.0.0.1:8181".parse().unwrap()))
+        );
+        assert!(parse_ingress_addr("localhost")
+            .unwrap_err()
+            .contains("not an address"));
     }
 
     #[test]

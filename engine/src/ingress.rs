@@ -14,18 +14,16 @@ use futures::FutureExt;
 use keyflow_protocol::{Address, Message as _, TypedValue};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::internal::Envelope;
-use crate::kafka::{self, blocking};
+use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partitioner::partition_for;
 use crate::worker::{PartitionPhase, Reopen, Shared};
-
-const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
 pub async fn run(
@@ -242,32 +240,14 @@ impl Router {
         reason: &str,
     ) -> Result<(), KafkaError> {
         tracing::warn!(origin, kind, "ingress dead letter: {reason}");
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "keyflow.reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "keyflow.reason-kind",
-                value: Some(kind),
-            })
-            .insert(Header {
-                key: "keyflow.origin",
-                value: Some(origin),
-            })
-            .insert(Header {
-                key: "keyflow.typename",
-                value: Some(self.route.value_type.to_string().as_str()),
-            });
-        kafka::send(
-            &self.producer,
-            &self.shared.cfg.topic_dead_letters(),
-            None,
-            m.key(),
-            m.payload(),
-            Some(headers),
-        )
-        .await?;
+        let typename = self.route.value_type.to_string();
+        let dl = kafka::DeadLetter {
+            kind,
+            reason,
+            headers: vec![("keyflow.origin", origin), ("keyflow.typename", &typename)],
+        };
+        let topic = self.shared.cfg.topic_dead_letters();
+        kafka::send_dead_letter(&self.producer, &topic, m.key(), m.payload(), dl).await?;
         self.shared
             .metrics
             .dead_letters
@@ -278,20 +258,10 @@ impl Router {
 
     async fn commit(&mut self) -> Result<(), KafkaError> {
         let started = Instant::now();
-        if let Some(last) = self.last_offset {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.topic, self.p, Offset::Offset(last + 1))?;
-            let cgm = self
-                .consumer
-                .group_metadata()
-                .ok_or(KafkaError::Subscription(
-                    "consumer has no group metadata".into(),
-                ))?;
-            let pr = self.producer.clone();
-            blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
-        }
-        let pr = self.producer.clone();
-        blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await?;
+        let input = self
+            .last_offset
+            .map(|last| (self.topic.as_str(), self.p, last + 1));
+        kafka::commit_with_offsets(&self.producer, &self.consumer, input).await?;
         self.in_txn = false;
         self.shared
             .metrics

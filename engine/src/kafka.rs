@@ -204,3 +204,70 @@ pub async fn send(
         }
     }
 }
+
+/// Ends an epoch's transaction: the consumed input position `(topic, partition, next offset)`
+/// joins the transaction under `consumer`'s group, then the transaction commits.
+pub async fn commit_with_offsets(
+    producer: &FutureProducer,
+    consumer: &rdkafka::consumer::StreamConsumer,
+    input: Option<(&str, i32, i64)>,
+) -> Result<(), KafkaError> {
+    use rdkafka::consumer::Consumer;
+    if let Some((topic, partition, next)) = input {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(next))?;
+        let cgm = consumer.group_metadata().ok_or_else(|| {
+            KafkaError::Subscription("the input consumer has no group metadata".into())
+        })?;
+        let pr = producer.clone();
+        blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
+    }
+    // rust-rdkafka's commit_transaction flushes first, and that flush waits for the
+    // producer's 100 ms poll loop unless every delivery report has been served already:
+    // waiting for them here takes an epoch's commit from about 100 ms to a few ms.
+    let deadline = std::time::Instant::now() + TXN_CALL_TIMEOUT;
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let pr = producer.clone();
+    blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await
+}
+
+/// How long one blocking transaction call may take.
+pub const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a record could not be processed, as the dead-letter topic records it.
+pub struct DeadLetter<'a> {
+    /// A short machine-readable kind (`no-key`, `function-unavailable`, ...).
+    pub kind: &'a str,
+    /// What went wrong, for a person.
+    pub reason: &'a str,
+    /// More context headers (`keyflow.target`, `keyflow.origin`, ...).
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+/// Writes the original `key` and `value` to the dead-letter `topic` with the reason in the
+/// headers, through `producer` (inside its open transaction when it is transactional).
+pub async fn send_dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    dl: DeadLetter<'_>,
+) -> Result<(), KafkaError> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let headers = [
+        ("keyflow.reason", dl.reason),
+        ("keyflow.reason-kind", dl.kind),
+    ]
+    .into_iter()
+    .chain(dl.headers)
+    .fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    });
+    send(producer, topic, None, key, value, Some(headers)).await?;
+    Ok(())
+}

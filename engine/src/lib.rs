@@ -17,6 +17,7 @@
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP server.
+//! - [`http_ingress`]: HTTP ingress: messages, request-reply, committed state over HTTP.
 //! - [`tools`]: `keyflow produce`, `consume`, `topics`: Kafka at the command line.
 //!
 //! # Invariants
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod config;
 pub mod dispatch;
 pub mod effects;
+pub mod http_ingress;
 pub mod ingress;
 pub mod invoker;
 pub mod kafka;

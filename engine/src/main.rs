@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an engine worker for the application in module.yaml.
-    Run(EngineConfig),
+    Run(Box<EngineConfig>),
     /// Send records to a topic: one from the arguments, or `key: value` lines from a file or stdin.
     Produce(keyflow_engine::tools::ProduceArgs),
     /// Print a topic's records (read_committed unless --read-uncommitted).
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             let module = Module::load(&cfg.module).map_err(|e| anyhow::anyhow!("{e}"))?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signals(shutdown.clone()));
-            keyflow_engine::worker::run(cfg, module, shutdown).await?;
+            keyflow_engine::worker::run(*cfg, module, shutdown).await?;
             Ok(())
         }),
         Command::Produce(args) => rt.block_on(keyflow_engine::tools::produce(args)),

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use keyflow_protocol::from_function::{self, PersistedValueSpec};
 use keyflow_protocol::to_function::{self, InvocationBatchRequest, PersistedValue};
-use keyflow_protocol::{Address, FromFunction, Message, ToFunction, TypedValue};
+use keyflow_protocol::{Address, FromFunction, Message, ToFunction};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
@@ -39,14 +39,14 @@ use crate::dispatch::Dispatcher;
 use crate::effects::{self, Delayed, EgressRecord};
 use crate::internal::{DelayedMessage, Envelope, Inbox, RegisteredSpecs};
 use crate::invoker::InvokeError;
-use crate::kafka::{self, blocking};
+use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
 use crate::module::{DeliverySemantic, TypeName};
 use crate::partitioner::partition_for;
 use crate::restore;
 use crate::store::{PartitionStore, StoreError};
 use crate::timers::{TimerId, Timers};
 use crate::worker::{PartitionPhase, Reopen, Shared};
-use crate::{new_message_id, now_ms};
+use crate::{http_ingress, new_message_id, now_ms};
 
 /// Why an epoch failed. Every variant leads to the same recovery: abort, reopen, replay.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +64,6 @@ pub enum EpochError {
     #[error("{0}")]
     Other(String),
 }
-
-const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs partition `p` until `stop` fires, reopening it after every failed epoch.
 pub async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
@@ -412,20 +410,11 @@ impl Processor {
             Some(Ok(env)) => env,
             Some(Err(e)) => {
                 let reason = format!("undecodable message envelope at {origin}: {e}");
-                return self
-                    .dead_letter_raw("envelope", &reason, None, None, &origin)
-                    .await;
+                return self.dead_letter_raw("envelope", &reason, &origin).await;
             }
             None => {
-                return self
-                    .dead_letter_raw(
-                        "envelope",
-                        &format!("empty message envelope at {origin}"),
-                        None,
-                        None,
-                        &origin,
-                    )
-                    .await
+                let reason = format!("empty message envelope at {origin}");
+                return self.dead_letter_raw("envelope", &reason, &origin).await;
             }
         };
         self.deliver(env).await
@@ -751,11 +740,27 @@ impl Processor {
         Ok(())
     }
 
+    /// Produces a message in the epoch's transaction: to its target's partition of
+    /// `<cluster>-messages`, or, for a reply to an HTTP ingress caller, to `<cluster>-replies`
+    /// (key: the caller's id, value: the reply's `TypedValue`).
     async fn send_envelope(&self, env: &Envelope) -> Result<(), EpochError> {
         let target = env
             .target
             .as_ref()
             .expect("envelopes are built with a target");
+        if http_ingress::is_ingress_address(target) {
+            let value = env.argument.clone().unwrap_or_default().encode_to_vec();
+            kafka::send(
+                &self.producer,
+                &self.shared.cfg.topic_replies(),
+                Some(0),
+                Some(target.id.as_bytes()),
+                Some(&value),
+                None,
+            )
+            .await?;
+            return Ok(());
+        }
         let partition = partition_for(&target.id, self.shared.cfg.partition_count());
         let payload = env.encode_to_vec();
         kafka::send(
@@ -821,63 +826,49 @@ impl Processor {
             .unwrap_or_default();
         let arg = env.argument.clone().unwrap_or_default();
         tracing::warn!(partition = self.p, target = %target, message_id = %env.message_id, kind, "dead letter: {reason}");
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "keyflow.target",
-                value: Some(target.as_str()),
-            })
-            .insert(Header {
-                key: "keyflow.typename",
-                value: Some(arg.typename.as_str()),
-            })
-            .insert(Header {
-                key: "keyflow.message-id",
-                value: Some(env.message_id.as_str()),
-            })
-            .insert(Header {
-                key: "keyflow.origin",
-                value: Some(env.origin.as_str()),
-            });
-        self.dead_letter_raw(
+        let headers = vec![
+            ("keyflow.target", target.as_str()),
+            ("keyflow.typename", arg.typename.as_str()),
+            ("keyflow.message-id", env.message_id.as_str()),
+            ("keyflow.origin", env.origin.as_str()),
+        ];
+        self.send_dead_letter(
             kind,
             reason,
             Some(target.as_bytes()),
-            Some(headers_with_value(headers, &arg)),
-            &env.origin,
+            Some(&arg.value),
+            headers,
         )
         .await
     }
 
+    /// A record that is not even an envelope: dead-lettered with its origin only.
     async fn dead_letter_raw(
         &mut self,
         kind: &'static str,
         reason: &str,
-        key: Option<&[u8]>,
-        value: Option<(OwnedHeaders, Vec<u8>)>,
         origin: &str,
     ) -> Result<(), EpochError> {
-        if value.is_none() {
-            tracing::warn!(partition = self.p, origin, kind, "dead letter: {reason}");
-        }
-        let (headers, payload) = value.unwrap_or_else(|| (OwnedHeaders::new(), Vec::new()));
-        let headers = headers
-            .insert(Header {
-                key: "keyflow.reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "keyflow.reason-kind",
-                value: Some(kind),
-            });
-        kafka::send(
-            &self.producer,
-            &self.shared.cfg.topic_dead_letters(),
-            None,
-            key,
-            Some(&payload),
-            Some(headers),
-        )
-        .await?;
+        tracing::warn!(partition = self.p, origin, kind, "dead letter: {reason}");
+        self.send_dead_letter(kind, reason, None, None, vec![("keyflow.origin", origin)])
+            .await
+    }
+
+    async fn send_dead_letter(
+        &mut self,
+        kind: &'static str,
+        reason: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Vec<(&str, &str)>,
+    ) -> Result<(), EpochError> {
+        let topic = self.shared.cfg.topic_dead_letters();
+        let dl = kafka::DeadLetter {
+            kind,
+            reason,
+            headers,
+        };
+        kafka::send_dead_letter(&self.producer, &topic, key, value, dl).await?;
         self.shared
             .metrics
             .dead_letters
@@ -912,22 +903,11 @@ impl Processor {
                 Err(_) => return Err(EpochError::Other("egress delivery report lost".into())),
             }
         }
-        if let Some(last) = self.last_offset {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(
-                &self.shared.cfg.topic_messages(),
-                self.p,
-                Offset::Offset(last + 1),
-            )?;
-            let cgm = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| EpochError::Other("consumer has no group metadata".into()))?;
-            let pr = self.producer.clone();
-            blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
-        }
-        let pr = self.producer.clone();
-        blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await?;
+        let topic = self.shared.cfg.topic_messages();
+        let input = self
+            .last_offset
+            .map(|last| (topic.as_str(), self.p, last + 1));
+        kafka::commit_with_offsets(&self.producer, &self.consumer, input).await?;
         self.in_txn = false;
         // Committed: every changelog record is delivered; the checkpoint may move to the end.
         let mut next_offset = None;
@@ -965,10 +945,6 @@ impl Processor {
             self.in_txn = false;
         }
     }
-}
-
-fn headers_with_value(headers: OwnedHeaders, arg: &TypedValue) -> (OwnedHeaders, Vec<u8>) {
-    (headers, arg.value.to_vec())
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -21,12 +21,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, IngressAddr};
 use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
-use crate::{admin, ingress, processor};
+use crate::{admin, http_ingress, ingress, processor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionPhase {
@@ -185,6 +185,11 @@ pub enum WorkerError {
         addr: std::net::SocketAddr,
         err: std::io::Error,
     },
+    #[error("HTTP ingress on {addr}: {err} (choose another --ingress-addr, or `off`)")]
+    Ingress {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
     #[error("creating the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -229,6 +234,12 @@ pub async fn run(
         },
         TopicSpec {
             name: cfg.topic_dead_letters(),
+            partitions: 1,
+            compacted: false,
+            exact_partitions: false,
+        },
+        TopicSpec {
+            name: cfg.topic_replies(),
             partitions: 1,
             compacted: false,
             exact_partitions: false,
@@ -290,6 +301,15 @@ pub async fn run(
             err,
         })?;
     let admin_task = tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
+    let ingress_task = bind_ingress(shared.cfg.ingress_addr)
+        .await?
+        .map(|listener| {
+            tokio::spawn(http_ingress::serve(
+                listener,
+                shared.clone(),
+                shutdown.clone(),
+            ))
+        });
     tracing::info!(worker = %worker_id, cluster = %shared.cfg.cluster, partitions = n, admin = %admin_addr, "worker starting");
 
     let (changes_tx, mut changes) = mpsc::unbounded_channel();
@@ -361,8 +381,43 @@ pub async fn run(
     membership.close().await;
     let _ = shared.db.flush_async().await;
     let _ = admin_task.await;
+    if let Some(t) = ingress_task {
+        let _ = t.await;
+    }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The HTTP ingress's listener: an address given must be free; the default is taken only
+/// when it is (two workers on one machine must not fail over a port they did not ask for).
+async fn bind_ingress(
+    addr: Option<IngressAddr>,
+) -> Result<Option<tokio::net::TcpListener>, WorkerError> {
+    match addr {
+        Some(IngressAddr::Off) => Ok(None),
+        Some(IngressAddr::At(addr)) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(|l| {
+                tracing::info!(%addr, "HTTP ingress listening");
+                Some(l)
+            })
+            .map_err(|err| WorkerError::Ingress { addr, err }),
+        None => {
+            let addr: std::net::SocketAddr = crate::config::DEFAULT_INGRESS_ADDR
+                .parse()
+                .expect("a valid default address");
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "HTTP ingress listening");
+                    Ok(Some(l))
+                }
+                Err(err) => {
+                    tracing::warn!(%addr, "HTTP ingress disabled: the default address is taken ({err}); set --ingress-addr");
+                    Ok(None)
+                }
+            }
+        }
+    }
 }
 
 /// A change of this worker's partitions. A revocation waits for the ack: the partitions are

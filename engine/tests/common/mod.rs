@@ -178,6 +178,8 @@ pub fn wait_for(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool
 pub struct Engine {
     child: Option<Child>,
     pub admin_port: u16,
+    /// The HTTP ingress port (`--ingress-addr`), free at start unless `extra` names one.
+    pub ingress_port: u16,
     args: Vec<String>,
     log: PathBuf,
 }
@@ -207,6 +209,18 @@ impl Engine {
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
         ];
+        let ingress_port = match extra.iter().position(|a| *a == "--ingress-addr") {
+            Some(i) => extra[i + 1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            None => {
+                let port = free_port();
+                args.extend(["--ingress-addr".to_string(), format!("127.0.0.1:{port}")]);
+                port
+            }
+        };
         if !extra.contains(&"--partitions") {
             args.extend(["--partitions".to_string(), "4".to_string()]);
         }
@@ -215,6 +229,7 @@ impl Engine {
         let mut e = Engine {
             child: None,
             admin_port,
+            ingress_port,
             args,
             log,
         };
@@ -355,6 +370,104 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A response of [`http_request`]: status, headers (names lower-case), body bytes.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// A tiny blocking HTTP/1.1 client against 127.0.0.1 (one request per connection). A server
+/// that answers before reading the whole body (413) may reset the connection: what was read
+/// until then is the response.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    // The server may answer and close before it read everything (413): not an error here.
+    let _ = s.write_all(&bytes);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if buf.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP response head in {buf:?}")))?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut raw_body = buf[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        raw_body = dechunk(&raw_body);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: raw_body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&data[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
 }
 
 /// Writes a module file into `dir` and returns its path.

@@ -1,0 +1,686 @@
+//! The HTTP ingress: messages to functions over HTTP, request-reply, committed state.
+//!
+//! - `POST /<namespace>/<type>/<id>`: the body is the message's argument, its typename comes
+//!   from `Content-Type: application/vnd.<namespace>/<name>` (the StateFun playground form).
+//!   The message is produced as an [`Envelope`] to the id's partition of `<cluster>-messages`
+//!   by the worker's idempotent (non-transactional) producer; `202 {"messageId": ..}` comes
+//!   only after Kafka acknowledged it. A non-transactional record is visible to the
+//!   read_committed processors at once.
+//! - With `?reply=true` (or `X-Keyflow-Reply: true`) the envelope's caller is the address
+//!   `keyflow.ingress/http/<worker-id>~<message-id>`. A function answers with the SDKs' usual
+//!   send to its caller; the processor writes a message for that address, inside its epoch's
+//!   transaction, to `<cluster>-replies` (key: the caller id, value: the reply's
+//!   `TypedValue`) instead of `<cluster>-messages`. Every worker reads that topic
+//!   (read_committed, from its end at start), completes its own waiting requests and keeps
+//!   the recent replies, so `GET /replies/<message-id>` works on any worker. A request whose
+//!   reply takes longer than `--reply-timeout` (or `?timeout=`) gets 504 with the message id.
+//! - `GET /state/<namespace>/<type>/<id>`: the committed state of an address whose partition
+//!   this worker owns (421 otherwise; forwarding to the owner is future work).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use keyflow_protocol::{builtin, split_typename, Address, Message, TypedValue};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::parse_duration;
+use crate::internal::Envelope;
+use crate::kafka::{self, blocking};
+use crate::module::TypeName;
+use crate::partitioner::partition_for;
+use crate::store::PartitionStore;
+use crate::worker::{PartitionPhase, Shared};
+use crate::{new_message_id, now_ms};
+
+/// The namespace of the caller address of a request-reply HTTP request.
+pub const INGRESS_NAMESPACE: &str = "keyflow.ingress";
+/// The type of the caller address of a request-reply HTTP request.
+pub const INGRESS_TYPE: &str = "http";
+
+/// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
+const SEEN_MAX: usize = 10_000;
+const SEEN_FOR: Duration = Duration::from_secs(600);
+
+/// True for the caller address of an HTTP request waiting for its reply: messages to it go to
+/// `<cluster>-replies`, not to a function.
+pub fn is_ingress_address(a: &Address) -> bool {
+    a.namespace == INGRESS_NAMESPACE && a.r#type == INGRESS_TYPE
+}
+
+/// A function's reply to an HTTP request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub typename: String,
+    pub value: Bytes,
+}
+
+#[derive(Default)]
+struct Seen {
+    map: HashMap<String, (Instant, Reply)>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Seen {
+    fn insert(&mut self, id: String, reply: Reply, now: Instant) {
+        if self.map.contains_key(&id) {
+            return;
+        }
+        self.map.insert(id.clone(), (now, reply));
+        self.order.push_back((now, id));
+        while let Some((at, _)) = self.order.front() {
+            if self.order.len() > SEEN_MAX || now.duration_since(*at) > SEEN_FOR {
+                let (_, old) = self.order.pop_front().expect("front exists");
+                self.map.remove(&old);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// Replies this worker waits for, and those it has seen.
+#[derive(Default)]
+pub struct Replies {
+    waiting: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    seen: Mutex<Seen>,
+    /// The replies consumer is positioned: a reply produced from now on will be seen.
+    ready: AtomicBool,
+    positioned: tokio::sync::Notify,
+}
+
+impl Replies {
+    /// Records a reply read from `<cluster>-replies` under its caller id
+    /// (`<worker-id>~<message-id>`) and completes the request waiting for it, if any.
+    pub fn received(&self, caller_id: &str, reply: Reply) {
+        let id = caller_id
+            .rsplit_once('~')
+            .map(|(_, m)| m)
+            .unwrap_or(caller_id)
+            .to_string();
+        self.seen
+            .lock()
+            .unwrap()
+            .insert(id.clone(), reply.clone(), Instant::now());
+        if let Some(tx) = self.waiting.lock().unwrap().remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    pub fn get(&self, message_id: &str) -> Option<Reply> {
+        let seen = self.seen.lock().unwrap();
+        let (at, reply) = seen.map.get(message_id)?;
+        (at.elapsed() <= SEEN_FOR).then(|| reply.clone())
+    }
+
+    fn wait_for(&self, message_id: &str) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap()
+            .insert(message_id.to_string(), tx);
+        rx
+    }
+
+    /// Waits (at most `limit`) until the replies consumer is positioned.
+    async fn until_ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.positioned.notified();
+            if self.ready.load(Ordering::Acquire) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.ready.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    fn forget(&self, message_id: &str) {
+        self.waiting.lock().unwrap().remove(message_id);
+    }
+}
+
+/// Removes a waiting request's entry however its handler ends (answered, timed out, or the
+/// client went away).
+struct WaitGuard<'a> {
+    replies: &'a Replies,
+    id: String,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.replies.forget(&self.id);
+    }
+}
+
+struct Ingress {
+    shared: Arc<Shared>,
+    replies: Arc<Replies>,
+    worker_id: String,
+}
+
+/// Serves the HTTP ingress on `listener` and reads `<cluster>-replies` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let replies = Arc::new(Replies::default());
+    let consumer = tokio::spawn(consume_replies(
+        shared.clone(),
+        replies.clone(),
+        shutdown.clone(),
+    ));
+    let state = Arc::new(Ingress {
+        worker_id: shared.cfg.worker_id(),
+        shared,
+        replies,
+    });
+    let app = Router::new()
+        .route("/replies/{message_id}", get(get_reply))
+        .route("/state/{namespace}/{type}/{id}", get(get_state))
+        .route("/{namespace}/{type}/{id}", post(post_message))
+        // The body limit is --max-request-bytes, enforced by the handler (413 with a reason).
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    let _ = consumer.await;
+    served
+}
+
+/// Reads `<cluster>-replies` (read_committed) from its end at start, for as long as the worker
+/// runs. Nothing is committed: a restarted worker has no requests waiting.
+async fn consume_replies(shared: Arc<Shared>, replies: Arc<Replies>, shutdown: CancellationToken) {
+    loop {
+        let consumer = match open_replies_consumer(&shared).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("HTTP ingress: cannot read the replies topic (retrying): {e}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        replies.ready.store(true, Ordering::Release);
+        replies.positioned.notify_waiters();
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            match m {
+                Ok(m) => {
+                    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                        continue;
+                    };
+                    match TypedValue::decode(m.payload().unwrap_or_default()) {
+                        Ok(v) => replies.received(
+                            key,
+                            Reply {
+                                typename: v.typename,
+                                value: v.value,
+                            },
+                        ),
+                        Err(e) => tracing::warn!(key, "HTTP ingress: undecodable reply: {e}"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("HTTP ingress: reading replies: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        break;
+    }
+    // Requests still waiting are answered now (503: ask another worker for the reply).
+    replies.waiting.lock().unwrap().clear();
+}
+
+async fn open_replies_consumer(
+    shared: &Shared,
+) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let topic = shared.cfg.topic_replies();
+    // Start at the high watermark as it is now: a reply to any request accepted from here on
+    // is produced later, so it lies at or past this offset.
+    let high = {
+        let bootstrap = shared.bootstrap.clone();
+        let topic = topic.clone();
+        blocking(move || {
+            let c: BaseConsumer = kafka::client_config(&bootstrap).create()?;
+            c.fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        })
+        .await?
+        .1
+    };
+    let consumer: StreamConsumer = kafka::client_config(&shared.bootstrap)
+        .set(
+            "group.id",
+            format!("{}-replies-{}", shared.cfg.cluster, shared.cfg.worker_id()),
+        )
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(high))?;
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    json(status, serde_json::json!({ "error": msg.into() }))
+}
+
+fn reply_response(message_id: &str, reply: Reply) -> Response {
+    let ct = HeaderValue::from_str(&format!("application/vnd.{}", reply.typename))
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let mut resp = (StatusCode::OK, reply.value).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    if let Ok(v) = HeaderValue::from_str(message_id) {
+        resp.headers_mut().insert("x-keyflow-message-id", v);
+    }
+    resp
+}
+
+/// The typename of `Content-Type: application/vnd.<namespace>/<name>[; parameters]`.
+fn typename_of(content_type: Option<&str>) -> Result<String, String> {
+    let form = "the message's typename goes in the Content-Type header as \
+                `application/vnd.<namespace>/<name>` (e.g. `Content-Type: application/vnd.com.example/AddToCart`)";
+    let Some(ct) = content_type else {
+        return Err(format!("no Content-Type: {form}"));
+    };
+    let ct = ct.split(';').next().unwrap_or_default().trim();
+    match ct.strip_prefix("application/vnd.") {
+        Some(t) if split_typename(t).is_some() => Ok(t.to_string()),
+        _ => Err(format!("Content-Type `{ct}` names no typename: {form}")),
+    }
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    matches!(v.map(str::trim), Some("true" | "1" | "yes"))
+}
+
+async fn post_message(
+    State(ing): State<Arc<Ingress>>,
+    Path((namespace, ftype, id)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let shared = &ing.shared;
+    let typename = match typename_of(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        Ok(t) => t,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let function_type = TypeName::new(namespace.clone(), ftype.clone());
+    if shared.module.endpoint_for(&function_type).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown function type `{function_type}`: no endpoint in module.yaml serves it"
+            ),
+        );
+    }
+    let limit = shared.cfg.max_request_bytes;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes (--max-request-bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let wants_reply = truthy(query.get("reply").map(String::as_str))
+        || truthy(headers.get("x-keyflow-reply").and_then(|v| v.to_str().ok()));
+    let timeout = match query.get("timeout") {
+        Some(t) => match parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("timeout: {e}")),
+        },
+        None => shared.cfg.reply_timeout,
+    };
+    // Just after start the replies consumer may still be finding its position.
+    let replies_ready = !wants_reply
+        || ing
+            .replies
+            .until_ready(timeout.min(Duration::from_secs(10)))
+            .await;
+    if !shared.is_ready() || !replies_ready {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this worker is not ready yet (partitions are being assigned or restored); retry shortly",
+        );
+    }
+
+    let message_id = new_message_id();
+    let started = Instant::now();
+    let caller = wants_reply.then(|| {
+        Address::new(
+            INGRESS_NAMESPACE,
+            INGRESS_TYPE,
+            format!("{}~{message_id}", ing.worker_id),
+        )
+    });
+    let env = Envelope {
+        target: Some(Address::new(namespace, ftype, id.clone())),
+        caller,
+        argument: Some(TypedValue::of(typename, body)),
+        message_id: message_id.clone(),
+        origin: format!("http/{}", ing.worker_id),
+    };
+    // Registered before the message exists, so that no reply can come too early.
+    let (rx, _guard) = if wants_reply {
+        let rx = ing.replies.wait_for(&message_id);
+        (
+            Some(rx),
+            Some(WaitGuard {
+                replies: &ing.replies,
+                id: message_id.clone(),
+            }),
+        )
+    } else {
+        (None, None)
+    };
+    let payload = env.encode_to_vec();
+    let partition = partition_for(&id, shared.cfg.partition_count());
+    let delivered = match kafka::send(
+        &shared.plain,
+        &shared.cfg.topic_messages(),
+        Some(partition),
+        Some(id.as_bytes()),
+        Some(&payload),
+        None,
+    )
+    .await
+    {
+        Ok(d) => d.await,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the message could not be written to Kafka: {e}"),
+            )
+        }
+    };
+    match delivered {
+        Ok(Ok(_)) => {}
+        Ok(Err((e, _))) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the message could not be written to Kafka: {e}"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the message's delivery report was lost; it may or may not have been written",
+            )
+        }
+    }
+    let Some(rx) = rx else {
+        return json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "messageId": message_id }),
+        );
+    };
+    let acked = started.elapsed();
+    let left = timeout.saturating_sub(acked);
+    match tokio::time::timeout(left, rx).await {
+        Ok(Ok(reply)) => {
+            tracing::debug!(%message_id, ?acked, replied = ?started.elapsed(), "HTTP request answered");
+            reply_response(&message_id, reply)
+        }
+        Ok(Err(_)) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "messageId": message_id,
+                "error": "this worker is shutting down; the message was delivered: fetch the reply from another worker at /replies/<messageId>",
+            }),
+        ),
+        Err(_) => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            serde_json::json!({
+                "messageId": message_id,
+                "error": format!("no reply within {timeout:?}; the message was delivered: fetch the reply later at /replies/{message_id}"),
+            }),
+        ),
+    }
+}
+
+async fn get_reply(State(ing): State<Arc<Ingress>>, Path(message_id): Path<String>) -> Response {
+    match ing.replies.get(&message_id) {
+        Some(reply) => reply_response(&message_id, reply),
+        None => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({
+                "messageId": message_id,
+                "error": "no reply to this message (yet); replies are kept for 10 minutes",
+            }),
+        ),
+    }
+}
+
+async fn get_state(
+    State(ing): State<Arc<Ingress>>,
+    Path((namespace, ftype, id)): Path<(String, String, String)>,
+) -> Response {
+    let shared = &ing.shared;
+    let addr = Address::new(namespace, ftype, id);
+    let p = partition_for(&addr.id, shared.cfg.partition_count());
+    let topic = shared.cfg.topic_messages();
+    let phase = shared
+        .partitions()
+        .into_iter()
+        .find(|(t, q, _)| *t == topic && *q == p)
+        .map(|(_, _, phase)| phase);
+    match phase {
+        None => {
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("partition {p} is owned by another worker"),
+            )
+        }
+        Some(PartitionPhase::Restoring) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("partition {p} is being restored; retry shortly"),
+            )
+        }
+        Some(PartitionPhase::Running) => {}
+    }
+    let state = match PartitionStore::open(&shared.db, p).and_then(|s| s.address_state(&addr)) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let now = now_ms();
+    let mut values = serde_json::Map::new();
+    let mut names: Vec<_> = state.values.into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, stored) in names {
+        if stored.expires_at_ms != 0 && stored.expires_at_ms <= now {
+            continue;
+        }
+        let Some(v) = stored.value else { continue };
+        values.insert(
+            name,
+            serde_json::json!({
+                "typename": v.typename,
+                "value": value_json(&v),
+                "expiresAtMs": (stored.expires_at_ms != 0).then_some(stored.expires_at_ms),
+            }),
+        );
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "address": addr.to_string(),
+            "partition": p,
+            "values": values,
+        }),
+    )
+}
+
+/// A state value as JSON: built-in types decoded, JSON values parsed, anything else base64.
+pub fn value_json(v: &TypedValue) -> serde_json::Value {
+    if v.typename == builtin::STRING {
+        if let Ok(s) = builtin::decode_string(v) {
+            return serde_json::Value::String(s);
+        }
+    } else if let Some(s) = builtin::to_json_string(v) {
+        if let Ok(j) = serde_json::from_str(&s) {
+            return j;
+        }
+    }
+    if let Ok(j) = serde_json::from_slice(&v.value) {
+        return j;
+    }
+    serde_json::Value::String(base64(&v.value))
+}
+
+/// Standard base64 with padding (RFC 4648).
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want, "{input}");
+        }
+        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn content_type_names_the_typename() {
+        assert_eq!(
+            typename_of(Some("application/vnd.com.example/AddToCart")),
+            Ok("com.example/AddToCart".to_string())
+        );
+        assert_eq!(
+            typename_of(Some("application/vnd.com.example/AddToCart; charset=utf-8")),
+            Ok("com.example/AddToCart".to_string())
+        );
+        for bad in [
+            None,
+            Some("application/json"),
+            Some("application/vnd.noslash"),
+        ] {
+            let err = typename_of(bad).unwrap_err();
+            assert!(err.contains("application/vnd.<namespace>/<name>"), "{err}");
+        }
+    }
+
+    #[test]
+    fn state_values_render_as_json() {
+        assert_eq!(value_json(&builtin::encode_int(7)), serde_json::json!(7));
+        assert_eq!(
+            value_json(&builtin::encode_string("a\"b".into())),
+            serde_json::json!("a\"b")
+        );
+        assert_eq!(
+            value_json(&TypedValue::of("com.example/Basket", &b"{\"socks\":3}"[..])),
+            serde_json::json!({"socks": 3})
+        );
+        assert_eq!(
+            value_json(&TypedValue::of("com.example/Raw", &[0xffu8, 0xfe][..])),
+            serde_json::json!("//4=")
+        );
+    }
+
+    #[test]
+    fn replies_complete_waiters_and_are_remembered() {
+        let r = Replies::default();
+        let mut rx = r.wait_for("m1");
+        r.received(
+            "w1~m1",
+            Reply {
+                typename: "io.statefun.types/string".into(),
+                value: Bytes::from_static(b"x"),
+            },
+        );
+        assert_eq!(rx.try_recv().unwrap().value, Bytes::from_static(b"x"));
+        assert!(r.get("m1").is_some());
+        assert!(r.get("m2").is_none());
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        for i in 0..SEEN_MAX + 5 {
+            seen.insert(
+                i.to_string(),
+                Reply {
+                    typename: "t/t".into(),
+                    value: Bytes::new(),
+                },
+                t0,
+            );
+        }
+        assert_eq!(seen.map.len(), SEEN_MAX);
+        assert!(!seen.map.contains_key("0"));
+    }
+}

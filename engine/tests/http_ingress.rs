@@ -1,0 +1,297 @@
+//! The HTTP ingress end to end: real broker, the engine as a separate process (one or two
+//! workers), functions served in-process by the Rust SDK.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use keyflow_engine::partitioner::partition_for;
+use keyflow_protocol::{builtin, TypedValue};
+use keyflow_sdk::{
+    Context, Error, FunctionSpec, Message, StatefulFunctions, Type, TypeName, ValueSpec,
+};
+
+const GREETER: TypeName = TypeName::new("test", "greeter");
+const SLOW: TypeName = TypeName::new("test", "slow");
+const VISITS: ValueSpec<i32> = ValueSpec::new("visits", Type::int());
+const NAME: (&str, &str) = ("Content-Type", "application/vnd.test/Name");
+
+/// Counts visits; replies `hello <name> #<n>` when the message has a caller.
+fn greet(ctx: &mut Context, msg: Message) -> Result<(), Error> {
+    let name = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
+    let n = ctx.storage().get(&VISITS)?.unwrap_or(0) + 1;
+    ctx.storage().set(&VISITS, &n)?;
+    if ctx.caller().is_some() {
+        ctx.reply(Message::string(format!("hello {name} #{n}")))?;
+    }
+    Ok(())
+}
+
+/// Takes 2 s, then replies `slow <name>`.
+fn slow(ctx: &mut Context, msg: Message) -> Result<(), Error> {
+    std::thread::sleep(Duration::from_secs(2));
+    let name = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
+    ctx.reply(Message::string(format!("slow {name}")))
+}
+
+fn functions() -> StatefulFunctions {
+    StatefulFunctions::new()
+        .with(FunctionSpec::new(GREETER).with_state(&VISITS), greet)
+        .with(FunctionSpec::new(SLOW), slow)
+}
+
+fn module_yaml(port: u16) -> String {
+    format!(
+        r#"kind: io.statefun.endpoints.v2/http
+spec:
+  functions: test/*
+  urlPathTemplate: http://127.0.0.1:{port}/{{function.name}}
+  transport:
+    type: io.statefun.transports.v1/async
+    call: 10s
+"#
+    )
+}
+
+struct App {
+    cluster: String,
+    workers: Vec<Engine>,
+    _functions: FunctionServer,
+}
+
+impl App {
+    fn start(workers: usize, extra: &[&str]) -> App {
+        let cluster = unique("http");
+        let functions = FunctionServer::start(functions(), 0);
+        let dir = temp_dir(&cluster);
+        let module = write_module(&dir, &module_yaml(functions.port));
+        let mut engines: Vec<Engine> = (1..=workers)
+            .map(|i| Engine::start(&module, &cluster, &format!("w{i}"), &dir, extra))
+            .collect();
+        for e in &mut engines {
+            e.wait_ready(Duration::from_secs(90));
+        }
+        App {
+            cluster,
+            workers: engines,
+            _functions: functions,
+        }
+    }
+
+    fn port(&self, worker: usize) -> u16 {
+        self.workers[worker].ingress_port
+    }
+
+    /// Partitions of `<cluster>-messages` the worker owns (from its /status).
+    fn owned(&self, worker: usize) -> Vec<i32> {
+        let (_, body) = http_get(self.workers[worker].admin_port, "/status").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let topic = format!("{}-messages", self.cluster);
+        v["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["topic"] == topic.as_str())
+            .map(|p| p["partition"].as_i64().unwrap() as i32)
+            .collect()
+    }
+}
+
+fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    http_request(port, "POST", path, headers, body).expect("HTTP request")
+}
+
+fn get(port: u16, path: &str) -> HttpResponse {
+    http_request(port, "GET", path, &[], b"").expect("HTTP request")
+}
+
+fn json(r: &HttpResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body_str()))
+}
+
+/// The string a reply carries (an `io.statefun.types/string` value's bytes).
+fn reply_string(r: &HttpResponse) -> String {
+    assert_eq!(r.status, 200, "{} {}", r.status, r.body_str());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.io.statefun.types/string")
+    );
+    builtin::decode_string(&TypedValue::of(builtin::STRING, r.body.clone())).unwrap()
+}
+
+/// Polls `GET /state/...` until the greeter at `id` has counted `n` visits.
+fn wait_visits(port: u16, id: &str, n: i64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(port, &format!("/state/test/greeter/{id}"));
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        let v = json(&r);
+        if v["values"]["visits"]["value"] == n {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "visits never reached {n}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn fire_and_forget_is_acknowledged_and_state_is_readable() {
+    let app = App::start(1, &[]);
+    let port = app.port(0);
+    let id = unique("ann");
+    let r = post(port, &format!("/test/greeter/{id}"), &[NAME], b"ann");
+    assert_eq!(r.status, 202, "{}", r.body_str());
+    assert_eq!(json(&r)["messageId"].as_str().unwrap().len(), 32);
+    let v = wait_visits(port, &id, 1);
+    assert_eq!(v["address"], format!("test/greeter/{id}"));
+    assert_eq!(v["partition"], partition_for(&id, 4));
+    assert_eq!(v["values"]["visits"]["typename"], "io.statefun.types/int");
+    assert!(v["values"]["visits"]["expiresAtMs"].is_null(), "{v}");
+
+    // A second message counts on; an address never seen has no values.
+    assert_eq!(
+        post(port, &format!("/test/greeter/{id}"), &[NAME], b"ann").status,
+        202
+    );
+    wait_visits(port, &id, 2);
+    let r = get(port, &format!("/state/test/greeter/{}", unique("nobody")));
+    assert_eq!(json(&r)["values"], serde_json::json!({}));
+}
+
+#[test]
+fn request_reply_on_one_worker() {
+    let app = App::start(1, &[]);
+    let port = app.port(0);
+    let id = unique("bob");
+    let path = format!("/test/greeter/{id}?reply=true");
+    let r = post(port, &path, &[NAME], b"bob");
+    assert_eq!(reply_string(&r), "hello bob #1");
+    let mid = r.header("x-keyflow-message-id").unwrap().to_string();
+    // The header form asks for the reply too.
+    let r = post(
+        port,
+        &format!("/test/greeter/{id}"),
+        &[NAME, ("X-Keyflow-Reply", "true")],
+        b"bob",
+    );
+    assert_eq!(reply_string(&r), "hello bob #2");
+    // Replies are kept: GET /replies/<id> answers the same.
+    assert_eq!(
+        reply_string(&get(port, &format!("/replies/{mid}"))),
+        "hello bob #1"
+    );
+    wait_visits(port, &id, 2);
+}
+
+#[test]
+fn request_reply_across_two_workers() {
+    let app = App::start(2, &["--partitions", "8"]);
+    // Both workers own a share of the 8 partitions once the group settled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mine, theirs) = loop {
+        let (a, b) = (app.owned(0), app.owned(1));
+        if !a.is_empty() && !b.is_empty() && a.len() + b.len() == 8 {
+            break (a, b);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settled assignment: {a:?} {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // An id that the OTHER worker (w2) owns, asked through w1.
+    let id = (0..)
+        .map(|i| format!("remote-{i}"))
+        .find(|id| theirs.contains(&partition_for(id, 8)))
+        .unwrap();
+    assert!(!mine.contains(&partition_for(&id, 8)));
+    let (w1, w2) = (app.port(0), app.port(1));
+    let path = format!("/test/greeter/{id}?reply=true");
+    let mut latencies = Vec::new();
+    let mut first_mid = String::new();
+    for n in 1..=50 {
+        let t = Instant::now();
+        let r = post(w1, &path, &[NAME], b"carol");
+        latencies.push(t.elapsed());
+        assert_eq!(reply_string(&r), format!("hello carol #{n}"));
+        if n == 1 {
+            first_mid = r.header("x-keyflow-message-id").unwrap().to_string();
+        }
+    }
+    latencies.sort();
+    println!(
+        "request-reply round trip across 2 workers: p50 {:?}, p90 {:?}, max {:?} (50 requests)",
+        latencies[24], latencies[44], latencies[49]
+    );
+    // Any worker knows the reply; only the owner shows the state.
+    assert_eq!(
+        reply_string(&get(w2, &format!("/replies/{first_mid}"))),
+        "hello carol #1"
+    );
+    let r = get(w1, &format!("/state/test/greeter/{id}"));
+    assert_eq!(r.status, 421, "{}", r.body_str());
+    assert!(json(&r)["error"]
+        .as_str()
+        .unwrap()
+        .contains("owned by another worker"));
+    wait_visits(w2, &id, 50);
+}
+
+#[test]
+fn errors_timeouts_and_late_replies() {
+    let app = App::start(1, &["--max-request-bytes", "4096"]);
+    let port = app.port(0);
+
+    let r = post(port, "/other/thing/1", &[NAME], b"x");
+    assert_eq!(r.status, 404, "{}", r.body_str());
+    assert!(json(&r)["error"].as_str().unwrap().contains("other/thing"));
+
+    for headers in [&[("Content-Type", "application/json")][..], &[][..]] {
+        let r = post(port, "/test/greeter/1", headers, b"{}");
+        assert_eq!(r.status, 400, "{}", r.body_str());
+        assert!(
+            json(&r)["error"]
+                .as_str()
+                .unwrap()
+                .contains("application/vnd.<namespace>/<name>"),
+            "{}",
+            r.body_str()
+        );
+    }
+
+    let r = post(port, "/test/greeter/1", &[NAME], &[b'x'; 5000]);
+    assert_eq!(r.status, 413, "{}", r.body_str());
+    let r = post(
+        port,
+        "/test/greeter/1?reply=true&timeout=soon",
+        &[NAME],
+        b"x",
+    );
+    assert_eq!(r.status, 400, "{}", r.body_str());
+
+    // A slow function: 504 with the message id, then the reply at /replies/<id>.
+    let id = unique("dave");
+    let r = post(
+        port,
+        &format!("/test/slow/{id}?reply=true&timeout=500ms"),
+        &[NAME],
+        b"dave",
+    );
+    assert_eq!(r.status, 504, "{}", r.body_str());
+    let mid = json(&r)["messageId"].as_str().unwrap().to_string();
+    let r = get(port, &format!("/replies/{mid}"));
+    assert_eq!(r.status, 404, "{}", r.body_str());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(port, &format!("/replies/{mid}"));
+        if r.status == 200 {
+            assert_eq!(reply_string(&r), "slow dave");
+            assert_eq!(r.header("x-keyflow-message-id"), Some(mid.as_str()));
+            break;
+        }
+        assert_eq!(r.status, 404, "{}", r.body_str());
+        assert!(Instant::now() < deadline, "the late reply never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
