@@ -84,7 +84,13 @@ cleanup() {
   else
     rm -rf "$WORK"
   fi
-  if [[ $RC -eq 0 ]]; then say "done"; else say "finished with exit code $RC (logs: $RESULTS/$STAMP.*.log)"; fi
+  if [[ $RC -eq 0 ]]; then
+    say "done"
+  elif [[ -n "$ENGINE_PID" ]]; then
+    say "finished with exit code $RC (logs: $RESULTS/$STAMP.*.log)"
+  else
+    say "finished with exit code $RC"
+  fi
   exit "$RC"
 }
 trap cleanup EXIT
@@ -140,6 +146,10 @@ done
 APORT="$("$BIN/keyflow-bench" free-port)"
 # shellcheck disable=SC2206
 EXTRA_ENGINE=(${ENGINE_ARGS:-})
+# The benchmark uses Kafka ingress only: no HTTP ingress (its default port may be taken).
+if [[ "${ENGINE_ARGS:-}" != *--ingress-addr* ]] && "$BIN/keyflow" run --help 2>/dev/null | grep -q -- '--ingress-addr'; then
+  EXTRA_ENGINE=(--ingress-addr off "${EXTRA_ENGINE[@]}")
+fi
 say "starting the engine: cluster $RUN_ID, admin 127.0.0.1:$APORT ${EXTRA_ENGINE[*]}"
 FUNCTIONS_URL="http://127.0.0.1:$FPORT" NO_COLOR=1 \
   RUST_LOG="${ENGINE_LOG:-info,librdkafka=warn,rdkafka=warn}" \
@@ -163,6 +173,10 @@ done
 say "engine ready after $(( $(date +%s) - READY_T0 )) s"
 
 # 6. Driver.
+LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
+if awk -v l="${LOAD%% *}" 'BEGIN { exit !(l > 1.0) }'; then
+  say "WARNING: load average $LOAD before the run: other work on this machine will disturb the figures"
+fi
 mkdir -p "$RESULTS"
 DRIVER_ARGS=(run
   --bootstrap "$KAFKA_BOOTSTRAP"
@@ -177,6 +191,7 @@ DRIVER_ARGS=(run
   --meta "kafka=${KAFKA_VERSION:-unknown}"
   --meta "engine_args=${ENGINE_ARGS:-}"
   --meta "broker_started_by_bench=$STARTED_BROKER"
+  --meta "loadavg_before=$LOAD"
 )
 [[ -n "$BROKER_PID" ]] && DRIVER_ARGS+=(--pid "broker=$BROKER_PID")
 [[ $QUICK -eq 1 ]] && DRIVER_ARGS+=(--quick)

@@ -75,7 +75,7 @@ setup_js() {
     return
   fi
   say "js: npm ci"
-  (cd js && npm ci --no-audit --no-fund --loglevel=error)
+  (cd js && npm ci --no-audit --no-fund --loglevel=error >&2)
   echo "$hash" >"$stamp"
 }
 

@@ -24,6 +24,15 @@ suite_cargo_test() {
   cargo test --workspace --no-fail-fast
 }
 
+# Functions written with the official StateFun SDKs (Python, JavaScript, Java, Go; see
+# conformance/README.md): installs their services (a virtualenv, npm ci, a shaded jar, a Go
+# binary; skipped when unchanged). Runs BEFORE suite_cargo_test, whose
+# engine/tests/conformance_sdks.rs plays them against the engine. A missing toolchain fails
+# here (and, with CI set, in that test too) instead of skipping silently.
+suite_conformance_setup() {
+  conformance/setup.sh
+}
+
 # The playthrough scenarios against a real stack: the function service and two engine workers
 # (playthrough/stack.sh) on ports and a data dir of their own, so that a running demo
 # (scripts/demo.sh) is not disturbed. A subshell, so that its EXIT trap (stop the stack) is its own.
@@ -45,6 +54,7 @@ suite_playthrough() (
 )
 
 SUITES=(
+  suite_conformance_setup
   suite_cargo_test
   suite_playthrough
   # later: playthrough scripts, conformance tests, ...

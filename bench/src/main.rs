@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the benchmark against an engine that is already up (bench/run.sh starts one).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
     /// Delete the topics one run created (after its engine stopped).
@@ -118,7 +118,7 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::FreePort => free_port().map(|p| println!("{p}")),
         Command::Cleanup { bootstrap, run_id } => cleanup(&bootstrap, &run_id),
     };
@@ -144,7 +144,7 @@ fn run_topics(run: &str) -> Vec<String> {
         .map(|b| format!("{b}-{run}"))
         .collect();
     t.extend(
-        ["messages", "state", "deadletters"]
+        ["messages", "state", "deadletters", "replies"]
             .iter()
             .map(|s| format!("{run}-{s}")),
     );
@@ -421,12 +421,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     )?;
     let cpu2 = procs.snap();
     let m2 = ctx.metrics()?;
-    let t_last = ctx.watcher.with(|i| {
+    // When the receipts became visible, seconds after the first AddToCart was produced.
+    let mut arrivals: Vec<f64> = ctx.watcher.with(|i| {
         buyers
             .iter()
-            .filter_map(|u| i.receipts.get(u).and_then(|r| r.first()).map(|s| s.at))
-            .max()
+            .filter_map(|u| i.receipts.get(u).and_then(|r| r.first()))
+            .map(|s| (s.at - t_first).as_secs_f64())
+            .collect()
     });
+    arrivals.sort_by(f64::total_cmp);
+    let t_last = arrivals
+        .last()
+        .map(|s| t_first + Duration::from_secs_f64(*s));
     let elapsed = t_last.map(|t| (t - t_first).as_secs_f64());
     let mut receipt_qty = 0u64;
     let mut wrong_receipts = Vec::new();
@@ -651,6 +657,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             "records_per_s": throughput,
             "produce_seconds": (t_produced - t_first).as_secs_f64(),
             "routed_seconds": (t_routed - t_first).as_secs_f64(),
+            "receipts_visible_seconds": {
+                "first": arrivals.first(),
+                "p10": percentile(&arrivals, 0.1),
+                "p50": percentile(&arrivals, 0.5),
+                "p90": percentile(&arrivals, 0.9),
+                "last": arrivals.last(),
+            },
             "receipts_expected": buyers.len(),
             "receipts": got,
             "quantity_added": total_added,
@@ -882,6 +895,16 @@ fn print_table(r: &Value) {
             fmt_opt(num(&t["routed_seconds"]), 2)
         ),
     );
+    let rv = &t["receipts_visible_seconds"];
+    row(
+        "  receipts visible at (first / p50 / last)",
+        format!(
+            "{} / {} / {} s",
+            fmt_opt(num(&rv["first"]), 2),
+            fmt_opt(num(&rv["p50"]), 2),
+            fmt_opt(num(&rv["last"]), 2)
+        ),
+    );
     row(
         "receipts",
         format!("{}/{}", t["receipts"], t["receipts_expected"]),
@@ -1011,10 +1034,31 @@ fn print_table(r: &Value) {
             fmt_opt(num(&cpu["wall_seconds"]), 1)
         )
     };
+    let others = |cpu: &Value| {
+        format!(
+            "{} s (machine {} cores busy)",
+            fmt_opt(num(&cpu["other_cpu_seconds"]), 1),
+            fmt_opt(num(&cpu["machine_cores_busy"]), 2)
+        )
+    };
     row(
-        "cores busy",
+        "other processes (not measured)",
+        format!("{:>16} | {}", others(&t["cpu"]), others(&l["cpu"])),
+    );
+    row(
+        "cores busy (measured processes)",
         format!("{:>16} | {}", busy(&t["cpu"]), busy(&l["cpu"])),
     );
+    for (phase, cpu) in [("throughput", &t["cpu"]), ("latency", &l["cpu"])] {
+        let other = num(&cpu["other_cpu_seconds"]).unwrap_or(0.0);
+        let wall = num(&cpu["wall_seconds"]).unwrap_or(0.0);
+        if wall > 0.0 && other / wall > 0.2 {
+            println!(
+                "  WARNING: other processes kept {:.2} cores busy during the {phase} phase: its figures are disturbed",
+                other / wall
+            );
+        }
+    }
     println!();
     println!("Checks");
     row(

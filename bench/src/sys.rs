@@ -40,6 +40,23 @@ pub struct Procs {
 pub struct CpuSnap {
     pub at: Instant,
     pub secs: BTreeMap<String, Option<f64>>,
+    /// Busy CPU seconds of the whole machine (all processes, all cores), from /proc/stat.
+    pub machine_busy: Option<f64>,
+}
+
+/// Busy (not idle, not iowait) CPU seconds of the whole machine since boot.
+pub fn machine_busy_seconds(ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user)
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0.0);
+    Some((total - idle) / ticks)
 }
 
 impl Procs {
@@ -51,6 +68,7 @@ impl Procs {
                 .iter()
                 .map(|(role, pid)| (role.clone(), cpu_seconds(*pid, self.ticks)))
                 .collect(),
+            machine_busy: machine_busy_seconds(self.ticks),
         }
     }
 }
@@ -66,6 +84,11 @@ pub struct CpuSplit {
     /// All roles' CPU seconds over wall seconds: cores kept busy (of `cores`).
     pub cores_busy: f64,
     pub cores: usize,
+    /// Cores kept busy by every process on the machine (ours and anything else running).
+    pub machine_cores_busy: Option<f64>,
+    /// CPU seconds of processes other than the measured ones (builds, other tests...): when
+    /// this is large, the figures were disturbed.
+    pub other_cpu_seconds: Option<f64>,
 }
 
 pub fn cpu_split(a: &CpuSnap, b: &CpuSnap) -> CpuSplit {
@@ -88,6 +111,15 @@ pub fn cpu_split(a: &CpuSnap, b: &CpuSnap) -> CpuSplit {
         cores_busy: if wall > 0.0 { total / wall } else { 0.0 },
         cpu_seconds: cpu,
         cores: cores(),
+        machine_cores_busy: a
+            .machine_busy
+            .zip(b.machine_busy)
+            .filter(|_| wall > 0.0)
+            .map(|(x, y)| (y - x) / wall),
+        other_cpu_seconds: a
+            .machine_busy
+            .zip(b.machine_busy)
+            .map(|(x, y)| (y - x - total).max(0.0)),
     }
 }
 
@@ -201,6 +233,7 @@ mod tests {
     fn own_cpu_time_is_readable() {
         let s = cpu_seconds(std::process::id(), clock_ticks());
         assert!(s.is_some_and(|s| s >= 0.0));
+        assert!(machine_busy_seconds(clock_ticks()).is_some_and(|s| s > 0.0));
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Router {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
         };
-        let mut cfg = kafka::client_config(&spec.address);
+        let mut cfg = kafka::client_config(&shared.bootstrap);
         for (k, v) in &spec.properties {
             cfg.set(k, v);
         }
