@@ -99,6 +99,10 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_STATIC_MEMBERSHIP", default_value = "true", action = clap::ArgAction::Set)]
     pub static_membership: bool,
 
+    /// How long the outcome of a message with an idempotency key is kept for repeats.
+    #[arg(long, env = "KEYFLOW_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_retention: Duration,
+
     /// How often expired state is swept from the store (it is never served before that).
     #[arg(long, env = "KEYFLOW_EXPIRY_SWEEP", default_value = "10s", value_parser = parse_duration)]
     pub expiry_sweep: Duration,

@@ -103,17 +103,20 @@ pub struct Replies {
 impl Replies {
     /// Records a reply read from `<cluster>-replies` under its caller id
     /// (`<worker-id>~<message-id>`) and completes the request waiting for it, if any.
+    /// A caller id is `<worker>~<request>` or, for a request with an idempotency key,
+    /// `<worker>~<request>~<message>` (repeats share the message id, not the request).
     pub fn received(&self, caller_id: &str, reply: Reply) {
-        let id = caller_id
-            .rsplit_once('~')
-            .map(|(_, m)| m)
-            .unwrap_or(caller_id)
-            .to_string();
+        let mut parts = caller_id.splitn(3, '~').skip(1);
+        let request = parts.next().unwrap_or(caller_id).to_string();
+        let message = parts
+            .next()
+            .map(str::to_string)
+            .unwrap_or_else(|| request.clone());
         self.seen
             .lock()
             .unwrap()
-            .insert(id.clone(), reply.clone(), Instant::now());
-        if let Some(tx) = self.waiting.lock().unwrap().remove(&id) {
+            .insert(message, reply.clone(), Instant::now());
+        if let Some(tx) = self.waiting.lock().unwrap().remove(&request) {
             let _ = tx.send(reply);
         }
     }
@@ -322,6 +325,14 @@ fn typename_of(content_type: Option<&str>) -> Result<String, String> {
     }
 }
 
+/// The message id of every request with this idempotency key to this address: the same for
+/// all repeats, on every worker.
+fn keyed_message_id(namespace: &str, ftype: &str, id: &str, key: &str) -> String {
+    let text = format!("{namespace}/{ftype}/{id}\n{key}");
+    let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("k{hex}")
+}
+
 fn truthy(v: Option<&str>) -> bool {
     matches!(v.map(str::trim), Some("true" | "1" | "yes"))
 }
@@ -391,30 +402,47 @@ async fn post_message(
         );
     }
 
-    let message_id = new_message_id();
-    let started = Instant::now();
-    let caller = wants_reply.then(|| {
-        Address::new(
-            INGRESS_NAMESPACE,
-            INGRESS_TYPE,
-            format!("{}~{message_id}", ing.worker_id),
+    let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => String::new(),
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => k.to_string(),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 256 visible ASCII characters",
+            )
+        }
+    };
+    // Repeats of a keyed request share its message id (so they get the same answer); each
+    // request still waits for its reply under an id of its own.
+    let request_id = new_message_id();
+    let (message_id, caller_id) = if idempotency_key.is_empty() {
+        (
+            request_id.clone(),
+            format!("{}~{request_id}", ing.worker_id),
         )
-    });
+    } else {
+        let mid = keyed_message_id(&namespace, &ftype, &id, &idempotency_key);
+        let caller_id = format!("{}~{request_id}~{mid}", ing.worker_id);
+        (mid, caller_id)
+    };
+    let started = Instant::now();
+    let caller = wants_reply.then(|| Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, caller_id));
     let env = Envelope {
         target: Some(Address::new(namespace, ftype, id.clone())),
         caller,
         argument: Some(TypedValue::of(typename, body)),
         message_id: message_id.clone(),
         origin: format!("http/{}", ing.worker_id),
+        idempotency_key,
     };
     // Registered before the message exists, so that no reply can come too early.
     let (rx, _guard) = if wants_reply {
-        let rx = ing.replies.wait_for(&message_id);
+        let rx = ing.replies.wait_for(&request_id);
         (
             Some(rx),
             Some(WaitGuard {
                 replies: &ing.replies,
-                id: message_id.clone(),
+                id: request_id.clone(),
             }),
         )
     } else {

@@ -8,6 +8,7 @@
 //! - [`worker`]: one engine process: topics, group membership, a task per owned partition.
 //! - [`ingress`]: routers from ingress topics to `<cluster>-messages`, transactionally.
 //! - [`processor`]: the per-partition epoch loop: input, invocations, one transaction.
+//! - [`dedup`]: idempotency keys (the first message runs, repeats get its outcome).
 //! - [`dispatch`]: per-address request-reply dispatch (one request in flight, batching).
 //! - [`invoker`]: HTTP calls to function endpoints, StateFun's retry policy.
 //! - [`effects`]: a function's response turned into validated effects (pure).
@@ -27,6 +28,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dedup;
 pub mod dispatch;
 pub mod effects;
 pub mod http_ingress;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use keyflow_protocol::from_function::{self, PersistedValueSpec};
 use keyflow_protocol::to_function::{self, InvocationBatchRequest, PersistedValue};
-use keyflow_protocol::{Address, FromFunction, Message, ToFunction};
+use keyflow_protocol::{Address, FromFunction, Message, ToFunction, TypedValue};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -35,6 +35,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::dedup;
 use crate::dispatch::Dispatcher;
 use crate::effects::{self, Delayed, EgressRecord};
 use crate::internal::{DelayedMessage, Envelope, Inbox, RegisteredSpecs};
@@ -243,7 +244,7 @@ impl Processor {
                     .collect(),
             );
             for env in inbox.messages {
-                proc.deliver(env).await?;
+                proc.deliver_as(env, false).await?;
             }
         }
         Ok(proc)
@@ -423,6 +424,12 @@ impl Processor {
     /// Hands one message to its address: invoked now when the address is idle, queued behind
     /// the in-flight request otherwise.
     async fn deliver(&mut self, env: Envelope) -> Result<(), EpochError> {
+        self.deliver_as(env, true).await
+    }
+
+    /// [`Processor::deliver`]; `admit_keys = false` for messages of a restored inbox, which
+    /// were admitted (and recorded) before they were parked.
+    async fn deliver_as(&mut self, env: Envelope, admit_keys: bool) -> Result<(), EpochError> {
         let Some(target) = env.target.clone() else {
             return self
                 .dead_letter(&env, "envelope", "the message has no target address")
@@ -444,6 +451,22 @@ impl Processor {
                 self.p
             );
             return self.dead_letter(&env, "misrouted", &reason).await;
+        }
+        if admit_keys && !env.idempotency_key.is_empty() {
+            let record = self.store.dedup(&target, &env.idempotency_key)?;
+            let (admit, record) = dedup::admit(record, env.caller.as_ref());
+            self.store
+                .put_dedup(&target, &env.idempotency_key, Some(&record));
+            match admit {
+                dedup::Admit::Invoke => {}
+                dedup::Admit::Join => return Ok(()),
+                dedup::Admit::Answer(reply) => {
+                    if let (Some(caller), Some(reply)) = (env.caller, reply) {
+                        self.send_reply(&target, caller, reply).await?;
+                    }
+                    return Ok(());
+                }
+            }
         }
         if let Some(batch) = self.dispatcher.enqueue(target.clone(), env, max_batch) {
             self.start(target, batch)?;
@@ -582,7 +605,7 @@ impl Processor {
                     )
                 };
                 match outcome {
-                    Ok(fx) => self.apply_effects(&addr, fx).await?,
+                    Ok(fx) => self.apply_effects(&addr, fx, &batch).await?,
                     Err(reason) => {
                         self.dead_letter_batch(&batch, "bad-response", &reason)
                             .await?
@@ -590,10 +613,37 @@ impl Processor {
                 }
             }
         }
+        for env in batch.iter().filter(|e| !e.idempotency_key.is_empty()) {
+            let mut record = self
+                .store
+                .dedup(&addr, &env.idempotency_key)?
+                .unwrap_or_default();
+            dedup::completed(&mut record, now_ms());
+            self.store
+                .put_dedup(&addr, &env.idempotency_key, Some(&record));
+        }
         if let Some(next) = self.dispatcher.complete(&addr) {
             self.start(addr, next)?;
         }
         Ok(())
+    }
+
+    /// Sends `reply` from `sender` to an HTTP caller (the replies topic, in this epoch).
+    async fn send_reply(
+        &self,
+        sender: &Address,
+        caller: Address,
+        reply: TypedValue,
+    ) -> Result<(), EpochError> {
+        let env = Envelope {
+            target: Some(caller),
+            caller: Some(sender.clone()),
+            argument: Some(reply),
+            message_id: new_message_id(),
+            origin: sender.to_string(),
+            idempotency_key: String::new(),
+        };
+        self.send_envelope(&env).await
     }
 
     /// Registers the specs a function reported missing. A spec's type never changes. Other
@@ -642,14 +692,35 @@ impl Processor {
         &mut self,
         sender: &Address,
         fx: effects::Effects,
+        batch: &[Envelope],
     ) -> Result<(), EpochError> {
         for (target, argument) in fx.messages {
+            // A reply to the HTTP caller of a message with an idempotency key is kept for
+            // repeats, and copied to those that joined while it ran.
+            if http_ingress::is_ingress_address(&target) {
+                let keyed = batch
+                    .iter()
+                    .find(|e| !e.idempotency_key.is_empty() && e.caller.as_ref() == Some(&target));
+                if let Some(env) = keyed {
+                    let mut record = self
+                        .store
+                        .dedup(sender, &env.idempotency_key)?
+                        .unwrap_or_default();
+                    let joined = dedup::replied(&mut record, &argument);
+                    self.store
+                        .put_dedup(sender, &env.idempotency_key, Some(&record));
+                    for caller in joined {
+                        self.send_reply(sender, caller, argument.clone()).await?;
+                    }
+                }
+            }
             let env = Envelope {
                 target: Some(target),
                 caller: Some(sender.clone()),
                 argument: Some(argument),
                 message_id: new_message_id(),
                 origin: sender.to_string(),
+                idempotency_key: String::new(),
             };
             self.send_envelope(&env).await?;
         }
@@ -671,6 +742,7 @@ impl Processor {
                             argument: Some(argument),
                             message_id: new_message_id(),
                             origin: format!("delayed by {sender}"),
+                            idempotency_key: String::new(),
                         }),
                         cancellation_token: token.clone().unwrap_or_default(),
                     };
@@ -736,6 +808,17 @@ impl Processor {
         }
         for (key, st) in purged {
             self.store.put_raw_address_state(key, &st);
+        }
+        let retention = self.shared.cfg.idempotency_retention.as_millis() as i64;
+        let mut forgotten = Vec::new();
+        for kv in self.store.scan_dedup() {
+            let (key, record) = kv?;
+            if dedup::expired(&record, now, retention) {
+                forgotten.push(key);
+            }
+        }
+        for key in forgotten {
+            self.store.put_dedup_raw(key, None);
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! - `a` + address: [`AddressState`] of one function address.
 //! - `s` + function type: [`RegisteredSpecs`] of that type.
 //! - `t` + fire time (8 bytes BE) + id (8 bytes BE): a [`DelayedMessage`].
+//! - `d` + address + idempotency key: a [`Dedup`] record.
 //! - `i` + address: the [`Inbox`] of an address whose request outlived an epoch.
 //! - `m` + name: local metadata (the checkpointed changelog offset); never changelogged.
 
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 
 use keyflow_protocol::{Address, Message};
 
-use crate::internal::{AddressState, DelayedMessage, Inbox, RegisteredSpecs};
+use crate::internal::{AddressState, Dedup, DelayedMessage, Inbox, RegisteredSpecs};
 use crate::timers::TimerId;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
@@ -144,6 +145,29 @@ impl PartitionStore {
         self.overlay.insert(timer_key(id), None);
     }
 
+    pub fn dedup(&self, addr: &Address, key: &str) -> Result<Option<Dedup>> {
+        let k = dedup_key(addr, key);
+        Self::decode(&k, self.get(&k)?)
+    }
+
+    /// Stores a dedup record (`None` forgets it).
+    pub fn put_dedup(&mut self, addr: &Address, key: &str, record: Option<&Dedup>) {
+        self.put_dedup_raw(dedup_key(addr, key), record);
+    }
+
+    pub fn put_dedup_raw(&mut self, key: Vec<u8>, record: Option<&Dedup>) {
+        self.overlay.insert(key, record.map(Message::encode_to_vec));
+    }
+
+    /// Every committed dedup record, by its raw key (for the retention sweep).
+    pub fn scan_dedup(&self) -> impl Iterator<Item = Result<(Vec<u8>, Dedup)>> + '_ {
+        self.tree.scan_prefix(b"d").map(|kv| {
+            let (k, v) = kv?;
+            let d = Self::decode::<Dedup>(&k, Some(v.to_vec()))?.unwrap_or_default();
+            Ok((k.to_vec(), d))
+        })
+    }
+
     pub fn put_inbox(&mut self, addr: &Address, inbox: Option<&Inbox>) {
         let mut key = address_key(addr);
         key[0] = b'i';
@@ -264,6 +288,13 @@ pub fn parse_address_key(k: &[u8]) -> Option<Address> {
         Some(s)
     };
     Some(Address::new(next()?, next()?, next()?))
+}
+
+fn dedup_key(a: &Address, idempotency_key: &str) -> Vec<u8> {
+    let mut k = address_key(a);
+    k[0] = b'd';
+    k.extend_from_slice(idempotency_key.as_bytes());
+    k
 }
 
 pub fn specs_key(function_type: &str) -> Vec<u8> {

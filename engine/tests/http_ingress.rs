@@ -295,3 +295,67 @@ fn errors_timeouts_and_late_replies() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// An `Idempotency-Key`: 100 concurrent repeats across both workers run the function once and
+/// all get the same answer; so does a repeat after the owning worker was killed and restarted.
+#[test]
+fn idempotency_keys_run_once_across_workers_and_crashes() {
+    let mut app = App::start(2, &["--partitions", "8"]);
+    let key = unique("order");
+    let id = unique("idem");
+    let path = format!("/test/greeter/{id}?reply=true&timeout=30s");
+    let headers = [NAME, ("Idempotency-Key", key.as_str())];
+    let ports = [app.port(0), app.port(1)];
+    let answers: Vec<(u16, String, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..100)
+            .map(|i| {
+                let (path, headers) = (&path, &headers);
+                let port = ports[i % 2];
+                s.spawn(move || {
+                    let r = post(port, path, headers, b"erin");
+                    let mid = r
+                        .header("x-keyflow-message-id")
+                        .unwrap_or_default()
+                        .to_string();
+                    (r.status, reply_string(&r), mid)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first = &answers[0];
+    assert_eq!(first.1, "hello erin #1", "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.1 == first.1 && a.2 == first.2),
+        "all answers identical: {answers:?}"
+    );
+    // Exactly one delivery: the counter stayed at 1.
+    let owner = (0..2)
+        .find(|w| app.owned(*w).contains(&partition_for(&id, 8)))
+        .expect("an owner");
+    wait_visits(ports[owner], &id, 1);
+
+    // The record survives a crash of the owner; the repeat still gets the stored answer.
+    app.workers[owner].kill9();
+    app.workers[owner].restart();
+    app.workers[owner].wait_ready(Duration::from_secs(90));
+    let r = post(app.port(owner), &path, &headers, b"erin");
+    assert_eq!(reply_string(&r), "hello erin #1");
+    assert_eq!(r.header("x-keyflow-message-id"), Some(first.2.as_str()));
+    // A fire-and-forget repeat is acknowledged with the same message id and runs nothing.
+    let r = post(
+        app.port(owner),
+        &format!("/test/greeter/{id}"),
+        &headers,
+        b"erin",
+    );
+    assert_eq!(r.status, 202, "{}", r.body_str());
+    assert_eq!(json(&r)["messageId"], first.2.as_str());
+    // A new key runs again.
+    let other = [NAME, ("Idempotency-Key", "another")];
+    assert_eq!(
+        reply_string(&post(app.port(owner), &path, &other, b"erin")),
+        "hello erin #2"
+    );
+    wait_visits(app.port(owner), &id, 2);
+}

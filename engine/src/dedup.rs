@@ -1,0 +1,110 @@
+//! Idempotency keys: the first message with a key runs; every repeat to the same address gets
+//! its outcome instead of a second run: the stored reply when there is one, or nothing more.
+//! The records are partition state of the target address, so they hold across crashes,
+//! moves between workers and concurrent repeats (the target's processor serializes them).
+//!
+//! Pure: the processor loads and stores the [`Dedup`] record around these steps.
+
+use keyflow_protocol::{Address, TypedValue};
+
+use crate::internal::Dedup;
+
+/// What to do with a message that carries an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admit {
+    /// The first message with this key: invoke the function.
+    Invoke,
+    /// A repeat while the first is in progress: its caller gets the reply when it comes.
+    Join,
+    /// A repeat after the first completed: answer the caller with this reply, if any.
+    Answer(Option<TypedValue>),
+}
+
+/// Decides about a message with an idempotency key, given the record of earlier ones.
+/// Returns the decision and the record to store.
+pub fn admit(record: Option<Dedup>, caller: Option<&Address>) -> (Admit, Dedup) {
+    match record {
+        None => (Admit::Invoke, Dedup::default()),
+        Some(mut r) if !r.done => {
+            r.waiting.extend(caller.cloned());
+            (Admit::Join, r)
+        }
+        Some(r) => (Admit::Answer(caller.and(r.reply.clone())), r),
+    }
+}
+
+/// The function replied to the first message's caller: the reply is kept for repeats, and
+/// the callers of repeats that joined get a copy (returned).
+pub fn replied(record: &mut Dedup, reply: &TypedValue) -> Vec<Address> {
+    if record.reply.is_none() {
+        record.reply = Some(reply.clone());
+    }
+    std::mem::take(&mut record.waiting)
+}
+
+/// The first message's invocation completed at `now_ms` (a reply may or may not exist).
+pub fn completed(record: &mut Dedup, now_ms: i64) {
+    record.done = true;
+    record.done_at_ms = now_ms;
+    record.waiting.clear();
+}
+
+/// A completed record older than `retention_ms` is forgotten: a later repeat runs again.
+pub fn expired(record: &Dedup, now_ms: i64, retention_ms: i64) -> bool {
+    record.done && now_ms.saturating_sub(record.done_at_ms) > retention_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyflow_protocol::builtin;
+
+    fn caller(id: &str) -> Address {
+        Address::new("keyflow.ingress", "http", id)
+    }
+
+    #[test]
+    fn the_first_runs_repeats_join_then_get_the_stored_reply() {
+        let (a, mut r) = admit(None, Some(&caller("c1")));
+        assert_eq!(a, Admit::Invoke);
+        let (a, r2) = admit(Some(r.clone()), Some(&caller("c2")));
+        assert_eq!(a, Admit::Join);
+        r = r2;
+        let (a, r3) = admit(Some(r.clone()), None);
+        assert_eq!(
+            a,
+            Admit::Join,
+            "a fire-and-forget repeat joins too, waiting for nothing"
+        );
+        r = r3;
+        let reply = builtin::encode_string("hi".into());
+        assert_eq!(replied(&mut r, &reply), vec![caller("c2")]);
+        completed(&mut r, 100);
+        assert_eq!(
+            admit(Some(r.clone()), Some(&caller("c3"))).0,
+            Admit::Answer(Some(reply))
+        );
+        assert_eq!(
+            admit(Some(r), None).0,
+            Admit::Answer(None),
+            "no caller, nothing to send"
+        );
+    }
+
+    #[test]
+    fn a_second_reply_does_not_replace_the_first() {
+        let (_, mut r) = admit(None, None);
+        replied(&mut r, &builtin::encode_int(1));
+        replied(&mut r, &builtin::encode_int(2));
+        assert_eq!(r.reply, Some(builtin::encode_int(1)));
+    }
+
+    #[test]
+    fn retention_counts_from_completion() {
+        let (_, mut r) = admit(None, None);
+        assert!(!expired(&r, i64::MAX, 10), "in progress never expires");
+        completed(&mut r, 1_000);
+        assert!(!expired(&r, 1_010, 10));
+        assert!(expired(&r, 1_011, 10));
+    }
+}
