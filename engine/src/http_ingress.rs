@@ -14,6 +14,11 @@
 //!   (read_committed, from its end at start), completes its own waiting requests and keeps
 //!   the recent replies, so `GET /replies/<message-id>` works on any worker. A request whose
 //!   reply takes longer than `--reply-timeout` (or `?timeout=`) gets 504 with the message id.
+//! - `POST /callbacks/<token>`: one message to the function that minted the token (SDK:
+//!   `ctx.callback_token()`), once. The token names its address; the target's processor
+//!   checks it against the registered tokens (partition state) and answers this request
+//!   whether it took the message (202), the token was used (409) or is unknown (404).
+//! - `Idempotency-Key` on a POST: see `crate::dedup`.
 //! - `GET /state/<namespace>/<type>/<id>`: the committed state of an address whose partition
 //!   this worker owns (421 otherwise; forwarding to the owner is future work).
 
@@ -194,6 +199,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/replies/{message_id}", get(get_reply))
         .route("/state/{namespace}/{type}/{id}", get(get_state))
+        .route("/callbacks/{token}", post(post_callback))
         .route("/{namespace}/{type}/{id}", post(post_message))
         // The body limit is --max-request-bytes, enforced by the handler (413 with a reason).
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -344,7 +350,6 @@ async fn post_message(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let shared = &ing.shared;
     let typename = match typename_of(
         headers
             .get(header::CONTENT_TYPE)
@@ -354,54 +359,22 @@ async fn post_message(
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let function_type = TypeName::new(namespace.clone(), ftype.clone());
-    if shared.module.endpoint_for(&function_type).is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "unknown function type `{function_type}`: no endpoint in module.yaml serves it"
-            ),
+    if ing.shared.module.endpoint_for(&function_type).is_none() {
+        let msg = format!(
+            "unknown function type `{function_type}`: no endpoint in module.yaml serves it"
         );
+        return error(StatusCode::NOT_FOUND, msg);
     }
-    let limit = shared.cfg.max_request_bytes;
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {limit} bytes (--max-request-bytes)"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large();
-    }
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match read_body(&ing, &headers, body).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(r) => return r,
     };
     let wants_reply = truthy(query.get("reply").map(String::as_str))
         || truthy(headers.get("x-keyflow-reply").and_then(|v| v.to_str().ok()));
-    let timeout = match query.get("timeout") {
-        Some(t) => match parse_duration(t) {
-            Ok(d) => d,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("timeout: {e}")),
-        },
-        None => shared.cfg.reply_timeout,
+    let timeout = match timeout_of(&ing, &query) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
-    // Just after start the replies consumer may still be finding its position.
-    let replies_ready = !wants_reply
-        || ing
-            .replies
-            .until_ready(timeout.min(Duration::from_secs(10)))
-            .await;
-    if !shared.is_ready() || !replies_ready {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this worker is not ready yet (partitions are being assigned or restored); retry shortly",
-        );
-    }
-
     let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => String::new(),
         Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => k.to_string(),
@@ -414,27 +387,153 @@ async fn post_message(
     };
     // Repeats of a keyed request share its message id (so they get the same answer); each
     // request still waits for its reply under an id of its own.
-    let request_id = new_message_id();
-    let (message_id, caller_id) = if idempotency_key.is_empty() {
-        (
-            request_id.clone(),
-            format!("{}~{request_id}", ing.worker_id),
-        )
+    let message_id = if idempotency_key.is_empty() {
+        None
     } else {
-        let mid = keyed_message_id(&namespace, &ftype, &id, &idempotency_key);
-        let caller_id = format!("{}~{request_id}~{mid}", ing.worker_id);
-        (mid, caller_id)
+        Some(keyed_message_id(&namespace, &ftype, &id, &idempotency_key))
+    };
+    let target = Address::new(namespace, ftype, id);
+    let env = Envelope {
+        target: Some(target),
+        argument: Some(TypedValue::of(typename, body)),
+        idempotency_key,
+        ..Default::default()
+    };
+    match send_and_wait(&ing, env, message_id, wants_reply, timeout).await {
+        Ok((message_id, None)) => json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "messageId": message_id }),
+        ),
+        Ok((message_id, Some(reply))) => reply_response(&message_id, reply),
+        Err(r) => r,
+    }
+}
+
+/// `POST /callbacks/<token>`: one message to the function that minted the token, once.
+async fn post_callback(
+    State(ing): State<Arc<Ingress>>,
+    Path(token): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let typename = match typename_of(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        Ok(t) => t,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let unknown = || error(StatusCode::NOT_FOUND, "unknown callback token");
+    let Some(target) = keyflow_protocol::callback::address_of(&token) else {
+        return unknown();
+    };
+    let function_type = TypeName::new(target.namespace.clone(), target.r#type.clone());
+    if ing.shared.module.endpoint_for(&function_type).is_none() {
+        return unknown();
+    }
+    let body = match read_body(&ing, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let timeout = match timeout_of(&ing, &query) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let env = Envelope {
+        target: Some(target),
+        argument: Some(TypedValue::of(typename, body)),
+        callback_token: token,
+        ..Default::default()
+    };
+    // The target's processor answers whether it took the callback.
+    match send_and_wait(&ing, env, None, true, timeout).await {
+        Ok((message_id, Some(outcome))) => match outcome.typename.rsplit('/').next() {
+            Some("accepted") => json(
+                StatusCode::ACCEPTED,
+                serde_json::json!({ "messageId": message_id }),
+            ),
+            Some("used") => error(StatusCode::CONFLICT, "this callback token was used already"),
+            _ => unknown(),
+        },
+        Ok((message_id, None)) => json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "messageId": message_id }),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// The body, at most `--max-request-bytes` (413 otherwise).
+async fn read_body(ing: &Ingress, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let limit = ing.shared.cfg.max_request_bytes;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes (--max-request-bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+fn timeout_of(ing: &Ingress, query: &HashMap<String, String>) -> Result<Duration, Response> {
+    match query.get("timeout") {
+        Some(t) => {
+            parse_duration(t).map_err(|e| error(StatusCode::BAD_REQUEST, format!("timeout: {e}")))
+        }
+        None => Ok(ing.shared.cfg.reply_timeout),
+    }
+}
+
+/// Writes `env` (target, argument and keys set; the rest filled in here) to the target's
+/// partition of `<cluster>-messages`, and with `wants_reply` waits for the reply to its
+/// caller. Returns the message id and the reply; errors are finished responses.
+async fn send_and_wait(
+    ing: &Ingress,
+    mut env: Envelope,
+    message_id: Option<String>,
+    wants_reply: bool,
+    timeout: Duration,
+) -> Result<(String, Option<Reply>), Response> {
+    let shared = &ing.shared;
+    // Just after start the replies consumer may still be finding its position.
+    let replies_ready = !wants_reply
+        || ing
+            .replies
+            .until_ready(timeout.min(Duration::from_secs(10)))
+            .await;
+    if !shared.is_ready() || !replies_ready {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this worker is not ready yet (partitions are being assigned or restored); retry shortly",
+        ));
+    }
+    let request_id = new_message_id();
+    let message_id = message_id.unwrap_or_else(|| request_id.clone());
+    let caller_id = if message_id == request_id {
+        format!("{}~{request_id}", ing.worker_id)
+    } else {
+        format!("{}~{request_id}~{message_id}", ing.worker_id)
     };
     let started = Instant::now();
-    let caller = wants_reply.then(|| Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, caller_id));
-    let env = Envelope {
-        target: Some(Address::new(namespace, ftype, id.clone())),
-        caller,
-        argument: Some(TypedValue::of(typename, body)),
-        message_id: message_id.clone(),
-        origin: format!("http/{}", ing.worker_id),
-        idempotency_key,
-    };
+    env.caller = wants_reply.then(|| Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, caller_id));
+    env.message_id = message_id.clone();
+    env.origin = format!("http/{}", ing.worker_id);
+    let id = env
+        .target
+        .as_ref()
+        .map(|t| t.id.clone())
+        .unwrap_or_default();
     // Registered before the message exists, so that no reply can come too early.
     let (rx, _guard) = if wants_reply {
         let rx = ing.replies.wait_for(&request_id);
@@ -450,7 +549,13 @@ async fn post_message(
     };
     let payload = env.encode_to_vec();
     let partition = partition_for(&id, shared.cfg.partition_count());
-    let delivered = match kafka::send(
+    let unwritten = |e: String| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the message could not be written to Kafka: {e}"),
+        )
+    };
+    let delivery = kafka::send(
         &shared.plain,
         &shared.cfg.topic_messages(),
         Some(partition),
@@ -459,57 +564,40 @@ async fn post_message(
         None,
     )
     .await
-    {
-        Ok(d) => d.await,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the message could not be written to Kafka: {e}"),
-            )
-        }
-    };
-    match delivered {
+    .map_err(|e| unwritten(e.to_string()))?;
+    match delivery.await {
         Ok(Ok(_)) => {}
-        Ok(Err((e, _))) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the message could not be written to Kafka: {e}"),
-            )
-        }
+        Ok(Err((e, _))) => return Err(unwritten(e.to_string())),
         Err(_) => {
-            return error(
+            return Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the message's delivery report was lost; it may or may not have been written",
-            )
+            ))
         }
     }
     let Some(rx) = rx else {
-        return json(
-            StatusCode::ACCEPTED,
-            serde_json::json!({ "messageId": message_id }),
-        );
+        return Ok((message_id, None));
     };
     let acked = started.elapsed();
-    let left = timeout.saturating_sub(acked);
-    match tokio::time::timeout(left, rx).await {
+    match tokio::time::timeout(timeout.saturating_sub(acked), rx).await {
         Ok(Ok(reply)) => {
             tracing::debug!(%message_id, ?acked, replied = ?started.elapsed(), "HTTP request answered");
-            reply_response(&message_id, reply)
+            Ok((message_id, Some(reply)))
         }
-        Ok(Err(_)) => json(
+        Ok(Err(_)) => Err(json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({
                 "messageId": message_id,
                 "error": "this worker is shutting down; the message was delivered: fetch the reply from another worker at /replies/<messageId>",
             }),
-        ),
-        Err(_) => json(
+        )),
+        Err(_) => Err(json(
             StatusCode::GATEWAY_TIMEOUT,
             serde_json::json!({
                 "messageId": message_id,
                 "error": format!("no reply within {timeout:?}; the message was delivered: fetch the reply later at /replies/{message_id}"),
             }),
-        ),
+        )),
     }
 }
 

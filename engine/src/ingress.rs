@@ -218,6 +218,7 @@ impl Router {
                 message_id: format!("{origin}/{i}"),
                 origin: origin.clone(),
                 idempotency_key: String::new(),
+                callback_token: String::new(),
             };
             let payload = env.encode_to_vec();
             kafka::send(

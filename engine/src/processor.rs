@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use keyflow_protocol::from_function::{self, PersistedValueSpec};
 use keyflow_protocol::to_function::{self, InvocationBatchRequest, PersistedValue};
-use keyflow_protocol::{Address, FromFunction, Message, ToFunction, TypedValue};
+use keyflow_protocol::{callback, Address, FromFunction, Message, ToFunction, TypedValue};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dedup;
 use crate::dispatch::Dispatcher;
 use crate::effects::{self, Delayed, EgressRecord};
-use crate::internal::{DelayedMessage, Envelope, Inbox, RegisteredSpecs};
+use crate::internal::{CallbackToken, DelayedMessage, Envelope, Inbox, RegisteredSpecs};
 use crate::invoker::InvokeError;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
 use crate::module::{DeliverySemantic, TypeName};
@@ -427,9 +427,9 @@ impl Processor {
         self.deliver_as(env, true).await
     }
 
-    /// [`Processor::deliver`]; `admit_keys = false` for messages of a restored inbox, which
-    /// were admitted (and recorded) before they were parked.
-    async fn deliver_as(&mut self, env: Envelope, admit_keys: bool) -> Result<(), EpochError> {
+    /// [`Processor::deliver`]; `admit = false` for messages of a restored inbox, which were
+    /// admitted (idempotency key, callback token) before they were parked.
+    async fn deliver_as(&mut self, mut env: Envelope, admit: bool) -> Result<(), EpochError> {
         let Some(target) = env.target.clone() else {
             return self
                 .dead_letter(&env, "envelope", "the message has no target address")
@@ -452,7 +452,30 @@ impl Processor {
             );
             return self.dead_letter(&env, "misrouted", &reason).await;
         }
-        if admit_keys && !env.idempotency_key.is_empty() {
+        if admit && !env.callback_token.is_empty() {
+            // The HTTP caller learns whether the callback was taken; the function sees none.
+            let outcome = match self.store.callback(&env.callback_token)? {
+                None => "unknown",
+                Some(c) if c.used => "used",
+                Some(mut c) => {
+                    c.used = true;
+                    c.used_at_ms = now_ms();
+                    self.store.put_callback(&env.callback_token, &c);
+                    "accepted"
+                }
+            };
+            if let Some(caller) = env.caller.take() {
+                let status = TypedValue::of(
+                    format!("{}/{outcome}", callback::REGISTER_NAMESPACE),
+                    Vec::new(),
+                );
+                self.send_reply(&target, caller, status).await?;
+            }
+            if outcome != "accepted" {
+                return Ok(());
+            }
+        }
+        if admit && !env.idempotency_key.is_empty() {
             let record = self.store.dedup(&target, &env.idempotency_key)?;
             let (admit, record) = dedup::admit(record, env.caller.as_ref());
             self.store
@@ -628,6 +651,15 @@ impl Processor {
         Ok(())
     }
 
+    /// A function registered a callback token for itself (its SDK minted it).
+    fn register_callback(&mut self, sender: &Address, token: &str) {
+        if callback::address_of(token).as_ref() != Some(sender) {
+            tracing::warn!(%sender, token, "ignoring the registration of a callback token that names another address");
+            return;
+        }
+        self.store.put_callback(token, &CallbackToken::default());
+    }
+
     /// Sends `reply` from `sender` to an HTTP caller (the replies topic, in this epoch).
     async fn send_reply(
         &self,
@@ -642,6 +674,7 @@ impl Processor {
             message_id: new_message_id(),
             origin: sender.to_string(),
             idempotency_key: String::new(),
+            callback_token: String::new(),
         };
         self.send_envelope(&env).await
     }
@@ -695,6 +728,10 @@ impl Processor {
         batch: &[Envelope],
     ) -> Result<(), EpochError> {
         for (target, argument) in fx.messages {
+            if callback::is_register_address(&target) {
+                self.register_callback(sender, &target.id);
+                continue;
+            }
             // A reply to the HTTP caller of a message with an idempotency key is kept for
             // repeats, and copied to those that joined while it ran.
             if http_ingress::is_ingress_address(&target) {
@@ -721,6 +758,7 @@ impl Processor {
                 message_id: new_message_id(),
                 origin: sender.to_string(),
                 idempotency_key: String::new(),
+                callback_token: String::new(),
             };
             self.send_envelope(&env).await?;
         }
@@ -743,6 +781,7 @@ impl Processor {
                             message_id: new_message_id(),
                             origin: format!("delayed by {sender}"),
                             idempotency_key: String::new(),
+                            callback_token: String::new(),
                         }),
                         cancellation_token: token.clone().unwrap_or_default(),
                     };
@@ -819,6 +858,17 @@ impl Processor {
         }
         for key in forgotten {
             self.store.put_dedup_raw(key, None);
+        }
+        // Used callback tokens are kept as long (a second use answers 409, not 404).
+        let mut used = Vec::new();
+        for kv in self.store.scan_callbacks() {
+            let (key, c) = kv?;
+            if c.used && now.saturating_sub(c.used_at_ms) > retention {
+                used.push(key);
+            }
+        }
+        for key in used {
+            self.store.put_callback_raw(key, None);
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! - `a` + address: [`AddressState`] of one function address.
 //! - `s` + function type: [`RegisteredSpecs`] of that type.
 //! - `t` + fire time (8 bytes BE) + id (8 bytes BE): a [`DelayedMessage`].
+//! - `c` + callback token: a registered [`CallbackToken`].
 //! - `d` + address + idempotency key: a [`Dedup`] record.
 //! - `i` + address: the [`Inbox`] of an address whose request outlived an epoch.
 //! - `m` + name: local metadata (the checkpointed changelog offset); never changelogged.
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 
 use keyflow_protocol::{Address, Message};
 
-use crate::internal::{AddressState, Dedup, DelayedMessage, Inbox, RegisteredSpecs};
+use crate::internal::{AddressState, CallbackToken, Dedup, DelayedMessage, Inbox, RegisteredSpecs};
 use crate::timers::TimerId;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
@@ -143,6 +144,29 @@ impl PartitionStore {
 
     pub fn delete_delayed(&mut self, id: TimerId) {
         self.overlay.insert(timer_key(id), None);
+    }
+
+    pub fn callback(&self, token: &str) -> Result<Option<CallbackToken>> {
+        let k = callback_key(token);
+        Self::decode(&k, self.get(&k)?)
+    }
+
+    /// Stores a callback token's record (`None` forgets it).
+    pub fn put_callback_raw(&mut self, key: Vec<u8>, record: Option<&CallbackToken>) {
+        self.overlay.insert(key, record.map(Message::encode_to_vec));
+    }
+
+    pub fn put_callback(&mut self, token: &str, record: &CallbackToken) {
+        self.put_callback_raw(callback_key(token), Some(record));
+    }
+
+    /// Every committed callback token record, by its raw key (for the retention sweep).
+    pub fn scan_callbacks(&self) -> impl Iterator<Item = Result<(Vec<u8>, CallbackToken)>> + '_ {
+        self.tree.scan_prefix(b"c").map(|kv| {
+            let (k, v) = kv?;
+            let c = Self::decode::<CallbackToken>(&k, Some(v.to_vec()))?.unwrap_or_default();
+            Ok((k.to_vec(), c))
+        })
     }
 
     pub fn dedup(&self, addr: &Address, key: &str) -> Result<Option<Dedup>> {
@@ -288,6 +312,12 @@ pub fn parse_address_key(k: &[u8]) -> Option<Address> {
         Some(s)
     };
     Some(Address::new(next()?, next()?, next()?))
+}
+
+fn callback_key(token: &str) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    k.extend_from_slice(token.as_bytes());
+    k
 }
 
 fn dedup_key(a: &Address, idempotency_key: &str) -> Vec<u8> {

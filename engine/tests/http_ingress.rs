@@ -13,6 +13,8 @@ use keyflow_sdk::{
 };
 
 const GREETER: TypeName = TypeName::new("test", "greeter");
+const WAITER: TypeName = TypeName::new("test", "waiter");
+const GOT: ValueSpec<String> = ValueSpec::new("got", Type::string());
 const SLOW: TypeName = TypeName::new("test", "slow");
 const VISITS: ValueSpec<i32> = ValueSpec::new("visits", Type::int());
 const NAME: (&str, &str) = ("Content-Type", "application/vnd.test/Name");
@@ -35,8 +37,21 @@ fn slow(ctx: &mut Context, msg: Message) -> Result<(), Error> {
     ctx.reply(Message::string(format!("slow {name}")))
 }
 
+/// Asked over HTTP (it has a caller): mints a callback token and replies with it. Called back
+/// (no caller): appends the callback's value to its state `got`.
+fn waiter(ctx: &mut Context, msg: Message) -> Result<(), Error> {
+    if ctx.caller().is_some() {
+        let token = ctx.callback_token()?;
+        return ctx.reply(Message::string(token));
+    }
+    let value = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
+    let got = ctx.storage().get(&GOT)?.unwrap_or_default() + &value + ";";
+    ctx.storage().set(&GOT, &got)
+}
+
 fn functions() -> StatefulFunctions {
     StatefulFunctions::new()
+        .with(FunctionSpec::new(WAITER).with_state(&GOT), waiter)
         .with(FunctionSpec::new(GREETER).with_state(&VISITS), greet)
         .with(FunctionSpec::new(SLOW), slow)
 }
@@ -358,4 +373,66 @@ fn idempotency_keys_run_once_across_workers_and_crashes() {
         "hello erin #2"
     );
     wait_visits(app.port(owner), &id, 2);
+}
+
+/// Callbacks: a function mints a token; `POST /callbacks/<token>` delivers one message to it,
+/// once (a second use is 409, an unknown token 404), also after its worker restarted.
+#[test]
+fn callbacks_deliver_once_and_survive_a_restart() {
+    let mut app = App::start(1, &[]);
+    let port = app.port(0);
+    let mint = |port: u16, id: &str| {
+        reply_string(&post(
+            port,
+            &format!("/test/waiter/{id}?reply=true"),
+            &[NAME],
+            b"",
+        ))
+    };
+    let id = unique("job");
+    let token = mint(port, &id);
+    assert!(token.starts_with("cb1."), "{token}");
+    let call = |port: u16, token: &str, body: &[u8]| {
+        post(port, &format!("/callbacks/{token}"), &[NAME], body)
+    };
+    let r = call(port, &token, b"first");
+    assert_eq!(r.status, 202, "{}", r.body_str());
+    assert_eq!(
+        call(port, &token, b"again").status,
+        409,
+        "a token is used once"
+    );
+    let state = |port: u16, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = json(&get(port, &format!("/state/test/waiter/{id}")));
+            if !v["values"]["got"].is_null() || Instant::now() > deadline {
+                return v["values"]["got"]["value"].clone();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(state(port, &id), "first;");
+
+    // Unknown: a well-formed token nobody registered, and garbage.
+    let forged =
+        keyflow_protocol::callback::mint(&keyflow_protocol::Address::new("test", "waiter", &id), 7);
+    assert_eq!(call(port, &forged, b"x").status, 404);
+    assert_eq!(call(port, "not-a-token", b"x").status, 404);
+
+    // Minted before a kill -9, used after the restart.
+    let id2 = unique("job");
+    let token2 = mint(port, &id2);
+    app.workers[0].kill9();
+    app.workers[0].restart();
+    app.workers[0].wait_ready(Duration::from_secs(90));
+    let r = call(port, &token2, b"after-restart");
+    assert_eq!(r.status, 202, "{}", r.body_str());
+    assert_eq!(state(port, &id2), "after-restart;");
+    assert_eq!(call(port, &token2, b"again").status, 409);
+    assert_eq!(
+        state(port, &id),
+        "first;",
+        "the first token's address got nothing more"
+    );
 }

@@ -5,6 +5,7 @@
 //! - [`types`]: wrappers of the built-in types (`io.statefun.types/int` and friends).
 //! - [`egress`]: `KafkaProducerRecord`, the value of a Kafka egress message.
 //! - [`builtin`]: typenames and encode/decode helpers for the built-in types.
+//! - [`callback`]: keyflow's callback tokens (an extension: StateFun has none).
 //!
 //! The `.proto` files under `proto/` are written from `shared/PROTOCOL.md`; the tests at the
 //! bottom pin wire bytes so that a change which would break the official SDKs fails here first.
@@ -147,9 +148,80 @@ pub mod builtin {
     }
 }
 
+/// Callback tokens, keyflow's answer to Restate's awakeables: a function mints a token for
+/// its own address and hands it out; whoever holds it can deliver one message to that
+/// address, once (`POST /callbacks/<token>`). The token names the address (so any worker can
+/// route it) and a random nonce; the function registers it with the runtime by a message to
+/// [`callback::REGISTER_NAMESPACE`]`/`[`callback::REGISTER_TYPE`]`/<token>`, which keyflow
+/// intercepts (StateFun would not know that function type: this is a keyflow feature).
+pub mod callback {
+    use super::Address;
+
+    pub const REGISTER_NAMESPACE: &str = "keyflow.callbacks";
+    pub const REGISTER_TYPE: &str = "register";
+    const PREFIX: &str = "cb1.";
+
+    /// The token for `address` with a caller-chosen random `nonce`.
+    pub fn mint(address: &Address, nonce: u64) -> String {
+        let text = format!(
+            "{}\n{}\n{}\n{nonce:016x}",
+            address.namespace, address.r#type, address.id
+        );
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{PREFIX}{hex}")
+    }
+
+    /// The address a token delivers to, or `None` for a string that is no token.
+    pub fn address_of(token: &str) -> Option<Address> {
+        let hex = token.strip_prefix(PREFIX)?;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        let text = String::from_utf8(bytes?).ok()?;
+        let mut parts = text.split('\n');
+        let (ns, ty, id, nonce) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || ns.is_empty() || ty.is_empty() || nonce.len() != 16 {
+            return None;
+        }
+        Some(Address::new(ns, ty, id))
+    }
+
+    /// The address a function sends to in order to register `token`.
+    pub fn register_address(token: &str) -> Address {
+        Address::new(REGISTER_NAMESPACE, REGISTER_TYPE, token)
+    }
+
+    pub fn is_register_address(a: &Address) -> bool {
+        a.namespace == REGISTER_NAMESPACE && a.r#type == REGISTER_TYPE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callback_tokens_name_their_address() {
+        let a = Address::new("com.example", "order", "o-1\nweird");
+        let t = callback::mint(&a, 42);
+        assert!(t.starts_with("cb1."));
+        assert_eq!(
+            callback::address_of(&t),
+            None,
+            "an id with a newline cannot be told apart"
+        );
+        let a = Address::new("com.example", "order", "o-1");
+        let t = callback::mint(&a, 42);
+        assert_eq!(callback::address_of(&t), Some(a.clone()));
+        assert_ne!(t, callback::mint(&a, 43));
+        for bad in ["", "cb1.", "cb1.zz", "cb1.6162", "xx.6162"] {
+            assert_eq!(callback::address_of(bad), None, "{bad}");
+        }
+    }
 
     fn hex(b: &[u8]) -> String {
         b.iter()

@@ -104,6 +104,25 @@ impl Context {
         Ok(())
     }
 
+    /// Mints a callback token for this address (a keyflow feature; Apache Flink StateFun
+    /// does not know it). Whoever holds the token can deliver ONE message to this function
+    /// with `POST /callbacks/<token>` on any keyflow worker; a second use is refused. Hand
+    /// the token out in a reply, a message or an egress record, and keep it in state if the
+    /// function needs to recognise the callback.
+    pub fn callback_token(&mut self) -> Result<String, Error> {
+        if self.self_address.id.contains('\n') {
+            return Err(Error::custom(
+                "a callback token cannot name an id that contains a newline",
+            ));
+        }
+        let token = keyflow_protocol::callback::mint(&self.self_address, random_nonce());
+        self.send(
+            keyflow_protocol::callback::register_address(&token),
+            Message::string(""),
+        );
+        Ok(token)
+    }
+
     /// Emits `value` to the egress `egress` (for a Kafka egress, a [`crate::KafkaRecord`]).
     pub fn egress(&mut self, egress: &TypeName, value: impl Into<TypedValue>) {
         self.effects.outgoing_egresses.push(EgressMessage {
@@ -213,4 +232,21 @@ mod tests {
         );
         assert!(matches!(r, Err(Error::EmptyCancellationToken)));
     }
+}
+
+/// 64 unpredictable bits without a random-number crate: std's per-instance random hash keys
+/// (seeded by the OS) over the time and a counter.
+fn random_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
