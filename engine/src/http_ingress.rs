@@ -367,13 +367,13 @@ async fn post_message(
     }
     let body = match read_body(&ing, &headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let wants_reply = truthy(query.get("reply").map(String::as_str))
         || truthy(headers.get("x-keyflow-reply").and_then(|v| v.to_str().ok()));
     let timeout = match timeout_of(&ing, &query) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => String::new(),
@@ -405,7 +405,7 @@ async fn post_message(
             serde_json::json!({ "messageId": message_id }),
         ),
         Ok((message_id, Some(reply))) => reply_response(&message_id, reply),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -435,11 +435,11 @@ async fn post_callback(
     }
     let body = match read_body(&ing, &headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let timeout = match timeout_of(&ing, &query) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let env = Envelope {
         target: Some(target),
@@ -461,12 +461,15 @@ async fn post_callback(
             StatusCode::ACCEPTED,
             serde_json::json!({ "messageId": message_id }),
         ),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
+/// A finished error response (boxed: a `Response` is large).
+type Rejection = Box<Response>;
+
 /// The body, at most `--max-request-bytes` (413 otherwise).
-async fn read_body(ing: &Ingress, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+async fn read_body(ing: &Ingress, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
     let limit = ing.shared.cfg.max_request_bytes;
     let too_large = || {
         error(
@@ -479,18 +482,17 @@ async fn read_body(ing: &Ingress, headers: &HeaderMap, body: Body) -> Result<Byt
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(Box::new(too_large()));
     }
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| too_large())
+        .map_err(|_| Box::new(too_large()))
 }
 
-fn timeout_of(ing: &Ingress, query: &HashMap<String, String>) -> Result<Duration, Response> {
+fn timeout_of(ing: &Ingress, query: &HashMap<String, String>) -> Result<Duration, Rejection> {
     match query.get("timeout") {
-        Some(t) => {
-            parse_duration(t).map_err(|e| error(StatusCode::BAD_REQUEST, format!("timeout: {e}")))
-        }
+        Some(t) => parse_duration(t)
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("timeout: {e}")))),
         None => Ok(ing.shared.cfg.reply_timeout),
     }
 }
@@ -504,7 +506,7 @@ async fn send_and_wait(
     message_id: Option<String>,
     wants_reply: bool,
     timeout: Duration,
-) -> Result<(String, Option<Reply>), Response> {
+) -> Result<(String, Option<Reply>), Rejection> {
     let shared = &ing.shared;
     // Just after start the replies consumer may still be finding its position.
     let replies_ready = !wants_reply
@@ -513,10 +515,10 @@ async fn send_and_wait(
             .until_ready(timeout.min(Duration::from_secs(10)))
             .await;
     if !shared.is_ready() || !replies_ready {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this worker is not ready yet (partitions are being assigned or restored); retry shortly",
-        ));
+        )));
     }
     let request_id = new_message_id();
     let message_id = message_id.unwrap_or_else(|| request_id.clone());
@@ -564,15 +566,15 @@ async fn send_and_wait(
         None,
     )
     .await
-    .map_err(|e| unwritten(e.to_string()))?;
+    .map_err(|e| Box::new(unwritten(e.to_string())))?;
     match delivery.await {
         Ok(Ok(_)) => {}
-        Ok(Err((e, _))) => return Err(unwritten(e.to_string())),
+        Ok(Err((e, _))) => return Err(Box::new(unwritten(e.to_string()))),
         Err(_) => {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the message's delivery report was lost; it may or may not have been written",
-            ))
+            )))
         }
     }
     let Some(rx) = rx else {
@@ -584,20 +586,20 @@ async fn send_and_wait(
             tracing::debug!(%message_id, ?acked, replied = ?started.elapsed(), "HTTP request answered");
             Ok((message_id, Some(reply)))
         }
-        Ok(Err(_)) => Err(json(
+        Ok(Err(_)) => Err(Box::new(json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({
                 "messageId": message_id,
                 "error": "this worker is shutting down; the message was delivered: fetch the reply from another worker at /replies/<messageId>",
             }),
-        )),
-        Err(_) => Err(json(
+        ))),
+        Err(_) => Err(Box::new(json(
             StatusCode::GATEWAY_TIMEOUT,
             serde_json::json!({
                 "messageId": message_id,
                 "error": format!("no reply within {timeout:?}; the message was delivered: fetch the reply later at /replies/{message_id}"),
             }),
-        )),
+        ))),
     }
 }
 

@@ -151,6 +151,23 @@ fn non_empty(token: String) -> Result<String, Error> {
     }
 }
 
+/// 64 unpredictable bits without a random-number crate: std's per-instance random hash keys
+/// (seeded by the OS) over the time and a counter.
+fn random_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,21 +249,4 @@ mod tests {
         );
         assert!(matches!(r, Err(Error::EmptyCancellationToken)));
     }
-}
-
-/// 64 unpredictable bits without a random-number crate: std's per-instance random hash keys
-/// (seeded by the OS) over the time and a counter.
-fn random_nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }
