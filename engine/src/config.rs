@@ -58,6 +58,16 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_PARK_AFTER", default_value = "500ms", value_parser = parse_duration)]
     pub park_after: Duration,
 
+    /// Bearer token the HTTP ingress requires (`Authorization: Bearer <token>`); without
+    /// it every request is served. Prefer the environment variable over the flag (the flag
+    /// shows in process listings).
+    #[arg(long, env = "KEYFLOW_INGRESS_TOKEN", hide_env_values = true)]
+    pub ingress_token: Option<String>,
+
+    /// Bearer token the admin server requires, except for `/health` and `/ready` (probes).
+    #[arg(long, env = "KEYFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Admin HTTP address: /health, /ready, /metrics.
     #[arg(long, env = "KEYFLOW_ADMIN_ADDR", default_value = "127.0.0.1:8090")]
     pub admin_addr: SocketAddr,

@@ -196,13 +196,20 @@ pub async fn serve(
         shared,
         replies,
     });
+    let token = state.shared.cfg.ingress_token.clone();
     let app = Router::new()
         .route("/replies/{message_id}", get(get_reply))
+        .route("/state/{namespace}/{type}", get(list_ids))
         .route("/state/{namespace}/{type}/{id}", get(get_state))
+        .route("/timers/{namespace}/{type}/{id}", get(get_timers))
         .route("/callbacks/{token}", post(post_callback))
         .route("/{namespace}/{type}/{id}", post(post_message))
         // The body limit is --max-request-bytes, enforced by the handler (413 with a reason).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::admin::require_token,
+        ))
         .with_state(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -616,12 +623,8 @@ async fn get_reply(State(ing): State<Arc<Ingress>>, Path(message_id): Path<Strin
     }
 }
 
-async fn get_state(
-    State(ing): State<Arc<Ingress>>,
-    Path((namespace, ftype, id)): Path<(String, String, String)>,
-) -> Response {
-    let shared = &ing.shared;
-    let addr = Address::new(namespace, ftype, id);
+/// The partition of `addr` when this worker owns it and has restored it; else the answer.
+fn owned_partition(shared: &Shared, addr: &Address) -> Result<i32, Rejection> {
     let p = partition_for(&addr.id, shared.cfg.partition_count());
     let topic = shared.cfg.topic_messages();
     let phase = shared
@@ -630,20 +633,28 @@ async fn get_state(
         .find(|(t, q, _)| *t == topic && *q == p)
         .map(|(_, _, phase)| phase);
     match phase {
-        None => {
-            return error(
-                StatusCode::MISDIRECTED_REQUEST,
-                format!("partition {p} is owned by another worker"),
-            )
-        }
-        Some(PartitionPhase::Restoring) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("partition {p} is being restored; retry shortly"),
-            )
-        }
-        Some(PartitionPhase::Running) => {}
+        None => Err(Box::new(error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("partition {p} is owned by another worker"),
+        ))),
+        Some(PartitionPhase::Restoring) => Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("partition {p} is being restored; retry shortly"),
+        ))),
+        Some(PartitionPhase::Running) => Ok(p),
     }
+}
+
+async fn get_state(
+    State(ing): State<Arc<Ingress>>,
+    Path((namespace, ftype, id)): Path<(String, String, String)>,
+) -> Response {
+    let shared = &ing.shared;
+    let addr = Address::new(namespace, ftype, id);
+    let p = match owned_partition(shared, &addr) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let state = match PartitionStore::open(&shared.db, p).and_then(|s| s.address_state(&addr)) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -668,15 +679,94 @@ async fn get_state(
     }
     json(
         StatusCode::OK,
-        serde_json::json!({
-            "address": addr.to_string(),
-            "partition": p,
-            "values": values,
-        }),
+        serde_json::json!({ "address": addr.to_string(), "partition": p, "values": values }),
     )
 }
 
-/// A state value as JSON: built-in types decoded, JSON values parsed, anything else base64.
+/// `GET /timers/<namespace>/<type>/<id>`: the delayed messages this address sent that are
+/// still pending (they live in the sender's partition).
+async fn get_timers(
+    State(ing): State<Arc<Ingress>>,
+    Path((namespace, ftype, id)): Path<(String, String, String)>,
+) -> Response {
+    let shared = &ing.shared;
+    let addr = Address::new(namespace, ftype, id);
+    let p = match owned_partition(shared, &addr) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let delayed = match PartitionStore::open(&shared.db, p).and_then(|s| s.all_delayed()) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let timers: Vec<serde_json::Value> = delayed
+        .into_iter()
+        .filter_map(|(_, m)| {
+            let env = m.envelope?;
+            (env.caller.as_ref() == Some(&addr)).then(|| {
+                let arg = env.argument.unwrap_or_default();
+                serde_json::json!({
+                    "fireAtMs": m.fire_at_ms,
+                    "target": env.target.map(|t| t.to_string()),
+                    "cancellationToken": (!m.cancellation_token.is_empty()).then_some(m.cancellation_token),
+                    "typename": arg.typename,
+                    "value": value_json(&arg),
+                })
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "address": addr.to_string(), "partition": p, "timers": timers }),
+    )
+}
+
+/// `GET /state/<namespace>/<type>?prefix=..&limit=..`: ids of that type with state, from the
+/// partitions this worker owns (listed in the answer; ask every worker for all of them).
+async fn list_ids(
+    State(ing): State<Arc<Ingress>>,
+    Path((namespace, ftype)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let shared = &ing.shared;
+    let prefix = query.get("prefix").cloned().unwrap_or_default();
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 1000,
+        Some(Ok(n)) if n > 0 => n.min(100_000),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be a positive number"),
+    };
+    let topic = shared.cfg.topic_messages();
+    let mut partitions: Vec<i32> = shared
+        .partitions()
+        .into_iter()
+        .filter(|(t, _, ph)| *t == topic && *ph == PartitionPhase::Running)
+        .map(|(_, p, _)| p)
+        .collect();
+    partitions.sort();
+    let mut ids = Vec::new();
+    for p in &partitions {
+        let store = match PartitionStore::open(&shared.db, *p) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        for kv in store.scan_addresses() {
+            let Ok((key, _)) = kv else { continue };
+            if let Some(a) = crate::store::parse_address_key(&key) {
+                if a.namespace == namespace && a.r#type == ftype && a.id.starts_with(&prefix) {
+                    ids.push(a.id);
+                }
+            }
+        }
+    }
+    ids.sort();
+    let truncated = ids.len() > limit;
+    ids.truncate(limit);
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "ids": ids, "truncated": truncated, "partitions": partitions }),
+    )
+}
+
 pub fn value_json(v: &TypedValue) -> serde_json::Value {
     if v.typename == builtin::STRING {
         if let Ok(s) = builtin::decode_string(v) {

@@ -42,6 +42,14 @@ fn slow(ctx: &mut Context, msg: Message) -> Result<(), Error> {
 fn waiter(ctx: &mut Context, msg: Message) -> Result<(), Error> {
     if ctx.caller().is_some() {
         let token = ctx.callback_token()?;
+        // A reminder an hour ahead, to be seen (and cancelled) through GET /timers.
+        let me = ctx.self_address().clone();
+        ctx.send_after_cancellable(
+            Duration::from_secs(3600),
+            me,
+            Message::string("remind"),
+            "reminder",
+        )?;
         return ctx.reply(Message::string(token));
     }
     let value = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
@@ -435,4 +443,236 @@ fn callbacks_deliver_once_and_survive_a_restart() {
         "first;",
         "the first token's address got nothing more"
     );
+}
+
+/// Pending delayed messages and the ids of a type are readable from the owning worker.
+#[test]
+fn timers_and_ids_are_listed() {
+    let app = App::start(1, &[]);
+    let port = app.port(0);
+    let run = unique("list");
+    for i in 0..3 {
+        let r = post(
+            port,
+            &format!("/test/waiter/{run}-{i}?reply=true"),
+            &[NAME],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_str());
+    }
+    let v = json(&get(port, &format!("/timers/test/waiter/{run}-0")));
+    let timers = v["timers"].as_array().unwrap();
+    assert_eq!(timers.len(), 1, "{v}");
+    assert_eq!(timers[0]["cancellationToken"], "reminder");
+    assert_eq!(timers[0]["target"], format!("test/waiter/{run}-0"));
+    // Callbacks leave state behind: the ids with state are listed.
+    for i in 0..3 {
+        let token = reply_string(&post(
+            port,
+            &format!("/test/waiter/{run}-x{i}?reply=true"),
+            &[NAME],
+            b"",
+        ));
+        assert_eq!(
+            post(port, &format!("/callbacks/{token}"), &[NAME], b"v").status,
+            202
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = json(&get(
+            port,
+            &format!("/state/test/waiter?prefix={run}-x&limit=2"),
+        ));
+        if v["ids"].as_array().map(Vec::len) == Some(2) {
+            assert_eq!(v["truncated"], true, "{v}");
+            assert_eq!(v["ids"][0], format!("{run}-x0"), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ids never listed: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With tokens configured, every endpoint but the probes refuses requests without them.
+#[test]
+fn bearer_tokens_guard_the_ingress_and_the_admin_api() {
+    let app = App::start(
+        1,
+        &[
+            "--ingress-token",
+            "in-s3cret",
+            "--admin-token",
+            "adm-s3cret",
+        ],
+    );
+    let (port, admin) = (app.port(0), app.workers[0].admin_port);
+    let ok_in = ("Authorization", "Bearer in-s3cret");
+    let paths = [
+        "/test/greeter/a",
+        "/callbacks/cb1.00",
+        "/replies/x",
+        "/state/test/greeter/a",
+        "/state/test/greeter",
+        "/timers/test/greeter/a",
+    ];
+    for path in paths {
+        for method in ["GET", "POST"] {
+            let r = http_request(port, method, path, &[NAME], b"x").unwrap();
+            assert_eq!(r.status, 401, "{method} {path} without a token");
+            let wrong = http_request(
+                port,
+                method,
+                path,
+                &[NAME, ("Authorization", "Bearer nope")],
+                b"x",
+            )
+            .unwrap();
+            assert_eq!(wrong.status, 401, "{method} {path} with a wrong token");
+        }
+    }
+    assert_eq!(
+        post(port, "/test/greeter/a", &[NAME, ok_in], b"x").status,
+        202
+    );
+    for path in ["/metrics", "/status"] {
+        assert_eq!(
+            http_request(admin, "GET", path, &[], b"").unwrap().status,
+            401,
+            "{path}"
+        );
+        let r = http_request(
+            admin,
+            "GET",
+            path,
+            &[("Authorization", "Bearer adm-s3cret")],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        let cross = http_request(admin, "GET", path, &[ok_in], b"").unwrap();
+        assert_eq!(
+            cross.status, 401,
+            "the ingress token does not open the admin API"
+        );
+    }
+    for path in ["/health", "/ready"] {
+        assert_eq!(
+            http_request(admin, "GET", path, &[], b"").unwrap().status,
+            200,
+            "probes need no token"
+        );
+    }
+}
+
+/// Malformed paths, bodies and headers get 4xx answers (or a closed connection for bytes that
+/// are no HTTP at all), never a 5xx or a crash.
+#[test]
+fn malformed_requests_get_4xx_never_a_crash() {
+    let mut app = App::start(1, &[]);
+    let port = app.port(0);
+    let long = "x".repeat(10_000);
+    let cases: Vec<(&str, String, Vec<(&str, String)>, Vec<u8>)> = vec![
+        ("POST", "/".into(), vec![], vec![]),
+        ("POST", "/test".into(), vec![], vec![]),
+        ("POST", "/test/greeter".into(), vec![], vec![]),
+        ("POST", "/test/greeter/a/b/c".into(), vec![], vec![]),
+        (
+            "POST",
+            "/test/greeter/a".into(),
+            vec![("Content-Type", "application/vnd.".into())],
+            vec![],
+        ),
+        (
+            "POST",
+            "/test/greeter/a".into(),
+            vec![("Content-Type", "application/vnd.noslash".into())],
+            vec![],
+        ),
+        (
+            "POST",
+            "/test/greeter/a".into(),
+            vec![("Content-Type", "text/plain".into())],
+            b"hi".to_vec(),
+        ),
+        (
+            "POST",
+            "/nope/nothing/a".into(),
+            vec![("Content-Type", "application/vnd.test/Name".into())],
+            vec![],
+        ),
+        (
+            "POST",
+            "/test/greeter/a?timeout=forever&reply=true".into(),
+            vec![("Content-Type", "application/vnd.test/Name".into())],
+            vec![],
+        ),
+        (
+            "POST",
+            "/test/greeter/a".into(),
+            vec![
+                ("Content-Type", "application/vnd.test/Name".into()),
+                ("Idempotency-Key", long.clone()),
+            ],
+            vec![],
+        ),
+        (
+            "POST",
+            "/test/greeter/a".into(),
+            vec![("Content-Type", "application/vnd.test/Name".into())],
+            vec![0u8; 2 * 1024 * 1024],
+        ),
+        (
+            "POST",
+            "/callbacks/zzz".into(),
+            vec![("Content-Type", "application/vnd.test/Name".into())],
+            vec![],
+        ),
+        (
+            "POST",
+            "/callbacks/cb1.41".into(),
+            vec![("Content-Type", "application/vnd.test/Name".into())],
+            vec![],
+        ),
+        ("GET", "/state/test/greeter?limit=-3".into(), vec![], vec![]),
+        ("GET", "/state/%ff%fe/x/y".into(), vec![], vec![]),
+        ("GET", format!("/replies/{long}"), vec![], vec![]),
+        ("DELETE", "/test/greeter/a".into(), vec![], vec![]),
+        ("PUT", "/state/test/greeter/a".into(), vec![], vec![]),
+    ];
+    for (method, path, headers, body) in &cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = http_request(port, method, path, &h, body).unwrap();
+        assert!(
+            (400..500).contains(&r.status),
+            "{method} {} -> {} {}",
+            &path[..path.len().min(60)],
+            r.status,
+            r.body_str()
+        );
+    }
+    // Bytes that are not HTTP at all, and a random mix.
+    let mut garbage: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02\r\n\r\n".to_vec(),
+        b"GET\r\n\r\n".to_vec(),
+        b"POST /a/b/c HTTP/9.9\r\n\r\n".to_vec(),
+    ];
+    for _ in 0..50 {
+        let n = 1 + rand::random::<u32>() as usize % 300;
+        garbage.push((0..n).map(|_| rand::random::<u8>()).collect());
+    }
+    for bytes in garbage {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&bytes);
+        let _ = s.write_all(b"\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.starts_with("HTTP/1.1 5"), "garbage got a 5xx: {text}");
+    }
+    assert!(app.workers[0].is_running(), "the worker survived");
+    let r = post(port, "/test/greeter/after?reply=true", &[NAME], b"frank");
+    assert_eq!(reply_string(&r), "hello frank #1");
 }
