@@ -565,6 +565,9 @@ fn bearer_tokens_guard_the_ingress_and_the_admin_api() {
     }
 }
 
+/// One malformed request: method, path, headers, body.
+type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<u8>);
+
 /// Malformed paths, bodies and headers get 4xx answers (or a closed connection for bytes that
 /// are no HTTP at all), never a 5xx or a crash.
 #[test]
@@ -572,7 +575,7 @@ fn malformed_requests_get_4xx_never_a_crash() {
     let mut app = App::start(1, &[]);
     let port = app.port(0);
     let long = "x".repeat(10_000);
-    let cases: Vec<(&str, String, Vec<(&str, String)>, Vec<u8>)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/".into(), vec![], vec![]),
         ("POST", "/test".into(), vec![], vec![]),
         ("POST", "/test/greeter".into(), vec![], vec![]),
