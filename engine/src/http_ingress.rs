@@ -645,21 +645,13 @@ fn owned_partition(shared: &Shared, addr: &Address) -> Result<i32, Rejection> {
     }
 }
 
-async fn get_state(
-    State(ing): State<Arc<Ingress>>,
-    Path((namespace, ftype, id)): Path<(String, String, String)>,
-) -> Response {
-    let shared = &ing.shared;
-    let addr = Address::new(namespace, ftype, id);
-    let p = match owned_partition(shared, &addr) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let state = match PartitionStore::open(&shared.db, p).and_then(|s| s.address_state(&addr)) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let now = now_ms();
+/// The JSON of an address's state (expired values left out).
+pub fn state_json(
+    addr: &Address,
+    partition: i32,
+    state: crate::internal::AddressState,
+    now: i64,
+) -> serde_json::Value {
     let mut values = serde_json::Map::new();
     let mut names: Vec<_> = state.values.into_iter().collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
@@ -677,33 +669,20 @@ async fn get_state(
             }),
         );
     }
-    json(
-        StatusCode::OK,
-        serde_json::json!({ "address": addr.to_string(), "partition": p, "values": values }),
-    )
+    serde_json::json!({ "address": addr.to_string(), "partition": partition, "values": values })
 }
 
-/// `GET /timers/<namespace>/<type>/<id>`: the delayed messages this address sent that are
-/// still pending (they live in the sender's partition).
-async fn get_timers(
-    State(ing): State<Arc<Ingress>>,
-    Path((namespace, ftype, id)): Path<(String, String, String)>,
-) -> Response {
-    let shared = &ing.shared;
-    let addr = Address::new(namespace, ftype, id);
-    let p = match owned_partition(shared, &addr) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let delayed = match PartitionStore::open(&shared.db, p).and_then(|s| s.all_delayed()) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+/// The JSON of the delayed messages `addr` sent that are still pending.
+pub fn timers_json(
+    addr: &Address,
+    partition: i32,
+    delayed: Vec<(crate::timers::TimerId, crate::internal::DelayedMessage)>,
+) -> serde_json::Value {
     let timers: Vec<serde_json::Value> = delayed
         .into_iter()
         .filter_map(|(_, m)| {
             let env = m.envelope?;
-            (env.caller.as_ref() == Some(&addr)).then(|| {
+            (env.caller.as_ref() == Some(addr)).then(|| {
                 let arg = env.argument.unwrap_or_default();
                 serde_json::json!({
                     "fireAtMs": m.fire_at_ms,
@@ -715,10 +694,80 @@ async fn get_timers(
             })
         })
         .collect();
-    json(
-        StatusCode::OK,
-        serde_json::json!({ "address": addr.to_string(), "partition": p, "timers": timers }),
-    )
+    serde_json::json!({ "address": addr.to_string(), "partition": partition, "timers": timers })
+}
+
+/// The typename of a forwarded read's answer (its value is the JSON document).
+pub const READ_ANSWER: &str = "keyflow.ingress/json";
+
+/// `GET /state/<namespace>/<type>/<id>`: the committed state, from this worker's store when it
+/// owns the address, else through the owner's processor.
+async fn get_state(
+    State(ing): State<Arc<Ingress>>,
+    Path((namespace, ftype, id)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    read(&ing, Address::new(namespace, ftype, id), "state", &query).await
+}
+
+/// `GET /timers/<namespace>/<type>/<id>`: the delayed messages this address sent that are
+/// still pending (they live in the sender's partition).
+async fn get_timers(
+    State(ing): State<Arc<Ingress>>,
+    Path((namespace, ftype, id)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    read(&ing, Address::new(namespace, ftype, id), "timers", &query).await
+}
+
+async fn read(
+    ing: &Ingress,
+    addr: Address,
+    what: &str,
+    query: &HashMap<String, String>,
+) -> Response {
+    let shared = &ing.shared;
+    let local = match owned_partition(shared, &addr) {
+        Ok(p) => Some(p),
+        Err(r) if r.status() == StatusCode::MISDIRECTED_REQUEST => None,
+        Err(r) => return *r,
+    };
+    let Some(p) = local else {
+        // Another worker owns it: ask its processor, through the partition like a message.
+        let timeout = match timeout_of(ing, query) {
+            Ok(t) => t,
+            Err(r) => return *r,
+        };
+        let env = Envelope {
+            target: Some(addr),
+            introspect: what.to_string(),
+            ..Default::default()
+        };
+        return match send_and_wait(ing, env, None, true, timeout).await {
+            Ok((_, Some(reply))) if reply.typename == READ_ANSWER => {
+                ([(header::CONTENT_TYPE, "application/json")], reply.value).into_response()
+            }
+            Ok(_) => error(
+                StatusCode::BAD_GATEWAY,
+                "the owning worker answered something else",
+            ),
+            Err(r) => *r,
+        };
+    };
+    let store = match PartitionStore::open(&shared.db, p) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let body = match what {
+        "state" => store
+            .address_state(&addr)
+            .map(|st| state_json(&addr, p, st, now_ms())),
+        _ => store.all_delayed().map(|d| timers_json(&addr, p, d)),
+    };
+    match body {
+        Ok(b) => json(StatusCode::OK, b),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// `GET /state/<namespace>/<type>?prefix=..&limit=..`: ids of that type with state, from the

@@ -217,8 +217,7 @@ impl Router {
                 argument: Some(argument.clone()),
                 message_id: format!("{origin}/{i}"),
                 origin: origin.clone(),
-                idempotency_key: String::new(),
-                callback_token: String::new(),
+                ..Default::default()
             };
             let payload = env.encode_to_vec();
             kafka::send(

@@ -452,6 +452,9 @@ impl Processor {
             );
             return self.dead_letter(&env, "misrouted", &reason).await;
         }
+        if !env.introspect.is_empty() {
+            return self.answer_read(target, env).await;
+        }
         if admit && !env.callback_token.is_empty() {
             // The HTTP caller learns whether the callback was taken; the function sees none.
             let outcome = match self.store.callback(&env.callback_token)? {
@@ -651,6 +654,31 @@ impl Processor {
         Ok(())
     }
 
+    /// Answers a read forwarded by another worker's HTTP ingress with the address's state or
+    /// pending delayed messages as JSON (what this epoch will have committed when the answer
+    /// becomes visible).
+    async fn answer_read(&mut self, target: Address, env: Envelope) -> Result<(), EpochError> {
+        let Some(caller) = env.caller else {
+            return Ok(());
+        };
+        let doc = match env.introspect.as_str() {
+            "state" => http_ingress::state_json(
+                &target,
+                self.p,
+                self.store.address_state(&target)?,
+                now_ms(),
+            ),
+            _ => {
+                let mut delayed = self.store.all_delayed()?;
+                // The overlay may hold this epoch's new or fired ones: trust the timer index.
+                delayed.retain(|(id, _)| self.timers.contains(*id));
+                http_ingress::timers_json(&target, self.p, delayed)
+            }
+        };
+        let answer = TypedValue::of(http_ingress::READ_ANSWER, doc.to_string().into_bytes());
+        self.send_reply(&target, caller, answer).await
+    }
+
     /// A function registered a callback token for itself (its SDK minted it).
     fn register_callback(&mut self, sender: &Address, token: &str) {
         if callback::address_of(token).as_ref() != Some(sender) {
@@ -673,8 +701,7 @@ impl Processor {
             argument: Some(reply),
             message_id: new_message_id(),
             origin: sender.to_string(),
-            idempotency_key: String::new(),
-            callback_token: String::new(),
+            ..Default::default()
         };
         self.send_envelope(&env).await
     }
@@ -757,8 +784,7 @@ impl Processor {
                 argument: Some(argument),
                 message_id: new_message_id(),
                 origin: sender.to_string(),
-                idempotency_key: String::new(),
-                callback_token: String::new(),
+                ..Default::default()
             };
             self.send_envelope(&env).await?;
         }
@@ -780,8 +806,7 @@ impl Processor {
                             argument: Some(argument),
                             message_id: new_message_id(),
                             origin: format!("delayed by {sender}"),
-                            idempotency_key: String::new(),
-                            callback_token: String::new(),
+                            ..Default::default()
                         }),
                         cancellation_token: token.clone().unwrap_or_default(),
                     };

@@ -36,6 +36,10 @@ impl Timers {
         Some(id)
     }
 
+    pub fn contains(&self, id: TimerId) -> bool {
+        self.due.contains(&id)
+    }
+
     pub fn is_live(&self, sender: &Address, token: &str) -> bool {
         self.tokens
             .contains_key(&(sender.clone(), token.to_string()))

@@ -247,18 +247,17 @@ fn request_reply_across_two_workers() {
         "request-reply round trip across 2 workers: p50 {:?}, p90 {:?}, max {:?} (50 requests)",
         latencies[24], latencies[44], latencies[49]
     );
-    // Any worker knows the reply; only the owner shows the state.
+    // Any worker knows the reply; the owner reads its own store, the other forwards the read
+    // to the owner's processor.
     assert_eq!(
         reply_string(&get(w2, &format!("/replies/{first_mid}"))),
         "hello carol #1"
     );
-    let r = get(w1, &format!("/state/test/greeter/{id}"));
-    assert_eq!(r.status, 421, "{}", r.body_str());
-    assert!(json(&r)["error"]
-        .as_str()
-        .unwrap()
-        .contains("owned by another worker"));
-    wait_visits(w2, &id, 50);
+    let owner = wait_visits(w2, &id, 50);
+    let forwarded = wait_visits(w1, &id, 50);
+    assert_eq!(forwarded, owner, "the same state through either worker");
+    let timers = json(&get(w1, &format!("/timers/test/greeter/{id}")));
+    assert_eq!(timers["timers"], serde_json::json!([]), "{timers}");
 }
 
 #[test]

@@ -156,6 +156,21 @@ fn seed_scenario_clear_cart_out_of_stock_and_second_checkout() {
         "exact bytes"
     );
 
+    // Introspection shows the state the seed leaves: 47 socks, and an empty (deleted) basket.
+    let state = |path: String| -> serde_json::Value {
+        let (status, body) = http_get(app.engine.ingress_port, &path).unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        json(&body)
+    };
+    let stock = state(format!("/state/com.example/stock/{socks}"));
+    assert_eq!(stock["values"]["stock"]["value"], 47, "{stock}");
+    assert_eq!(
+        stock["values"]["stock"]["typename"], "io.statefun.types/int",
+        "{stock}"
+    );
+    let cart = state(format!("/state/com.example/user-shopping-cart/{u1}"));
+    assert!(cart["values"]["basket"].is_null(), "checked out: {cart}");
+
     // A second checkout of the (now empty) basket emits nothing new.
     app.step("checkout", &u1, &user(&u1), 4, 2);
 
