@@ -19,8 +19,11 @@
 //!   checks it against the registered tokens (partition state) and answers this request
 //!   whether it took the message (202), the token was used (409) or is unknown (404).
 //! - `Idempotency-Key` on a POST: see `crate::dedup`.
-//! - `GET /state/<namespace>/<type>/<id>`: the committed state of an address whose partition
-//!   this worker owns (421 otherwise; forwarding to the owner is future work).
+//! - `GET /state/<namespace>/<type>/<id>` and `GET /timers/<namespace>/<type>/<id>`: the
+//!   committed state / pending delayed messages of an address, read from this worker's store
+//!   when it owns the partition, else forwarded through the partition to the owner's
+//!   processor (an `introspect` envelope answered through `<cluster>-replies`).
+//! - `GET /state/<namespace>/<type>`: ids with state in the partitions this worker owns.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
