@@ -158,6 +158,11 @@ impl EngineConfig {
         format!("{}-state", self.cluster)
     }
 
+    /// Records keyed by a callback token: each delivers its value like `POST /callbacks/<token>`.
+    pub fn topic_callbacks(&self) -> String {
+        format!("{}-callbacks", self.cluster)
+    }
+
     pub fn topic_dead_letters(&self) -> String {
         format!("{}-deadletters", self.cluster)
     }

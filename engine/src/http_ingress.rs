@@ -328,7 +328,7 @@ fn reply_response(message_id: &str, reply: Reply) -> Response {
 }
 
 /// The typename of `Content-Type: application/vnd.<namespace>/<name>[; parameters]`.
-fn typename_of(content_type: Option<&str>) -> Result<String, String> {
+pub(crate) fn typename_of(content_type: Option<&str>) -> Result<String, String> {
     let form = "the message's typename goes in the Content-Type header as \
                 `application/vnd.<namespace>/<name>` (e.g. `Content-Type: application/vnd.com.example/AddToCart`)";
     let Some(ct) = content_type else {

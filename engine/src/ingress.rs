@@ -28,7 +28,7 @@ use crate::worker::{PartitionPhase, Reopen, Shared};
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
 pub async fn run(
     shared: Arc<Shared>,
-    ingress: usize,
+    ingress: Option<usize>,
     topic: String,
     p: i32,
     stop: CancellationToken,
@@ -67,7 +67,8 @@ pub async fn run(
 struct Router {
     shared: Arc<Shared>,
     topic: String,
-    route: IngressTopic,
+    /// The topic's route in module.yaml; `None` for the callbacks topic.
+    route: Option<IngressTopic>,
     p: i32,
     producer: FutureProducer,
     consumer: StreamConsumer,
@@ -79,17 +80,22 @@ struct Router {
 impl Router {
     async fn open(
         shared: Arc<Shared>,
-        ingress: usize,
+        ingress: Option<usize>,
         topic: &str,
         p: i32,
     ) -> Result<Self, KafkaError> {
-        let spec: &KafkaIngress = &shared.module.ingresses[ingress];
-        let route = spec
-            .topics
-            .iter()
-            .find(|t| t.topic == topic)
-            .expect("the worker routes only declared topics")
-            .clone();
+        let callbacks = callbacks_ingress(&shared);
+        let spec: &KafkaIngress = match ingress {
+            Some(i) => &shared.module.ingresses[i],
+            None => &callbacks,
+        };
+        let route = ingress.map(|_| {
+            spec.topics
+                .iter()
+                .find(|t| t.topic == topic)
+                .expect("the worker routes only declared topics")
+                .clone()
+        });
         let txn_id = format!("{}-ingress-{topic}-{p}", shared.cfg.cluster);
         let producer =
             kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
@@ -165,6 +171,9 @@ impl Router {
     }
 
     async fn route_record(&mut self, m: rdkafka::message::OwnedMessage) -> Result<(), KafkaError> {
+        let Some(route) = self.route.clone() else {
+            return self.route_callback(m).await;
+        };
         self.last_offset = Some(m.offset());
         self.records += 1;
         let origin = format!("{}/{}/{}", self.topic, self.p, m.offset());
@@ -199,14 +208,14 @@ impl Router {
         let partitions = self.shared.cfg.partition_count();
         let messages = self.shared.cfg.topic_messages();
         let argument = TypedValue {
-            typename: self.route.value_type.to_string(),
+            typename: route.value_type.to_string(),
             has_value: m.payload().is_some(),
             value: m
                 .payload()
                 .map(bytes::Bytes::copy_from_slice)
                 .unwrap_or_default(),
         };
-        for (i, target) in self.route.targets.iter().enumerate() {
+        for (i, target) in route.targets.iter().enumerate() {
             let env = Envelope {
                 target: Some(Address::new(
                     target.namespace.clone(),
@@ -241,7 +250,11 @@ impl Router {
         reason: &str,
     ) -> Result<(), KafkaError> {
         tracing::warn!(origin, kind, "ingress dead letter: {reason}");
-        let typename = self.route.value_type.to_string();
+        let typename = self
+            .route
+            .as_ref()
+            .map(|r| r.value_type.to_string())
+            .unwrap_or_default();
         let dl = kafka::DeadLetter {
             kind,
             reason,
@@ -254,6 +267,79 @@ impl Router {
             .dead_letters
             .with_label_values(&[kind])
             .inc();
+        Ok(())
+    }
+
+    /// A record of `<cluster>-callbacks`: key = a callback token, value = the message, typename
+    /// from a `content-type: application/vnd.<namespace>/<name>` header (default
+    /// `keyflow.callbacks/value`). The target's processor takes it only once.
+    async fn route_callback(
+        &mut self,
+        m: rdkafka::message::OwnedMessage,
+    ) -> Result<(), KafkaError> {
+        self.last_offset = Some(m.offset());
+        self.records += 1;
+        let origin = format!("{}/{}/{}", self.topic, self.p, m.offset());
+        self.shared
+            .metrics
+            .ingress_records
+            .with_label_values(&[&self.topic])
+            .inc();
+        let token = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or_default()
+            .to_string();
+        let Some(target) = keyflow_protocol::callback::address_of(&token) else {
+            let reason = "the record key is not a callback token";
+            return self
+                .dead_letter(&m, &origin, "callback-unknown", reason)
+                .await;
+        };
+        let content_type = m.headers().and_then(|hs| {
+            use rdkafka::message::Headers;
+            hs.iter()
+                .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        let typename = match content_type {
+            Some(ct) => match crate::http_ingress::typename_of(Some(&ct)) {
+                Ok(t) => t,
+                Err(reason) => {
+                    return self
+                        .dead_letter(&m, &origin, "callback-content-type", &reason)
+                        .await
+                }
+            },
+            None => "keyflow.callbacks/value".to_string(),
+        };
+        let id = target.id.clone();
+        let env = Envelope {
+            target: Some(target),
+            argument: Some(TypedValue::of(
+                typename,
+                m.payload()
+                    .map(bytes::Bytes::copy_from_slice)
+                    .unwrap_or_default(),
+            )),
+            message_id: origin.clone(),
+            origin,
+            callback_token: token,
+            ..Default::default()
+        };
+        let partition = partition_for(&id, self.shared.cfg.partition_count());
+        let payload = env.encode_to_vec();
+        let topic = self.shared.cfg.topic_messages();
+        kafka::send(
+            &self.producer,
+            &topic,
+            Some(partition),
+            Some(id.as_bytes()),
+            Some(&payload),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -271,6 +357,20 @@ impl Router {
         self.last_offset = None;
         self.records = 0;
         Ok(())
+    }
+}
+
+/// The built-in ingress of `<cluster>-callbacks`, as if module.yaml declared it: offsets in
+/// group `<cluster>-callbacks`, from the beginning.
+fn callbacks_ingress(shared: &Shared) -> KafkaIngress {
+    KafkaIngress {
+        id: crate::module::TypeName::new("keyflow.callbacks", "kafka"),
+        address: shared.bootstrap.clone(),
+        consumer_group_id: shared.cfg.topic_callbacks(),
+        topics: Vec::new(),
+        startup_position: StartupPosition::Earliest,
+        auto_offset_reset: OffsetReset::Earliest,
+        properties: Vec::new(),
     }
 }
 

@@ -467,12 +467,25 @@ impl Processor {
                     "accepted"
                 }
             };
-            if let Some(caller) = env.caller.take() {
-                let status = TypedValue::of(
-                    format!("{}/{outcome}", callback::REGISTER_NAMESPACE),
-                    Vec::new(),
-                );
-                self.send_reply(&target, caller, status).await?;
+            match env.caller.take() {
+                Some(caller) => {
+                    let status = TypedValue::of(
+                        format!("{}/{outcome}", callback::REGISTER_NAMESPACE),
+                        Vec::new(),
+                    );
+                    self.send_reply(&target, caller, status).await?;
+                }
+                // From the callbacks topic: nobody to answer, so a refused one is a dead letter.
+                None if outcome != "accepted" => {
+                    let reason = format!("callback token {outcome}: {}", env.callback_token);
+                    let kind = if outcome == "used" {
+                        "callback-used"
+                    } else {
+                        "callback-unknown"
+                    };
+                    return self.dead_letter(&env, kind, &reason).await;
+                }
+                None => {}
             }
             if outcome != "accepted" {
                 return Ok(());

@@ -245,10 +245,18 @@ pub async fn run(
             exact_partitions: false,
         },
     ];
-    let mut routes: HashMap<String, usize> = HashMap::new();
+    // Ingress topic -> its ingress in module.yaml (`None`: the built-in callbacks topic).
+    let mut routes: HashMap<String, Option<usize>> = HashMap::new();
+    routes.insert(cfg.topic_callbacks(), None);
+    topics.push(TopicSpec {
+        name: cfg.topic_callbacks(),
+        partitions: cfg.topic_partitions.get() as i32,
+        compacted: false,
+        exact_partitions: false,
+    });
     for (i, ing) in module.ingresses.iter().enumerate() {
         for t in &ing.topics {
-            routes.insert(t.topic.clone(), i);
+            routes.insert(t.topic.clone(), Some(i));
             topics.push(TopicSpec {
                 name: t.topic.clone(),
                 partitions: cfg.topic_partitions.get() as i32,

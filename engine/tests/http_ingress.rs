@@ -442,6 +442,36 @@ fn callbacks_deliver_once_and_survive_a_restart() {
         "first;",
         "the first token's address got nothing more"
     );
+
+    // The same through the callbacks topic: used once; a second use is a dead letter.
+    let id3 = unique("job");
+    let token3 = mint(port, &id3);
+    let topic = format!("{}-callbacks", app.cluster);
+    produce_str(
+        &topic,
+        &[(&token3, "via-kafka"), (&token3, "twice"), ("garbage", "x")],
+    );
+    assert_eq!(state(port, &id3), "via-kafka;");
+    let dead = wait_for(
+        &format!("{}-deadletters", app.cluster),
+        Duration::from_secs(30),
+        |r| r.len() >= 2,
+    );
+    let mut kinds: Vec<String> = dead
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("keyflow.reason-kind")
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec!["callback-unknown".to_string(), "callback-used".to_string()],
+        "{dead:?}"
+    );
 }
 
 /// Pending delayed messages and the ids of a type are readable from the owning worker.
