@@ -10,7 +10,7 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 say() { echo "setup.sh: $*" >&2; }
 die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 
-APT_PACKAGES=(cmake libcurl4-openssl-dev protobuf-compiler)
+APT_PACKAGES=(cmake libcurl4-openssl-dev protobuf-compiler openssl curl)
 
 # --- system packages ---------------------------------------------------------------------------
 missing=()

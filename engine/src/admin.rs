@@ -17,6 +17,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let shared_tls = shared.tls.clone();
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -29,9 +30,8 @@ pub async fn serve(
         .route("/ready", get(ready))
         .merge(protected)
         .with_state(shared);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let tls = shared_tls.clone();
+    crate::tls::serve(listener, tls, app, shutdown).await
 }
 
 async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {

@@ -68,6 +68,15 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// PEM certificate chain: with `--tls-key`, the HTTP ingress and the admin server speak
+    /// HTTPS only (rustls).
+    #[arg(long, env = "KEYFLOW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "KEYFLOW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Admin HTTP address: /health, /ready, /metrics.
     #[arg(long, env = "KEYFLOW_ADMIN_ADDR", default_value = "127.0.0.1:8090")]
     pub admin_addr: SocketAddr,

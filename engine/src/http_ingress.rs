@@ -200,6 +200,7 @@ pub async fn serve(
         replies,
     });
     let token = state.shared.cfg.ingress_token.clone();
+    let tls = state.shared.tls.clone();
     let app = Router::new()
         .route("/replies/{message_id}", get(get_reply))
         .route("/state/{namespace}/{type}", get(list_ids))
@@ -214,9 +215,7 @@ pub async fn serve(
             crate::admin::require_token,
         ))
         .with_state(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let served = crate::tls::serve(listener, tls, app, shutdown).await;
     let _ = consumer.await;
     served
 }

@@ -17,6 +17,7 @@
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
+//! - [`tls`]: HTTPS for the HTTP listeners (rustls).
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP server.
 //! - [`http_ingress`]: HTTP ingress: messages, request-reply, committed state over HTTP.
 //! - [`tools`]: `keyflow produce`, `consume`, `topics`: Kafka at the command line.
@@ -42,6 +43,7 @@ pub mod processor;
 pub mod restore;
 pub mod store;
 pub mod timers;
+pub mod tls;
 pub mod tools;
 pub mod worker;
 

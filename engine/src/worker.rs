@@ -45,6 +45,8 @@ pub struct Shared {
     /// For at-least-once and fire-and-forget egress.
     pub plain: FutureProducer,
     pub db: sled::Db,
+    /// TLS for the HTTP listeners (`--tls-cert`, `--tls-key`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `transaction.timeout.ms` of the processors' producers.
     pub txn_timeout: Duration,
     known_topics: tokio::sync::Mutex<HashSet<String>>,
@@ -190,6 +192,8 @@ pub enum WorkerError {
         addr: std::net::SocketAddr,
         err: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("creating the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -287,7 +291,12 @@ pub async fn run(
         })
         .max()
         .unwrap_or(Duration::from_secs(60));
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
+        tls,
         invoker: Invoker::new(&module)?,
         plain: kafka::plain_producer(&bootstrap)?,
         metrics: Metrics::new(),
