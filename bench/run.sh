@@ -25,7 +25,7 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK=1 ;;
     --keep) KEEP=1 ;;
     --) shift; DRIVER_EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
