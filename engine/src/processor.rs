@@ -19,7 +19,7 @@
 //! its whole call timeout, stalls only its own addresses. On restore, inboxes are
 //! dispatched first, ahead of any input read after them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,8 @@ struct Processor {
     sent: HashMap<Address, Vec<Envelope>>,
     /// Addresses with an inbox in the partition state, with the message ids it holds.
     parked: HashMap<Address, Vec<String>>,
+    /// The parked addresses that still have a request in flight.
+    parked_busy: HashSet<Address>,
     /// Deliveries of this epoch's at-least-once egress records (outside the transaction):
     /// acknowledged before the epoch commits, so that a commit never outruns them.
     at_least_once: Vec<rdkafka::producer::DeliveryFuture>,
@@ -225,6 +227,7 @@ impl Processor {
             specs,
             sent: HashMap::new(),
             parked: HashMap::new(),
+            parked_busy: HashSet::new(),
             at_least_once: Vec::new(),
             last_offset: None,
             records: 0,
@@ -247,6 +250,13 @@ impl Processor {
                 proc.deliver_as(env, false).await?;
             }
         }
+        let busy: Vec<Address> = proc
+            .parked
+            .keys()
+            .filter(|a| proc.dispatcher.is_busy(a))
+            .cloned()
+            .collect();
+        proc.parked_busy.extend(busy);
         Ok(proc)
     }
 
@@ -338,9 +348,8 @@ impl Processor {
     /// True when every request in flight belongs to an already parked address: nothing the
     /// epoch should wait for.
     fn settled(&self) -> bool {
-        self.dispatcher
-            .busy()
-            .all(|(a, _)| self.parked.contains_key(a))
+        // Checked on every event of an epoch: a count, not a walk over the busy addresses.
+        self.dispatcher.in_flight() == self.parked_busy.len()
     }
 
     async fn on_event(&mut self, ev: Event) -> Result<(), EpochError> {
@@ -385,6 +394,7 @@ impl Processor {
                 "epoch commits with slow requests parked"
             );
         }
+        self.parked_busy = now_parked.keys().cloned().collect();
         self.parked = now_parked;
     }
 
@@ -661,8 +671,11 @@ impl Processor {
             self.store
                 .put_dedup(&addr, &env.idempotency_key, Some(&record));
         }
-        if let Some(next) = self.dispatcher.complete(&addr) {
-            self.start(addr, next)?;
+        match self.dispatcher.complete(&addr) {
+            Some(next) => self.start(addr, next)?,
+            None => {
+                self.parked_busy.remove(&addr);
+            }
         }
         Ok(())
     }
