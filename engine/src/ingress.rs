@@ -62,6 +62,10 @@ pub async fn run(
         }
     }
     shared.clear_phase(&topic, p);
+    let _ = shared
+        .metrics
+        .consumer_lag
+        .remove_label_values(&[&topic, &p.to_string()]);
 }
 
 struct Router {
@@ -71,7 +75,7 @@ struct Router {
     route: Option<IngressTopic>,
     p: i32,
     producer: FutureProducer,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<kafka::LagContext>,
     last_offset: Option<i64>,
     records: usize,
     in_txn: bool,
@@ -110,14 +114,21 @@ impl Router {
         for (k, v) in &spec.properties {
             cfg.set(k, v);
         }
-        let consumer: StreamConsumer = cfg
+        let lag = kafka::LagContext {
+            lag: shared
+                .metrics
+                .consumer_lag
+                .with_label_values(&[topic, &p.to_string()]),
+        };
+        let consumer: StreamConsumer<kafka::LagContext> = cfg
             .set("group.id", &spec.consumer_group_id)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", reset)
             .set("fetch.wait.max.ms", "10")
-            .create()?;
+            .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
+            .create_with_context(lag)?;
         let start = start_offset(&consumer, spec, topic, p).await?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, start)?;
@@ -174,14 +185,7 @@ impl Router {
         let Some(route) = self.route.clone() else {
             return self.route_callback(m).await;
         };
-        self.last_offset = Some(m.offset());
-        self.records += 1;
-        let origin = format!("{}/{}/{}", self.topic, self.p, m.offset());
-        self.shared
-            .metrics
-            .ingress_records
-            .with_label_values(&[&self.topic])
-            .inc();
+        let origin = self.take(&m);
         let id = match m.key().map(std::str::from_utf8) {
             Some(Ok(id)) => id.to_string(),
             Some(Err(_)) => {
@@ -270,6 +274,23 @@ impl Router {
         Ok(())
     }
 
+    /// Counts a record into the epoch (its offset is committed with it); returns its origin.
+    fn take(&mut self, m: &rdkafka::message::OwnedMessage) -> String {
+        self.last_offset = Some(m.offset());
+        self.records += 1;
+        let metrics = &self.shared.metrics;
+        metrics
+            .ingress_records
+            .with_label_values(&[&self.topic])
+            .inc();
+        let bytes = m.payload().map_or(0, <[u8]>::len) as u64;
+        metrics
+            .ingress_bytes
+            .with_label_values(&[&self.topic])
+            .inc_by(bytes);
+        format!("{}/{}/{}", self.topic, self.p, m.offset())
+    }
+
     /// A record of `<cluster>-callbacks`: key = a callback token, value = the message, typename
     /// from a `content-type: application/vnd.<namespace>/<name>` header (default
     /// `keyflow.callbacks/value`). The target's processor takes it only once.
@@ -277,14 +298,7 @@ impl Router {
         &mut self,
         m: rdkafka::message::OwnedMessage,
     ) -> Result<(), KafkaError> {
-        self.last_offset = Some(m.offset());
-        self.records += 1;
-        let origin = format!("{}/{}/{}", self.topic, self.p, m.offset());
-        self.shared
-            .metrics
-            .ingress_records
-            .with_label_values(&[&self.topic])
-            .inc();
+        let origin = self.take(&m);
         let token = m
             .key()
             .and_then(|k| std::str::from_utf8(k).ok())
@@ -377,7 +391,7 @@ fn callbacks_ingress(shared: &Shared) -> KafkaIngress {
 /// Where a router starts: the group's committed offset when there is one (that is the
 /// router's own checkpoint), else the ingress's `startupPosition`.
 async fn start_offset(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<kafka::LagContext>,
     spec: &KafkaIngress,
     topic: &str,
     p: i32,

@@ -41,12 +41,17 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 pub struct Invoker {
+    /// Counts transient failures that were retried, by function type and reason.
+    retries: prometheus::IntCounterVec,
     /// One client per endpoint of the module, in the module's order.
     clients: Vec<reqwest::Client>,
 }
 
 impl Invoker {
-    pub fn new(module: &Module) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        module: &Module,
+        retries: prometheus::IntCounterVec,
+    ) -> Result<Self, reqwest::Error> {
         let clients = module
             .endpoints
             .iter()
@@ -59,7 +64,7 @@ impl Invoker {
                     .build()
             })
             .collect::<Result<_, _>>()?;
-        Ok(Invoker { clients })
+        Ok(Invoker { retries, clients })
     }
 
     /// POSTs one `ToFunction` body to the endpoint serving `function_type`, retrying transient
@@ -72,8 +77,11 @@ impl Invoker {
     ) -> Option<Result<FromFunction, InvokeError>> {
         let (idx, ep) = module.endpoint_index_for(function_type)?;
         let url = ep.url_for(function_type);
+        let retried = self.retries.clone();
+        let ftype = function_type.to_string();
+        let count = move |reason: &str| retried.with_label_values(&[&ftype, reason]).inc();
         Some(
-            self.invoke_endpoint(&self.clients[idx], ep, &url, body)
+            self.invoke_endpoint(&self.clients[idx], ep, &url, body, &count)
                 .await,
         )
     }
@@ -84,6 +92,7 @@ impl Invoker {
         ep: &HttpEndpoint,
         url: &str,
         body: Vec<u8>,
+        count_retry: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<FromFunction, InvokeError> {
         let body = bytes::Bytes::from(body);
         let started = Instant::now();
@@ -94,7 +103,10 @@ impl Invoker {
             let last = match self.attempt(client, url, body.clone(), remaining).await {
                 Ok(reply) => return Ok(reply),
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Transient(why)) => why,
+                Err(Attempt::Transient { reason, why }) => {
+                    count_retry(&reason);
+                    why
+                }
             };
             let pause = backoff(attempt - 1);
             if started.elapsed() + pause >= ep.call_timeout {
@@ -129,16 +141,22 @@ impl Invoker {
             .body(body)
             .send()
             .await
-            .map_err(|e| Attempt::Transient(format!("{e}")))?;
+            .map_err(|e| Attempt::Transient {
+                reason: "io".into(),
+                why: format!("{e}"),
+            })?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Attempt::Transient(format!("reading the reply: {e}")))?;
+        let bytes = resp.bytes().await.map_err(|e| Attempt::Transient {
+            reason: "io".into(),
+            why: format!("reading the reply: {e}"),
+        })?;
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
             return if is_retryable_status(status) {
-                Err(Attempt::Transient(format!("HTTP {status}: {text}")))
+                Err(Attempt::Transient {
+                    reason: format!("http-{status}"),
+                    why: format!("HTTP {status}: {text}"),
+                })
             } else {
                 Err(Attempt::Fatal(InvokeError::Rejected {
                     url: url.to_string(),
@@ -157,7 +175,11 @@ impl Invoker {
 }
 
 enum Attempt {
-    Transient(String),
+    /// `reason` labels the retry metric: `io` or `http-<status>`.
+    Transient {
+        reason: String,
+        why: String,
+    },
     Fatal(InvokeError),
 }
 

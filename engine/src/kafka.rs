@@ -207,9 +207,9 @@ pub async fn send(
 
 /// Ends an epoch's transaction: the consumed input position `(topic, partition, next offset)`
 /// joins the transaction under `consumer`'s group, then the transaction commits.
-pub async fn commit_with_offsets(
+pub async fn commit_with_offsets<C: rdkafka::consumer::ConsumerContext + 'static>(
     producer: &FutureProducer,
-    consumer: &rdkafka::consumer::StreamConsumer,
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
     input: Option<(&str, i32, i64)>,
 ) -> Result<(), KafkaError> {
     use rdkafka::consumer::Consumer;
@@ -271,3 +271,29 @@ pub async fn send_dead_letter(
     send(producer, topic, None, key, value, Some(headers)).await?;
     Ok(())
 }
+
+/// A consumer context that reports the consumer's lag (from librdkafka's statistics, every
+/// few seconds) to one gauge: each partition task consumes exactly one partition.
+pub struct LagContext {
+    pub lag: prometheus::IntGauge,
+}
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values());
+        if let Some(p) = lags
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .last()
+        {
+            self.lag.set(p.consumer_lag);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
+
+/// How often a partition task's consumer refreshes its lag.
+pub const STATISTICS_INTERVAL_MS: &str = "5000";

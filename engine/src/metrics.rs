@@ -10,6 +10,13 @@ pub struct Metrics {
     pub registry: Registry,
     /// Ingress records routed, by topic.
     pub ingress_records: IntCounterVec,
+    /// Bytes of ingress record values routed, by topic.
+    pub ingress_bytes: IntCounterVec,
+    /// Records between a partition task's position and the end of its input, by topic and
+    /// partition (librdkafka's view, refreshed every few seconds).
+    pub consumer_lag: IntGaugeVec,
+    /// Requests to functions retried after a transient failure, by function type and reason.
+    pub invocation_retries: IntCounterVec,
     /// Messages delivered to functions, by function type.
     pub invocations: IntCounterVec,
     /// Messages per HTTP request, by function type.
@@ -45,6 +52,30 @@ impl Metrics {
                     "Ingress records routed to functions",
                 ),
                 &["topic"],
+            )
+            .unwrap(),
+            ingress_bytes: IntCounterVec::new(
+                Opts::new(
+                    "ingress_bytes_total",
+                    "Bytes of ingress record values routed",
+                ),
+                &["topic"],
+            )
+            .unwrap(),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag",
+                    "Records not yet read by a partition task, by input topic and partition",
+                ),
+                &["topic", "partition"],
+            )
+            .unwrap(),
+            invocation_retries: IntCounterVec::new(
+                Opts::new(
+                    "invocation_retries_total",
+                    "Requests to functions retried after a transient failure",
+                ),
+                &["function_type", "reason"],
             )
             .unwrap(),
             invocations: IntCounterVec::new(
@@ -123,6 +154,9 @@ impl Metrics {
         };
         let r = &m.registry;
         r.register(Box::new(m.ingress_records.clone())).unwrap();
+        r.register(Box::new(m.ingress_bytes.clone())).unwrap();
+        r.register(Box::new(m.consumer_lag.clone())).unwrap();
+        r.register(Box::new(m.invocation_retries.clone())).unwrap();
         r.register(Box::new(m.invocations.clone())).unwrap();
         r.register(Box::new(m.batch_size.clone())).unwrap();
         r.register(Box::new(m.invocation_seconds.clone())).unwrap();

@@ -105,6 +105,10 @@ pub async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
         .metrics
         .delayed_pending
         .remove_label_values(&[&p.to_string()]);
+    let _ = shared
+        .metrics
+        .consumer_lag
+        .remove_label_values(&[&topic, &p.to_string()]);
 }
 
 /// The outcome of one request to a function.
@@ -134,7 +138,7 @@ struct Processor {
     shared: Arc<Shared>,
     p: i32,
     producer: FutureProducer,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<kafka::LagContext>,
     store: PartitionStore,
     dispatcher: Dispatcher<Address, Envelope>,
     inflight: JoinSet<Done>,
@@ -184,14 +188,21 @@ impl Processor {
             .collect();
         let inboxes = store.all_inboxes()?;
 
-        let consumer: StreamConsumer = kafka::client_config(&shared.bootstrap)
+        let lag = kafka::LagContext {
+            lag: shared
+                .metrics
+                .consumer_lag
+                .with_label_values(&[&cfg.topic_messages(), &p.to_string()]),
+        };
+        let consumer: StreamConsumer<kafka::LagContext> = kafka::client_config(&shared.bootstrap)
             .set("group.id", &cfg.cluster)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "10")
-            .create()?;
+            .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
+            .create_with_context(lag)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&cfg.topic_messages(), p, Offset::Stored)?;
         consumer.assign(&tpl)?;

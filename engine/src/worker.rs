@@ -295,11 +295,12 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
     };
+    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
         tls,
-        invoker: Invoker::new(&module)?,
+        invoker: Invoker::new(&module, metrics.invocation_retries.clone())?,
         plain: kafka::plain_producer(&bootstrap)?,
-        metrics: Metrics::new(),
+        metrics,
         db,
         txn_timeout,
         known_topics: Default::default(),

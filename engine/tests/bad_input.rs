@@ -300,6 +300,19 @@ fn bad_records_go_to_dead_letters_and_nothing_stops() {
         Some(8.0),
         "{m}"
     );
+    // The down endpoint was retried (connection refused: `io`), the picky one too (HTTP 500).
+    assert!(
+        metric_matching(&m, "keyflow_invocation_retries_total", "reason=\"io\"") > 0.0,
+        "{m}"
+    );
+    assert!(
+        metric_matching(
+            &m,
+            "keyflow_invocation_retries_total",
+            "reason=\"http-500\""
+        ) > 0.0,
+        "{m}"
+    );
     flaky.stop();
     assert_eq!(engine.terminate(), Some(0));
 }

@@ -222,4 +222,26 @@ fn seed_scenario_clear_cart_out_of_stock_and_second_checkout() {
         None,
         "no dead letters: {m}"
     );
+    assert!(
+        metric_sum(&m, "keyflow_ingress_bytes_total").unwrap_or(0.0) > 300.0,
+        "{m}"
+    );
+    // Everything was read: each input's lag, once librdkafka reported it, is 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = app.engine.metrics();
+        let lag = metric_sum(&m, "keyflow_consumer_lag");
+        let series = m
+            .lines()
+            .filter(|l| l.starts_with("keyflow_consumer_lag{"))
+            .count();
+        if lag == Some(0.0) && series >= 4 + 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never reported as 0 for every input: {lag:?}, {series} series\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
