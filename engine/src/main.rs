@@ -26,6 +26,8 @@ enum Command {
     Consume(keyflow_engine::tools::ConsumeArgs),
     /// List the broker's topics with their partition counts.
     Topics(keyflow_engine::tools::TopicsArgs),
+    /// Watch a cluster live: per-partition throughput, commit latency, lag, delayed messages.
+    Top(keyflow_engine::top::TopArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Produce(args) => rt.block_on(keyflow_engine::tools::produce(args)),
         Command::Consume(args) => rt.block_on(keyflow_engine::tools::consume(args)),
         Command::Topics(args) => rt.block_on(keyflow_engine::tools::topics(args)),
+        Command::Top(args) => rt.block_on(keyflow_engine::top::top(args)),
     }
 }
 

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub epoch_commit_seconds: Histogram,
     /// Input records per epoch.
     pub epoch_records: Histogram,
+    /// Input records taken by committed epochs, by partition of `<cluster>-messages`.
+    pub partition_records: IntCounterVec,
+    /// Committed epochs, by partition.
+    pub partition_epochs: IntCounterVec,
+    /// Seconds spent committing epochs, by partition (with `partition_epochs`: mean latency).
+    pub partition_commit_seconds: prometheus::CounterVec,
     /// Epochs aborted and replayed, by partition.
     pub epoch_failures: IntCounterVec,
     /// Delayed messages waiting, by partition.
@@ -52,6 +58,27 @@ impl Metrics {
                     "Ingress records routed to functions",
                 ),
                 &["topic"],
+            )
+            .unwrap(),
+            partition_records: IntCounterVec::new(
+                Opts::new(
+                    "partition_records_total",
+                    "Input records taken by committed epochs",
+                ),
+                &["partition"],
+            )
+            .unwrap(),
+            partition_epochs: IntCounterVec::new(
+                Opts::new("partition_epochs_total", "Committed epochs"),
+                &["partition"],
+            )
+            .unwrap(),
+            partition_commit_seconds: prometheus::CounterVec::new(
+                Opts::new(
+                    "partition_commit_seconds_total",
+                    "Seconds spent committing epochs",
+                ),
+                &["partition"],
             )
             .unwrap(),
             ingress_bytes: IntCounterVec::new(
@@ -155,6 +182,10 @@ impl Metrics {
         let r = &m.registry;
         r.register(Box::new(m.ingress_records.clone())).unwrap();
         r.register(Box::new(m.ingress_bytes.clone())).unwrap();
+        r.register(Box::new(m.partition_records.clone())).unwrap();
+        r.register(Box::new(m.partition_epochs.clone())).unwrap();
+        r.register(Box::new(m.partition_commit_seconds.clone()))
+            .unwrap();
         r.register(Box::new(m.consumer_lag.clone())).unwrap();
         r.register(Box::new(m.invocation_retries.clone())).unwrap();
         r.register(Box::new(m.invocations.clone())).unwrap();

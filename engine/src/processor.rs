@@ -1118,6 +1118,14 @@ impl Processor {
         m.epoch_commit_seconds
             .observe(started.elapsed().as_secs_f64());
         m.epoch_records.observe(self.records as f64);
+        let p = self.p.to_string();
+        m.partition_records
+            .with_label_values(&[&p])
+            .inc_by(self.records as u64);
+        m.partition_epochs.with_label_values(&[&p]).inc();
+        m.partition_commit_seconds
+            .with_label_values(&[&p])
+            .inc_by(started.elapsed().as_secs_f64());
         self.last_offset = None;
         self.records = 0;
         Ok(())

@@ -244,4 +244,23 @@ fn seed_scenario_clear_cart_out_of_stock_and_second_checkout() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+
+    // `keyflow top` shows every partition of this worker, live from its admin endpoints.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyflow"))
+        .args(["top", "--once", "--interval", "300ms", "--admin"])
+        .arg(format!("127.0.0.1:{}", app.engine.admin_port))
+        .output()
+        .expect("running keyflow top");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = text.lines().filter(|l| l.starts_with("w1 ")).count();
+    assert_eq!(rows, 4, "one row per partition:\n{text}");
+    assert!(
+        text.contains("RECORDS/s") && text.contains("running"),
+        "{text}"
+    );
 }
