@@ -1,0 +1,70 @@
+//! Serves the ticket-reservation functions (`ticketing/UserSession`, `ticketing/TicketDb`)
+//! over HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ticket_reservation_functions::{functions, Config};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Serves the ticket-reservation functions to a StateFun-compatible runtime.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on for the runtime's requests.
+    #[arg(long, env = "TICKETING_LISTEN", default_value = "0.0.0.0:1109")]
+    listen: SocketAddr,
+    /// How long a reservation lasts when an AddTicket does not say (milliseconds).
+    #[arg(long, env = "TICKETING_RESERVATION_MS", default_value_t = 15 * 60 * 1000)]
+    reservation_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = Config {
+        reservation: Duration::from_millis(args.reservation_ms),
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(reservation = ?config.reservation, "ticket reservation functions");
+    keyflow_sdk::serve(listener, functions(config), shutdown_signal())
+        .await
+        .context("serving the functions failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
