@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of the shopping-cart application on this machine (see bench/README.md).
 #
-#   bench/run.sh [--quick] [--keep] [-- <extra keyflow-bench run flags>]
+#   bench/run.sh [--quick] [--keep] [--no-limit] [--workers 1,2,4] [--restate] [-- <extra keyflow-bench run flags>]
 #
 #   --quick   10,000 AddToCart records and 10 s of latency measurement (default 100,000 / 20 s)
 #   --keep    keep the run's temp dir (module, engine data, logs) and its Kafka topics
+#   --no-limit  skip "the limit" (transactional copy loop and function HTTP round trip)
+#   --workers 1,2,4  run the AddToCart throughput phase once per worker count (default 1),
+#             each on a fresh cluster; the first count also gets the latency phase
+#   --restate  then the Restate peer (bench/restate/run.sh, RESTATE_RECORDS AddToCart calls,
+#             default 10,000; npm installs restate-server and the SDK on first use)
 #
 # Builds the release binaries, starts the broker when it is not running (and stops it again at
-# the end), starts the shopping-cart functions and ONE engine worker with a fresh cluster name
+# the end), starts the shopping-cart functions, measures "the limit" (copy loop, HTTP round
+# trip), starts one engine worker (per --workers count: N workers) with a fresh cluster name
 # and fresh ingress topics, waits for /ready, runs the driver, prints a table and writes
 # bench/results/<timestamp>.json. Everything it started is stopped on exit.
 #
@@ -19,17 +25,30 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
 QUICK=0
 KEEP=0
+LIMIT=1
+LIMIT_RAN=0
+RESTATE=0
+WORKER_COUNTS=(1)
 DRIVER_EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --keep) KEEP=1 ;;
+    --no-limit) LIMIT=0 ;;
+    --restate) RESTATE=1 ;;
+    --workers) shift; IFS=, read -r -a WORKER_COUNTS <<<"${1:-}" ;;
+    --workers=*) IFS=, read -r -a WORKER_COUNTS <<<"${1#--workers=}" ;;
     --) shift; DRIVER_EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
+
+for n in "${WORKER_COUNTS[@]}"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --workers takes positive counts, e.g. 1,2,4 (got '$n')" >&2; exit 2; }
+done
+[[ ${#WORKER_COUNTS[@]} -gt 0 ]] || { echo "run.sh: --workers needs at least one count" >&2; exit 2; }
 
 T0=$(date +%s)
 say() { echo "[bench $(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*" >&2; }
@@ -43,7 +62,9 @@ RUN_ID="bench-$(date -u +%m%d%H%M%S)-$(printf '%04x' $((RANDOM)))"
 RESULTS="$BENCH_DIR/results"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/keyflow-bench.XXXXXX")"
 STARTED_BROKER=0
-ENGINE_PID=""
+ENGINE_PIDS=()
+ALL_ENGINE_PIDS=()
+RUN_IDS=()
 FUNCTIONS_PID=""
 RC=0
 
@@ -65,15 +86,29 @@ cleanup() {
   local rc=$?
   [[ $RC -ne 0 ]] || RC=$rc
   trap - EXIT INT TERM
-  stop_pid engine "$ENGINE_PID"
+  local p
+  for p in "${ALL_ENGINE_PIDS[@]}"; do stop_pid engine "$p"; done
   stop_pid functions "$FUNCTIONS_PID"
   if [[ -d "$WORK" ]]; then
     mkdir -p "$RESULTS"
-    [[ -f "$WORK/engine.log" ]] && cp "$WORK/engine.log" "$RESULTS/$STAMP.engine.log"
+    local f
+    for f in "$WORK"/engine-*.log; do
+      [[ -f "$f" ]] || continue
+      # One worker of the main run: <stamp>.engine.log as before; others by run and worker.
+      if [[ "$f" == "$WORK/engine-$RUN_ID-w1.log" && ! -f "$WORK/engine-$RUN_ID-w2.log" ]]; then
+        cp "$f" "$RESULTS/$STAMP.engine.log"
+      else
+        cp "$f" "$RESULTS/$STAMP.$(basename "$f")"
+      fi
+    done
     [[ -f "$WORK/functions.log" ]] && cp "$WORK/functions.log" "$RESULTS/$STAMP.functions.log"
   fi
-  if [[ $KEEP -eq 0 && -x "$BIN/keyflow-bench" ]] && [[ -n "$ENGINE_PID" ]]; then
-    "$BIN/keyflow-bench" cleanup --bootstrap "$KAFKA_BOOTSTRAP" --run-id "$RUN_ID" 2>&1 | sed 's/^/  /' >&2 || true
+  if [[ $KEEP -eq 0 && -x "$BIN/keyflow-bench" ]] && [[ ${#RUN_IDS[@]} -gt 0 || $LIMIT_RAN -eq 1 ]]; then
+    local rid rids=("$RUN_ID") # RUN_ID's topics include the limit's
+    [[ ${#RUN_IDS[@]} -gt 0 ]] && rids=("${RUN_IDS[@]}") # RUN_IDS[0] is RUN_ID
+    for rid in "${rids[@]}"; do
+      "$BIN/keyflow-bench" cleanup --bootstrap "$KAFKA_BOOTSTRAP" --run-id "$rid" 2>&1 | sed 's/^/  /' >&2 || true
+    done
   fi
   if [[ $STARTED_BROKER -eq 1 ]]; then
     say "stopping the broker this run started"
@@ -86,7 +121,7 @@ cleanup() {
   fi
   if [[ $RC -eq 0 ]]; then
     say "done"
-  elif [[ -n "$ENGINE_PID" ]]; then
+  elif [[ ${#ALL_ENGINE_PIDS[@]} -gt 0 ]]; then
     say "finished with exit code $RC (logs: $RESULTS/$STAMP.*.log)"
   else
     say "finished with exit code $RC"
@@ -131,74 +166,172 @@ for _ in $(seq 1 100); do
 done
 port_open "$FPORT" || die "functions not listening on $FPORT after 10 s"
 
-# 4. Module: the repository's module.yaml with this run's ingress topics and consumer group.
-MODULE="$WORK/module.yaml"
-sed -E \
-  -e "s/^( *- topic: )(add-to-cart|clear-cart|checkout|restock-items) *$/\1\2-$RUN_ID/" \
-  -e "s/^( *consumerGroupId: ).*$/\1$RUN_ID-ingress/" \
-  "$REPO/module.yaml" >"$MODULE"
-for t in add-to-cart clear-cart checkout restock-items; do
-  grep -q -- "- topic: $t-$RUN_ID\$" "$MODULE" \
-    || die "module.yaml has no ingress topic '$t' in the expected form; bench/run.sh needs updating"
-done
 
-# 5. Engine: one worker, fresh cluster, data under the temp dir.
-APORT="$("$BIN/keyflow-bench" free-port)"
+# 4. Module for one run id: the repository's module.yaml with that run's ingress topics and
+# consumer group.
+make_module() { # make_module RUN_ID -> prints the module path
+  local rid="$1" module="$WORK/module-$1.yaml"
+  sed -E \
+    -e "s/^( *- topic: )(add-to-cart|clear-cart|checkout|restock-items) *$/\1\2-$rid/" \
+    -e "s/^( *consumerGroupId: ).*$/\1$rid-ingress/" \
+    "$REPO/module.yaml" >"$module"
+  for t in add-to-cart clear-cart checkout restock-items; do
+    grep -q -- "- topic: $t-$rid\$" "$module" \
+      || die "module.yaml has no ingress topic '$t' in the expected form; bench/run.sh needs updating"
+  done
+  echo "$module"
+}
+make_module "$RUN_ID" >/dev/null
+
+# 4b. The limit, before the engine starts (nothing else runs meanwhile): a transactional
+# consume-produce copy loop over as many records as the AddToCart phase makes hops (3 per
+# record), and the function HTTP round trip alone. The driver reports the engine as ratios.
+LIMIT_ARGS=()
+if [[ $LIMIT -eq 1 ]]; then
+  ADDS=$(( QUICK == 1 ? 10000 : 100000 ))
+  for ((i = 0; i < ${#DRIVER_EXTRA[@]}; i++)); do
+    [[ "${DRIVER_EXTRA[$i]}" == --adds ]] && ADDS="${DRIVER_EXTRA[$((i + 1))]:-$ADDS}"
+    [[ "${DRIVER_EXTRA[$i]}" == --adds=* ]] && ADDS="${DRIVER_EXTRA[$i]#--adds=}"
+  done
+  LIMIT_PIDS=()
+  [[ -n "$BROKER_PID" ]] && LIMIT_PIDS+=(--pid "broker=$BROKER_PID")
+  say "the limit: transactional copy loop over $(( 3 * ADDS )) records"
+  LIMIT_RAN=1
+  "$BIN/keyflow-bench" limit-copy --bootstrap "$KAFKA_BOOTSTRAP" --run-id "$RUN_ID" \
+    --records $(( 3 * ADDS )) "${LIMIT_PIDS[@]}" --json-out "$WORK/limit-copy.json" \
+    || die "limit-copy failed"
+  say "the limit: function HTTP round trip ($(( QUICK == 1 ? 3 : 5 )) s, 8 clients)"
+  "$BIN/keyflow-bench" limit-http --url "http://127.0.0.1:$FPORT" --clients 8 \
+    --secs $(( QUICK == 1 ? 3 : 5 )) --pid "functions=$FUNCTIONS_PID" --json-out "$WORK/limit-http.json" \
+    || die "limit-http failed"
+  LIMIT_ARGS=(--limit-copy "$WORK/limit-copy.json" --limit-http "$WORK/limit-http.json")
+fi
+
+# 5. Engine: N workers of a fresh cluster, data under the temp dir. The workers get distinct
+# --worker-id, --admin-addr and --data-dir, and no HTTP ingress.
 # shellcheck disable=SC2206
 EXTRA_ENGINE=(${ENGINE_ARGS:-})
 # The benchmark uses Kafka ingress only: no HTTP ingress (its default port may be taken).
 if [[ "${ENGINE_ARGS:-}" != *--ingress-addr* ]] && "$BIN/keyflow" run --help 2>/dev/null | grep -q -- '--ingress-addr'; then
   EXTRA_ENGINE=(--ingress-addr off "${EXTRA_ENGINE[@]}")
 fi
-say "starting the engine: cluster $RUN_ID, admin 127.0.0.1:$APORT ${EXTRA_ENGINE[*]}"
-FUNCTIONS_URL="http://127.0.0.1:$FPORT" NO_COLOR=1 \
-  RUST_LOG="${ENGINE_LOG:-info,librdkafka=warn,rdkafka=warn}" \
-  "$BIN/keyflow" run \
-    --module "$MODULE" \
-    --cluster "$RUN_ID" \
-    --worker-id w1 \
-    --data-dir "$WORK/data" \
-    --bootstrap "$KAFKA_BOOTSTRAP" \
-    --admin-addr "127.0.0.1:$APORT" \
-    "${EXTRA_ENGINE[@]}" >"$WORK/engine.log" 2>&1 &
-ENGINE_PID=$!
-READY_T0=$(date +%s)
-until [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/ready" || true)" == 200 ]]; do
-  kill -0 "$ENGINE_PID" 2>/dev/null || die "engine exited before it was ready:
-$(tail -n 30 "$WORK/engine.log")"
-  (( $(date +%s) - READY_T0 < 90 )) || die "engine not ready after 90 s:
-$(tail -n 30 "$WORK/engine.log")"
-  sleep 0.2
-done
-say "engine ready after $(( $(date +%s) - READY_T0 )) s"
+start_engines() { # start_engines RUN_ID N: sets ENGINE_PIDS, ADMINS, ENGINE_LOGS
+  local rid="$1" n="$2" module k port
+  module="$(make_module "$rid")"
+  ENGINE_PIDS=()
+  ADMINS=()
+  ENGINE_LOGS=()
+  for ((k = 1; k <= n; k++)); do
+    port="$("$BIN/keyflow-bench" free-port)"
+    say "starting engine worker w$k of $n: cluster $rid, admin 127.0.0.1:$port ${EXTRA_ENGINE[*]}"
+    FUNCTIONS_URL="http://127.0.0.1:$FPORT" NO_COLOR=1 \
+      RUST_LOG="${ENGINE_LOG:-info,librdkafka=warn,rdkafka=warn}" \
+      "$BIN/keyflow" run \
+        --module "$module" \
+        --cluster "$rid" \
+        --worker-id "w$k" \
+        --data-dir "$WORK/data-$rid" \
+        --bootstrap "$KAFKA_BOOTSTRAP" \
+        --admin-addr "127.0.0.1:$port" \
+        "${EXTRA_ENGINE[@]}" >"$WORK/engine-$rid-w$k.log" 2>&1 &
+    ENGINE_PIDS+=($!)
+    ALL_ENGINE_PIDS+=($!)
+    ADMINS+=("127.0.0.1:$port")
+    ENGINE_LOGS+=("$WORK/engine-$rid-w$k.log")
+  done
+  local t0 i
+  t0=$(date +%s)
+  for i in "${!ADMINS[@]}"; do
+    until [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://${ADMINS[$i]}/ready" || true)" == 200 ]]; do
+      kill -0 "${ENGINE_PIDS[$i]}" 2>/dev/null || die "engine w$((i + 1)) exited before it was ready:
+$(tail -n 30 "${ENGINE_LOGS[$i]}")"
+      (( $(date +%s) - t0 < 90 )) || die "engine w$((i + 1)) not ready after 90 s:
+$(tail -n 30 "${ENGINE_LOGS[$i]}")"
+      sleep 0.2
+    done
+  done
+  say "$n engine worker(s) ready after $(( $(date +%s) - t0 )) s"
+}
+stop_engines() {
+  local i
+  for i in "${!ENGINE_PIDS[@]}"; do stop_pid "engine w$((i + 1))" "${ENGINE_PIDS[$i]}"; done
+  ENGINE_PIDS=()
+}
 
-# 6. Driver.
+# 6. Driver: once per worker count. The first count gets the whole benchmark (throughput,
+# latency, the limit's ratios) in $STAMP.json; every further count a fresh cluster and run
+# id, the throughput phase (and a 2 s latency phase, not reported) in $STAMP.w<N>.json.
 LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
 if awk -v l="${LOAD%% *}" 'BEGIN { exit !(l > 1.0) }'; then
   say "WARNING: load average $LOAD before the run: other work on this machine will disturb the figures"
 fi
 mkdir -p "$RESULTS"
-DRIVER_ARGS=(run
-  --bootstrap "$KAFKA_BOOTSTRAP"
-  --run-id "$RUN_ID"
-  --admin "127.0.0.1:$APORT"
-  --pid "engine=$ENGINE_PID"
-  --pid "functions=$FUNCTIONS_PID"
-  --log "engine=$WORK/engine.log"
-  --log "functions=$WORK/functions.log"
-  --json-out "$RESULTS/$STAMP.json"
-  --meta "git=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$REPO" && git diff --quiet HEAD -- engine functions protocol 2>/dev/null || echo +dirty)"
-  --meta "kafka=${KAFKA_VERSION:-unknown}"
-  --meta "engine_args=${ENGINE_ARGS:-}"
-  --meta "broker_started_by_bench=$STARTED_BROKER"
-  --meta "loadavg_before=$LOAD"
-)
-[[ -n "$BROKER_PID" ]] && DRIVER_ARGS+=(--pid "broker=$BROKER_PID")
-[[ $QUICK -eq 1 ]] && DRIVER_ARGS+=(--quick)
-DRIVER_ARGS+=("${DRIVER_EXTRA[@]}")
-say "running the driver"
-set +e
-"$BIN/keyflow-bench" "${DRIVER_ARGS[@]}"
-RC=$?
-set -e
-kill -0 "$ENGINE_PID" 2>/dev/null || say "WARNING: the engine died during the run (log: $RESULTS/$STAMP.engine.log)"
+GIT_REV="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$REPO" && git diff --quiet HEAD -- engine functions protocol 2>/dev/null || echo +dirty)"
+SUMMARY_ARGS=()
+FIRST=1
+for N in "${WORKER_COUNTS[@]}"; do
+  if [[ $FIRST -eq 1 ]]; then RID="$RUN_ID"; OUT="$RESULTS/$STAMP.json"; else RID="$RUN_ID-w$N"; OUT="$RESULTS/$STAMP.w$N.json"; fi
+  RUN_IDS+=("$RID")
+  start_engines "$RID" "$N"
+  ADMIN_LIST="$(IFS=,; echo "${ADMINS[*]}")"
+  DRIVER_ARGS=(run
+    --bootstrap "$KAFKA_BOOTSTRAP"
+    --run-id "$RID"
+    --admin "$ADMIN_LIST"
+    --pid "functions=$FUNCTIONS_PID"
+    --log "functions=$WORK/functions.log"
+    --json-out "$OUT"
+    --meta "git=$GIT_REV"
+    --meta "kafka=${KAFKA_VERSION:-unknown}"
+    --meta "engine_args=${ENGINE_ARGS:-}"
+    --meta "workers=$N"
+    --meta "broker_started_by_bench=$STARTED_BROKER"
+    --meta "loadavg_before=$LOAD"
+  )
+  for i in "${!ENGINE_PIDS[@]}"; do
+    DRIVER_ARGS+=(--pid "engine=${ENGINE_PIDS[$i]}")
+    if [[ $N -eq 1 ]]; then DRIVER_ARGS+=(--log "engine=${ENGINE_LOGS[$i]}"); else DRIVER_ARGS+=(--log "engine-w$((i + 1))=${ENGINE_LOGS[$i]}"); fi
+  done
+  [[ -n "$BROKER_PID" ]] && DRIVER_ARGS+=(--pid "broker=$BROKER_PID")
+  [[ $QUICK -eq 1 ]] && DRIVER_ARGS+=(--quick)
+  if [[ $FIRST -eq 1 ]]; then DRIVER_ARGS+=("${LIMIT_ARGS[@]}"); else DRIVER_ARGS+=(--latency-secs 2); fi
+  DRIVER_ARGS+=("${DRIVER_EXTRA[@]}")
+  say "running the driver: $N worker(s), run $RID"
+  set +e
+  "$BIN/keyflow-bench" "${DRIVER_ARGS[@]}"
+  DRC=$?
+  set -e
+  for i in "${!ENGINE_PIDS[@]}"; do
+    kill -0 "${ENGINE_PIDS[$i]}" 2>/dev/null || say "WARNING: engine w$((i + 1)) died during the run (log: $RESULTS/$STAMP.engine-$RID-w$((i + 1)).log)"
+  done
+  stop_engines
+  SUMMARY_ARGS+=(--run "$N=$OUT")
+  FIRST=0
+  if [[ $DRC -ne 0 ]]; then RC=$DRC; say "driver failed with $N worker(s): not running the other counts"; break; fi
+done
+
+if [[ ${#WORKER_COUNTS[@]} -gt 1 ]]; then
+  "$BIN/keyflow-bench" workers-summary "${SUMMARY_ARGS[@]}" --into "$RESULTS/$STAMP.json" || RC=1
+fi
+
+# 7. The Restate peer, after the engine is stopped: the same cart/stock flow as Restate
+# virtual objects; its figures and the keyflow/Restate ratio go into $STAMP.json.
+if [[ $RESTATE -eq 1 && $RC -eq 0 ]]; then
+  # The functions are not needed any more: stop them so that they take no CPU.
+  stop_pid functions "$FUNCTIONS_PID"
+  RJSON="$RESULTS/$STAMP.restate.json"
+  "$BENCH_DIR/restate/run.sh" --records "${RESTATE_RECORDS:-10000}" --json-out "$RJSON" \
+    || { RC=1; say "the Restate peer failed"; }
+  if [[ $RC -eq 0 && -f "$RJSON" ]]; then
+    python3 - "$RESULTS/$STAMP.json" "$RJSON" <<'PY'
+import json, sys
+main, r = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+k = main["throughput"]["records_per_s"]
+main["restate"] = r
+main["restate"]["keyflow_over_restate"] = k / r["records_per_s"] if k and r["records_per_s"] else None
+json.dump(main, open(sys.argv[1], "w"), indent=2)
+print(f"keyflow / Restate AddToCart/s: {k:,.0f} / {r['records_per_s']:,.0f} = {main['restate']['keyflow_over_restate']:.1f}x"
+      f" ({main['throughput']['records']:,} vs {r['records']:,} records)")
+PY
+  fi
+fi

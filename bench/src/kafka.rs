@@ -22,7 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn config(bootstrap: &str) -> ClientConfig {
+pub fn config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
     c.set("log_level", "4"); // librdkafka warnings and worse only
@@ -332,10 +332,15 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 
 /// Creates the topics that do not exist yet (one partition, the broker's replication).
 pub fn ensure_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
+    ensure_topics_with(bootstrap, topics, 1)
+}
+
+/// Creates the topics that do not exist yet, with `partitions` partitions each.
+pub fn ensure_topics_with(bootstrap: &str, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
     let admin = admin(bootstrap)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1)))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for r in block_on(admin.create_topics(&new, &opts))?? {

@@ -4,11 +4,12 @@
 //! `keyflow-bench run`; see bench/README.md for the method.
 
 mod kafka;
+mod limit;
 mod metrics;
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -37,6 +38,21 @@ struct Cli {
 enum Command {
     /// Run the benchmark against an engine that is already up (bench/run.sh starts one).
     Run(Box<RunArgs>),
+    /// The limit, part 1: a plain transactional consume-produce copy loop (read_committed,
+    /// commit every --window-ms or --max-records, offsets in the transaction).
+    LimitCopy(LimitCopyArgs),
+    /// The limit, part 2: the function HTTP round trip alone (one AddToCart invocation per
+    /// request to the shopping-cart functions, N concurrent clients).
+    LimitHttp(LimitHttpArgs),
+    /// Print and merge the per-worker-count results of `bench/run.sh --workers 1,2,4`.
+    WorkersSummary {
+        /// `N=path`: the JSON of the run with N workers (repeatable, in order).
+        #[arg(long = "run", value_parser = key_value)]
+        runs: Vec<(String, String)>,
+        /// The main run's JSON: gets a `workers` section (its `limit.copy` gives the ratios).
+        #[arg(long)]
+        into: PathBuf,
+    },
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
     /// Delete the topics one run created (after its engine stopped).
@@ -56,7 +72,7 @@ struct RunArgs {
     /// Unique id of this run: suffix of the ingress topics, prefix of every user and item id.
     #[arg(long)]
     run_id: String,
-    /// The engine's admin address (host:port) for /metrics.
+    /// The engine's admin address (host:port) for /metrics; several workers: comma-separated.
     #[arg(long)]
     admin: String,
     /// Consumer group of the engine's ingress routers (default `<run-id>-ingress`).
@@ -99,6 +115,12 @@ struct RunArgs {
     /// Where to write the JSON results.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// JSON written by `keyflow-bench limit-copy` in this run: reported with ratios.
+    #[arg(long)]
+    limit_copy: Option<PathBuf>,
+    /// JSON written by `keyflow-bench limit-http` in this run: reported with ratios.
+    #[arg(long)]
+    limit_http: Option<PathBuf>,
     /// `fetch.wait.max.ms` of the egress watcher: the broker answers a read_committed fetch
     /// as soon as committed data is there, so this caps only the wait when none comes.
     #[arg(long, default_value_t = 100)]
@@ -107,6 +129,50 @@ struct RunArgs {
     receipts_topic: String,
     #[arg(long, default_value = "cart-events")]
     events_topic: String,
+}
+
+#[derive(Args, Debug)]
+struct LimitCopyArgs {
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// The run id: the topics are `limit-src-<run-id>` and `limit-dst-<run-id>`.
+    #[arg(long)]
+    run_id: String,
+    /// Records to copy (bench/run.sh: the AddToCart phase's records x 3 hops).
+    #[arg(long, default_value_t = 300_000)]
+    records: usize,
+    /// Partitions of the source and destination topics (the engine's default).
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// Commit after this long (the engine's --commit-interval default).
+    #[arg(long, default_value_t = 50)]
+    window_ms: u64,
+    /// ... or after this many records (the engine's default epoch cap).
+    #[arg(long, default_value_t = 5000)]
+    max_records: usize,
+    /// A process whose CPU time is measured during the copy: `role=pid` (repeatable).
+    #[arg(long = "pid", value_parser = key_value)]
+    pids: Vec<(String, String)>,
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct LimitHttpArgs {
+    /// The functions' base URL (the module's urlPathTemplate without `/{function.name}`).
+    #[arg(long)]
+    url: String,
+    /// Concurrent clients, each on one keep-alive connection.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// A process whose CPU time is measured: `role=pid` (repeatable).
+    #[arg(long = "pid", value_parser = key_value)]
+    pids: Vec<(String, String)>,
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -119,6 +185,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(*args),
+        Command::LimitCopy(a) => limit_copy(a),
+        Command::LimitHttp(a) => limit_http(a),
+        Command::WorkersSummary { runs, into } => workers_summary(&runs, &into),
         Command::FreePort => free_port().map(|p| println!("{p}")),
         Command::Cleanup { bootstrap, run_id } => cleanup(&bootstrap, &run_id),
     };
@@ -129,6 +198,177 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+fn procs_of(pids: &[(String, String)]) -> anyhow::Result<sys::Procs> {
+    Ok(sys::Procs {
+        roles: pids
+            .iter()
+            .map(|(r, p)| {
+                p.parse::<u32>()
+                    .map(|p| (r.clone(), p))
+                    .map_err(|_| anyhow!("--pid {r}={p}: not a pid"))
+            })
+            .chain(std::iter::once(Ok((
+                "self".to_string(),
+                std::process::id(),
+            ))))
+            .collect::<anyhow::Result<_>>()?,
+        ticks: sys::clock_ticks(),
+    })
+}
+
+fn write_json(path: &Option<PathBuf>, v: &Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn limit_copy(a: LimitCopyArgs) -> anyhow::Result<()> {
+    let procs = procs_of(&a.pids)?;
+    eprintln!(
+        "[limit-copy] filling limit-src-{} with {} records, then copying them",
+        a.run_id, a.records
+    );
+    let c0 = procs.snap();
+    let mut v = limit::copy(&limit::CopyConfig {
+        bootstrap: &a.bootstrap,
+        run: &a.run_id,
+        records: a.records,
+        partitions: a.partitions,
+        window: Duration::from_millis(a.window_ms),
+        max_records: a.max_records,
+    })?;
+    // The CPU split covers the fill and the copy; the copy dominates.
+    v["cpu"] = serde_json::to_value(sys::cpu_split(&c0, &procs.snap()))?;
+    eprintln!(
+        "[limit-copy] {} records in {:.2} s: {:.0} records/s, {:.0} records per transaction",
+        v["records"],
+        v["seconds"].as_f64().unwrap_or(0.0),
+        v["records_per_s"].as_f64().unwrap_or(0.0),
+        v["records_per_transaction"].as_f64().unwrap_or(0.0)
+    );
+    write_json(&a.json_out, &v)
+}
+
+fn limit_http(a: LimitHttpArgs) -> anyhow::Result<()> {
+    let procs = procs_of(&a.pids)?;
+    eprintln!(
+        "[limit-http] {} clients POST one AddToCart invocation each to {} for {} s",
+        a.clients, a.url, a.secs
+    );
+    let c0 = procs.snap();
+    let mut v = limit::http(&a.url, a.clients, a.secs)?;
+    v["cpu"] = serde_json::to_value(sys::cpu_split(&c0, &procs.snap()))?;
+    eprintln!(
+        "[limit-http] {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
+        v["requests_per_s"].as_f64().unwrap_or(0.0),
+        v["ms"]["p50"].as_f64().unwrap_or(0.0),
+        v["ms"]["p99"].as_f64().unwrap_or(0.0)
+    );
+    write_json(&a.json_out, &v)
+}
+
+/// The limits measured in this run, with the engine's throughput as ratios of them.
+fn limit_section(a: &RunArgs, engine_adds_per_s: Option<f64>) -> anyhow::Result<Value> {
+    let read = |p: &Option<PathBuf>| -> anyhow::Result<Value> {
+        match p {
+            None => Ok(Value::Null),
+            Some(p) => serde_json::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing {}", p.display())),
+        }
+    };
+    let copy = read(&a.limit_copy)?;
+    let http = read(&a.limit_http)?;
+    // Each AddToCart is three hops (three transactional records on Kafka, three invocations).
+    let hops = engine_adds_per_s.map(|t| 3.0 * t);
+    let ratio = |limit: Option<f64>| {
+        hops.zip(limit)
+            .filter(|(_, l)| *l > 0.0)
+            .map(|(h, l)| h / l)
+    };
+    Ok(json!({
+        "copy": copy,
+        "http": http,
+        "engine_hops_per_s": hops,
+        "engine_hops_per_copy_record": ratio(copy["records_per_s"].as_f64()),
+        "engine_invocations_per_http_request": ratio(http["requests_per_s"].as_f64()),
+    }))
+}
+
+fn workers_summary(runs: &[(String, String)], into: &Path) -> anyhow::Result<()> {
+    let read = |p: &str| -> anyhow::Result<Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {p}"))?)
+            .with_context(|| format!("parsing {p}"))
+    };
+    let mut main: Value = read(&into.to_string_lossy())?;
+    let copy = main["limit"]["copy"]["records_per_s"].as_f64();
+    let mut rows = Vec::new();
+    for (n, path) in runs {
+        let r = read(path)?;
+        let t = &r["throughput"];
+        let rate = t["records_per_s"].as_f64();
+        rows.push(json!({
+            "workers": n.parse::<u32>().ok(),
+            "run_id": r["run_id"],
+            "json": path,
+            "records": t["records"],
+            "complete": t["complete"],
+            "quantity_ok": t["quantity_ok"],
+            "seconds": t["seconds_first_produce_to_last_receipt"],
+            "records_per_s": rate,
+            "engine_hops_per_copy_record": rate.zip(copy).filter(|(_, c)| *c > 0.0).map(|(r, c)| 3.0 * r / c),
+            "cpu": t["cpu"],
+        }));
+    }
+    println!();
+    println!("Workers: AddToCart throughput phase per worker count (fresh cluster each)");
+    println!(
+        "  {:>7}  {:>10}  {:>9}  {:>10}  {:<40}",
+        "workers",
+        "records/s",
+        "x copy",
+        "cores busy",
+        "CPU s (share): broker / engine / functions"
+    );
+    for w in &rows {
+        let cpu = &w["cpu"];
+        let cell = |role: &str| {
+            format!(
+                "{} ({}%)",
+                fmt_opt(num(&cpu["cpu_seconds"][role]), 1),
+                fmt_opt(num(&cpu["share_percent"][role]), 0)
+            )
+        };
+        println!(
+            "  {:>7}  {:>10}  {:>9}  {:>10}  {} / {} / {}{}",
+            w["workers"].as_u64().map_or("?".into(), |n| n.to_string()),
+            num(&w["records_per_s"]).map(grouped).unwrap_or("-".into()),
+            fmt_opt(num(&w["engine_hops_per_copy_record"]), 3),
+            fmt_opt(num(&cpu["cores_busy"]), 2),
+            cell("broker"),
+            cell("engine"),
+            cell("functions"),
+            if w["quantity_ok"].as_bool() == Some(true) {
+                ""
+            } else {
+                "  (CHECK FAILED)"
+            }
+        );
+    }
+    println!("  (x copy: AddToCart/s x 3 hops / the copy loop's records/s; engine CPU summed over the workers)");
+    println!();
+    main["workers"] = Value::Array(rows);
+    write_json(&Some(into.to_path_buf()), &main)?;
+    eprintln!("[workers-summary] added to {}", into.display());
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -148,6 +388,7 @@ fn run_topics(run: &str) -> Vec<String> {
             .iter()
             .map(|s| format!("{run}-{s}")),
     );
+    t.extend(limit::copy_topics(run));
     t
 }
 
@@ -278,7 +519,12 @@ impl Ctx {
     }
 
     fn metrics(&self) -> anyhow::Result<Page> {
-        Page::fetch(&self.admin)
+        // Several workers: their pages side by side (every figure used is a sum).
+        let mut page = Page::default();
+        for admin in self.admin.split(',').filter(|s| !s.is_empty()) {
+            page.samples.extend(Page::fetch(admin)?.samples);
+        }
+        Ok(page)
     }
 }
 
@@ -707,6 +953,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         "logs": a.logs.iter().map(|(r, _)| r.clone()).zip(logs.iter().cloned()).collect::<BTreeMap<String, sys::LogScan>>(),
     });
 
+    let mut report = report;
+    report["limit"] = limit_section(&a, throughput)?;
     print_table(&report);
     if let Some(path) = &a.json_out {
         if let Some(dir) = path.parent() {
@@ -1059,6 +1307,7 @@ fn print_table(r: &Value) {
             );
         }
     }
+    print_limit(&r["limit"]);
     println!();
     println!("Checks");
     row(
@@ -1085,6 +1334,100 @@ fn print_table(r: &Value) {
         }
     }
     println!();
+}
+
+/// The limit section of the table: the copy loop, the HTTP round trip, and the ratios.
+fn print_limit(lim: &Value) {
+    let row = |k: &str, v: String| println!("  {k:<44} {v}");
+    let disturbed = |what: &str, cpu: &Value| {
+        let other = num(&cpu["other_cpu_seconds"]).unwrap_or(0.0);
+        let wall = num(&cpu["wall_seconds"]).unwrap_or(0.0);
+        if wall > 0.0 && other / wall > 0.2 {
+            println!(
+                "  WARNING: other processes kept {:.2} cores busy during the {what}: the limit is understated",
+                other / wall
+            );
+        }
+    };
+    let (copy, http) = (&lim["copy"], &lim["http"]);
+    if copy.is_null() && http.is_null() {
+        return;
+    }
+    println!();
+    println!("The limit (measured in this run, before the engine's phases)");
+    row(
+        "engine hops/s (AddToCart/s x 3)",
+        num(&lim["engine_hops_per_s"])
+            .map(grouped)
+            .unwrap_or("-".into()),
+    );
+    if !copy.is_null() {
+        row(
+            "transactional copy loop",
+            format!(
+                "{} records/s ({} records, {} per txn, commit p50 {} ms)",
+                num(&copy["records_per_s"])
+                    .map(grouped)
+                    .unwrap_or("-".into()),
+                grouped(num(&copy["records"]).unwrap_or(0.0)),
+                fmt_opt(num(&copy["records_per_transaction"]), 0),
+                fmt_opt(num(&copy["commit_ms"]["p50"]), 1),
+            ),
+        );
+        let cpu = &copy["cpu"]["cpu_seconds"];
+        row(
+            "  CPU: copy loop / broker / other processes",
+            format!(
+                "{} s / {} s / {} s over {} s (fill and copy)",
+                fmt_opt(num(&cpu["self"]), 1),
+                fmt_opt(num(&cpu["broker"]), 1),
+                fmt_opt(num(&copy["cpu"]["other_cpu_seconds"]), 1),
+                fmt_opt(num(&copy["cpu"]["wall_seconds"]), 1)
+            ),
+        );
+        disturbed("copy loop", &copy["cpu"]);
+        row(
+            "  engine hops / copy records (ratio)",
+            fmt_opt(num(&lim["engine_hops_per_copy_record"]), 3),
+        );
+    }
+    if !http.is_null() {
+        row(
+            "function HTTP round trip (1 invocation)",
+            format!(
+                "{} requests/s, {} clients",
+                num(&http["requests_per_s"])
+                    .map(grouped)
+                    .unwrap_or("-".into()),
+                http["clients"]
+            ),
+        );
+        row(
+            "  p50 / p99 / mean",
+            format!(
+                "{} / {} / {} ms",
+                fmt_opt(num(&http["ms"]["p50"]), 2),
+                fmt_opt(num(&http["ms"]["p99"]), 2),
+                fmt_opt(num(&http["ms"]["mean"]), 2)
+            ),
+        );
+        let cpu = &http["cpu"]["cpu_seconds"];
+        row(
+            "  CPU: clients / functions / other processes",
+            format!(
+                "{} s / {} s / {} s over {} s",
+                fmt_opt(num(&cpu["self"]), 1),
+                fmt_opt(num(&cpu["functions"]), 1),
+                fmt_opt(num(&http["cpu"]["other_cpu_seconds"]), 1),
+                fmt_opt(num(&http["cpu"]["wall_seconds"]), 1)
+            ),
+        );
+        disturbed("HTTP round trip", &http["cpu"]);
+        row(
+            "  engine invocations / HTTP requests (ratio)",
+            fmt_opt(num(&lim["engine_invocations_per_http_request"]), 3),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -63,11 +63,17 @@ impl Procs {
     pub fn snap(&self) -> CpuSnap {
         CpuSnap {
             at: Instant::now(),
+            // Several processes with one role (the workers of a cluster) are summed.
             secs: self
                 .roles
                 .iter()
-                .map(|(role, pid)| (role.clone(), cpu_seconds(*pid, self.ticks)))
-                .collect(),
+                .fold(BTreeMap::new(), |mut m, (role, pid)| {
+                    let s = cpu_seconds(*pid, self.ticks);
+                    m.entry(role.clone())
+                        .and_modify(|t: &mut Option<f64>| *t = t.zip(s).map(|(a, b)| a + b))
+                        .or_insert(s);
+                    m
+                }),
             machine_busy: machine_busy_seconds(self.ticks),
         }
     }
