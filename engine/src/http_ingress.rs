@@ -359,13 +359,9 @@ async fn post_message(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let typename = match typename_of(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    ) {
+    let typename = match content_typename(&headers) {
         Ok(t) => t,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+        Err(r) => return *r,
     };
     let function_type = TypeName::new(namespace.clone(), ftype.clone());
     if ing.shared.module.endpoint_for(&function_type).is_none() {
@@ -426,13 +422,9 @@ async fn post_callback(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let typename = match typename_of(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    ) {
+    let typename = match content_typename(&headers) {
         Ok(t) => t,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+        Err(r) => return *r,
     };
     let unknown = || error(StatusCode::NOT_FOUND, "unknown callback token");
     let Some(target) = keyflow_protocol::callback::address_of(&token) else {
@@ -476,6 +468,14 @@ async fn post_callback(
 
 /// A finished error response (boxed: a `Response` is large).
 type Rejection = Box<Response>;
+
+/// The message's typename, from its `Content-Type` (400 otherwise).
+fn content_typename(headers: &HeaderMap) -> Result<String, Rejection> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    typename_of(content_type).map_err(|msg| Box::new(error(StatusCode::BAD_REQUEST, msg)))
+}
 
 /// The body, at most `--max-request-bytes` (413 otherwise).
 async fn read_body(ing: &Ingress, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
