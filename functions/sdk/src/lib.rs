@@ -33,7 +33,9 @@
 //! - [`egress`]: [`KafkaRecord`], the value of a message to a Kafka egress.
 //! - [`functions`]: [`FunctionSpec`] and [`StatefulFunctions`], the registry, and
 //!   [`StatefulFunctions::handle`], the transport-free request handler.
-//! - [`server`]: [`serve`], the HTTP endpoint the runtime calls.
+//! - [`server`]: [`serve`], the HTTP endpoint the runtime calls, and [`serve_until_signal`],
+//!   the whole `main` of a function service.
+//! - [`testing`]: [`testing::TestRuntime`], a runtime stand-in for unit tests of function logic.
 //! - [`error`]: [`Error`] (raised by handlers and the SDK's typed accessors) and
 //!   [`HandleError`] (why a whole request failed, with its HTTP status).
 
@@ -44,6 +46,7 @@ pub mod functions;
 pub mod message;
 pub mod server;
 pub mod state;
+pub mod testing;
 pub mod types;
 
 pub use context::Context;
@@ -53,6 +56,6 @@ pub use functions::{FunctionSpec, StatefulFunctions};
 pub use keyflow_protocol as protocol;
 pub use keyflow_protocol::{Address, TypedValue};
 pub use message::Message;
-pub use server::serve;
+pub use server::{serve, serve_until_signal, shutdown_signal};
 pub use state::{Expiration, Storage, ValueSpec};
 pub use types::{Type, TypeName};

@@ -38,6 +38,45 @@ pub async fn serve(
         .await
 }
 
+/// Binds `listen` and serves `functions` until Ctrl-C or SIGTERM ([`shutdown_signal`]): the
+/// whole `main` of a function service, after its logging is set up.
+pub async fn serve_until_signal(
+    listen: std::net::SocketAddr,
+    functions: StatefulFunctions,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+    serve(listener, functions, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM (what `docker stop` and the playthrough scripts send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
 async fn invoke(State(functions): State<Arc<StatefulFunctions>>, body: Bytes) -> Response {
     match functions.handle(&body) {
         Ok(answer) => {

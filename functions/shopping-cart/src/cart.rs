@@ -244,7 +244,7 @@ mod tests {
 
     use super::*;
     use crate::messages::{AddToCart, Checkout, ClearCart};
-    use crate::testing::{int, kafka_records, Harness};
+    use crate::testing::{harness, int, kafka_records, Harness};
 
     fn user() -> Address {
         USER_SHOPPING_CART.address("1")
@@ -323,10 +323,11 @@ mod tests {
 
     #[test]
     fn the_seed_scenario_emits_one_receipt_and_leaves_47_socks() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let socks = STOCK.address("socks");
         h.run(
             &socks,
+            None,
             Message::of(
                 &RESTOCK_ITEM,
                 &RestockItem {
@@ -336,8 +337,8 @@ mod tests {
             )
             .unwrap(),
         );
-        h.run(&user(), add("socks", 3));
-        let responses = h.run(&user(), checkout());
+        h.run(&user(), None, add("socks", 3));
+        let responses = h.run(&user(), None, checkout()).responses;
         let records: Vec<_> = responses.iter().flat_map(kafka_records).collect();
         assert_eq!(records, [receipt("socks: 3")]);
         assert_eq!(records[0].3, r#"{"userId":"1","details":"socks: 3"}"#);
@@ -347,7 +348,7 @@ mod tests {
 
     #[test]
     fn add_to_cart_asks_the_stock_and_remembers_the_request() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let r = h.call(&user(), None, add("socks", 3));
         let sent = sent(&r);
         assert_eq!(sent.len(), 1);
@@ -365,7 +366,7 @@ mod tests {
 
     #[test]
     fn an_in_stock_answer_fills_the_basket_and_settles_the_request() {
-        let mut h = Harness::new();
+        let mut h = harness();
         h.call(&user(), None, add("socks", 3));
         h.call(&user(), None, add("socks", 2));
         answer(&mut h, "socks", Availability::InStock, 3);
@@ -384,7 +385,7 @@ mod tests {
 
     #[test]
     fn an_out_of_stock_answer_reaches_the_user_as_a_cart_event() {
-        let mut h = Harness::new();
+        let mut h = harness();
         h.call(&user(), None, add("socks", 3));
         let r = answer(&mut h, "socks", Availability::OutOfStock, 3);
         let event = r#"{"userId":"1","itemId":"socks","status":"OUTOFSTOCK","quantity":3}"#;
@@ -403,7 +404,7 @@ mod tests {
 
     #[test]
     fn checkout_emits_one_receipt_sorted_by_item_and_a_second_checkout_nothing() {
-        let mut h = Harness::new();
+        let mut h = harness();
         h.call(&user(), None, add("socks", 3));
         h.call(&user(), None, add("hat", 1));
         answer(&mut h, "socks", Availability::InStock, 3);
@@ -420,13 +421,13 @@ mod tests {
 
     #[test]
     fn checkout_of_an_empty_basket_emits_nothing() {
-        let r = Harness::new().call(&user(), None, checkout());
+        let r = harness().call(&user(), None, checkout());
         assert_eq!(r, InvocationResponse::default());
     }
 
     #[test]
     fn checkout_while_answers_are_pending_waits_for_the_last_one() {
-        let mut h = Harness::new();
+        let mut h = harness();
         h.call(&user(), None, add("socks", 3));
         h.call(&user(), None, add("hat", 1));
         let r = h.call(&user(), None, checkout());
@@ -444,7 +445,7 @@ mod tests {
 
     #[test]
     fn commands_after_a_deferred_checkout_wait_behind_it() {
-        let mut h = Harness::new();
+        let mut h = harness();
         h.call(&user(), None, add("socks", 3));
         h.call(&user(), None, checkout());
         let r = h.call(&user(), None, add("hat", 1));
@@ -472,7 +473,7 @@ mod tests {
 
     #[test]
     fn clear_cart_while_answers_are_pending_returns_the_late_items_too() {
-        let mut h = Harness::new();
+        let mut h = harness();
         h.call(&user(), None, add("socks", 3));
         let r = h.call(&user(), None, clear());
         assert!(r.outgoing_messages.is_empty());
@@ -497,7 +498,7 @@ mod tests {
 
     #[test]
     fn clear_cart_returns_every_item_to_the_stock() {
-        let mut h = Harness::new();
+        let mut h = harness();
         for (item, units) in [("socks", 10), ("hat", 4)] {
             let restock = RestockItem {
                 item_id: item.into(),
@@ -505,9 +506,10 @@ mod tests {
             };
             h.run(
                 &STOCK.address(item),
+                None,
                 Message::of(&RESTOCK_ITEM, &restock).unwrap(),
             );
-            h.run(&user(), add(item, 2));
+            h.run(&user(), None, add(item, 2));
         }
         assert_eq!(h.state(&STOCK.address("socks"), "stock"), Some(int(8)));
 
@@ -551,7 +553,7 @@ mod tests {
 
     #[test]
     fn bad_input_is_refused_with_a_reason() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let err = h.try_call(&user(), None, add("socks", 0)).unwrap_err();
         assert!(err.contains("quantity must be positive"), "{err}");
         let forged = Message::of(

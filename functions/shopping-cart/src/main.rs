@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use clap::Parser;
 use shopping_cart_functions::functions;
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// Serves the shopping-cart functions to a StateFun-compatible runtime.
@@ -25,41 +24,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let listener = TcpListener::bind(args.listen)
+    keyflow_sdk::serve_until_signal(args.listen, functions())
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    keyflow_sdk::serve(listener, functions(), shutdown_signal())
-        .await
-        .context("serving the functions failed")?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down: finishing the requests in flight");
+        .context("serving the functions failed")
 }

@@ -58,7 +58,7 @@ pub fn handle(ctx: &mut Context, msg: Message) -> Result<(), Error> {
 mod tests {
     use super::*;
     use crate::messages::{RequestItem, RestockItem, USER_SHOPPING_CART};
-    use crate::testing::{int, Harness};
+    use crate::testing::{harness, int};
 
     fn restock(quantity: u32) -> Message {
         Message::of(
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn a_request_within_stock_is_in_stock_and_decrements() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let socks = STOCK.address("socks");
         let cart = USER_SHOPPING_CART.address("1");
         h.call(&socks, None, restock(50));
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_request_beyond_stock_is_out_of_stock_and_changes_nothing() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let socks = STOCK.address("socks");
         h.call(&socks, None, restock(2));
         let r = h.call(&socks, Some(&USER_SHOPPING_CART.address("1")), request(3));
@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn restocks_add_up_and_refuse_to_overflow() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let socks = STOCK.address("socks");
         h.call(&socks, None, restock(5));
         h.call(&socks, None, restock(7));
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn unknown_messages_are_errors() {
-        let err = Harness::new()
+        let err = harness()
             .try_call(&STOCK.address("socks"), None, Message::int(1))
             .unwrap_err();
         assert!(

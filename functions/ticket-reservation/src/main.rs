@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ticket_reservation_functions::{functions, Config};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// Serves the ticket-reservation functions to a StateFun-compatible runtime.
@@ -33,38 +32,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         reservation: Duration::from_millis(args.reservation_ms),
     };
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(reservation = ?config.reservation, "ticket reservation functions");
-    keyflow_sdk::serve(listener, functions(config), shutdown_signal())
+    keyflow_sdk::serve_until_signal(args.listen, functions(config))
         .await
-        .context("serving the functions failed")?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
+        .context("serving the functions failed")
 }

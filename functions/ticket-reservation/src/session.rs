@@ -249,7 +249,7 @@ fn email<'a>(user: &str, tickets: impl Iterator<Item = &'a String>) {
 mod tests {
     use super::*;
     use crate::messages::AddTicket;
-    use crate::testing::Harness;
+    use crate::testing::{harness, harness_with, Harness};
     use crate::ticket_db::{Status, Ticket, TICKET};
 
     fn http(n: u32) -> Address {
@@ -275,7 +275,9 @@ mod tests {
 
     /// Sends `msg` to `user`'s session as HTTP caller `n`; the one answer it got.
     fn ask(h: &mut Harness, user: &str, n: u32, msg: Message) -> bool {
-        let out = h.run(&USER_SESSION.address(user), Some(&http(n)), msg);
+        let out = h
+            .run(&USER_SESSION.address(user), Some(&http(n)), msg)
+            .outside;
         assert_eq!(out.len(), 1, "one answer expected: {out:?}");
         assert_eq!(out[0].0, http(n));
         out[0].1.get(&RESULT).unwrap()
@@ -297,7 +299,7 @@ mod tests {
 
     #[test]
     fn the_seed_add_then_add_again_then_checkout() {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(ask(&mut h, "user_1", 1, add("Rolling-stones-A22", None)));
         assert_eq!(h.timers[0].delay, crate::DEFAULT_RESERVATION);
         assert!(!ask(&mut h, "user_1", 2, add("Rolling-stones-A22", None)));
@@ -320,7 +322,7 @@ mod tests {
 
     #[test]
     fn checkout_of_an_empty_cart_answers_false() {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(!ask(&mut h, "user_1", 1, checkout()));
         assert!(ask(&mut h, "user_1", 2, add("A1", None)));
         assert!(ask(&mut h, "user_1", 3, checkout()));
@@ -329,7 +331,7 @@ mod tests {
 
     #[test]
     fn another_user_cannot_take_a_reserved_or_sold_ticket() {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(ask(&mut h, "ann", 1, add("A1", None)));
         assert!(!ask(&mut h, "bob", 2, add("A1", None)));
         assert!(ask(&mut h, "ann", 3, checkout()));
@@ -339,13 +341,13 @@ mod tests {
 
     #[test]
     fn an_unsold_reservation_expires_and_the_ticket_is_free_again() {
-        let mut h = Harness::with_config(Config {
+        let mut h = harness_with(Config {
             reservation: Duration::from_secs(2),
         });
         assert!(ask(&mut h, "ann", 1, add("A1", None)));
         assert_eq!(h.timers[0].delay, Duration::from_secs(2));
         let token = only_timer(&h);
-        assert!(h.fire(&token).is_empty());
+        assert!(h.fire(&token).outside.is_empty());
         assert!(cart(&h, "ann").tickets.is_empty());
         assert_eq!(ticket(&h, "A1"), None, "available again");
         assert!(ask(&mut h, "bob", 2, add("A1", None)));
@@ -354,20 +356,20 @@ mod tests {
 
     #[test]
     fn the_request_can_set_the_reservation_time() {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(ask(&mut h, "ann", 1, add("A1", Some(1500))));
         assert_eq!(h.timers[0].delay, Duration::from_millis(1500));
     }
 
     #[test]
     fn an_expiry_after_checkout_changes_nothing() {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(ask(&mut h, "ann", 1, add("A1", Some(1000))));
         let token = only_timer(&h);
         let stale = h.timers[0].clone();
         assert!(ask(&mut h, "ann", 2, checkout()));
         // The runtime cancelled it; deliver it anyway, as if it had fired just before.
-        let out = h.run(&stale.to, Some(&stale.from), stale.message);
+        let out = h.run(&stale.to, Some(&stale.from), stale.message).outside;
         assert!(out.is_empty());
         assert_eq!(ticket(&h, "A1").unwrap().status, Status::Sold);
         assert!(!h.timers.iter().any(|t| t.token == token));
@@ -375,7 +377,7 @@ mod tests {
 
     #[test]
     fn an_old_timer_does_not_expire_a_new_reservation_of_the_same_ticket() {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(ask(&mut h, "ann", 1, add("A1", Some(1000))));
         let first = h.timers[0].clone();
         h.fire(&first.token);
@@ -391,7 +393,7 @@ mod tests {
 
     #[test]
     fn two_users_racing_for_one_seat_get_one_true_and_one_false() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let (ann, bob) = (USER_SESSION.address("ann"), USER_SESSION.address("bob"));
         // Both AddTickets reach their sessions before either TicketDb answer arrives.
         let r1 = h.call(&ann, Some(&http(1)), add("A1", None));
@@ -400,7 +402,7 @@ mod tests {
         for (from, r) in [(&bob, r2), (&ann, r1)] {
             let out = &r.outgoing_messages[0];
             let msg = Message::from(out.argument.clone().unwrap());
-            for (to, reply) in h.run(out.target.as_ref().unwrap(), Some(from), msg) {
+            for (to, reply) in h.run(out.target.as_ref().unwrap(), Some(from), msg).outside {
                 answers.push((to.id, reply.get(&RESULT).unwrap()));
             }
         }
@@ -414,7 +416,7 @@ mod tests {
 
     #[test]
     fn bad_requests_are_answered_with_an_error_and_change_nothing() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let ann = USER_SESSION.address("ann");
         let bad = [
             (add("", None), "non-empty `ticketId`"),
@@ -425,7 +427,7 @@ mod tests {
             (Message::int(1), "does not handle `io.statefun.types/int`"),
         ];
         for (msg, want) in bad {
-            let out = h.run(&ann, Some(&http(1)), msg.clone());
+            let out = h.run(&ann, Some(&http(1)), msg.clone()).outside;
             assert_eq!(out.len(), 1, "{out:?}");
             let error = out[0].1.get(&ERROR).unwrap().error;
             assert!(error.contains(want), "{error}");
@@ -439,13 +441,15 @@ mod tests {
 
     #[test]
     fn a_reserve_result_from_anyone_but_the_ticket_db_is_refused() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let forged = Message::of(
             &RESERVE_RESULT,
             &crate::messages::ReserveResult { reserved: true },
         )
         .unwrap();
-        let out = h.run(&USER_SESSION.address("ann"), Some(&http(1)), forged);
+        let out = h
+            .run(&USER_SESSION.address("ann"), Some(&http(1)), forged)
+            .outside;
         let error = out[0].1.get(&ERROR).unwrap().error;
         assert!(error.contains("must come from"), "{error}");
         assert!(cart(&h, "ann").tickets.is_empty());

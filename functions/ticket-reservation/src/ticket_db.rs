@@ -95,7 +95,7 @@ pub fn handle(ctx: &mut Context, msg: Message) -> Result<(), Error> {
 mod tests {
     use super::*;
     use crate::messages::{MarkSold, Reserve, Unreserve, USER_SESSION};
-    use crate::testing::Harness;
+    use crate::testing::{harness, Harness};
 
     fn reserve(h: &mut Harness, ticket: &str, user: &str) -> bool {
         let r = h.call(
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn the_first_reservation_wins_and_later_ones_are_refused() {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(reserve(&mut h, "A1", "ann"));
         assert!(!reserve(&mut h, "A1", "bob"));
         assert!(!reserve(&mut h, "A1", "ann"));
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn unreserve_frees_only_the_holders_reservation() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let a1 = TICKET_DB.address("A1");
         assert!(reserve(&mut h, "A1", "ann"));
         let unreserve = |user: &str| {
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_sold_ticket_stays_sold() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let a1 = TICKET_DB.address("A1");
         assert!(reserve(&mut h, "A1", "ann"));
         let sold = Message::of(
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn unknown_messages_are_refused() {
-        let mut h = Harness::new();
+        let mut h = harness();
         let a1 = TICKET_DB.address("A1");
         let http = keyflow_sdk::Address::new("keyflow.ingress", "http", "w1~m1");
         let r = h.call(&a1, Some(&http), Message::int(1));
