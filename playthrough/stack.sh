@@ -16,6 +16,8 @@
 #   FUNCTIONS_PORT=1108            the function service listens on 127.0.0.1:$FUNCTIONS_PORT
 #   KEYFLOW_DATA_DIR=<repo>/.data  worker state (<dir>/<worker-id>), logs (<dir>/logs), pids (<dir>/run)
 #   KEYFLOW_MODULE=<repo>/module.yaml
+#   FUNCTIONS_BIN_NAME=shopping-cart-functions  the function service's binary (playthrough/app.sh
+#                                 sets it per application)
 #   KEYFLOW_BIN, FUNCTIONS_BIN     the binaries (default: target/release or target/debug, the newer)
 #   KEYFLOW_BOOTSTRAP=127.0.0.1:9092
 #   READY_TIMEOUT=120, STOP_TIMEOUT=30 (seconds)
@@ -32,6 +34,7 @@ WORKER_PREFIX="${WORKER_PREFIX:-worker}"
 ADMIN_BASE_PORT="${ADMIN_BASE_PORT:-8090}"
 INGRESS_BASE_PORT="${INGRESS_BASE_PORT:-8180}"
 FUNCTIONS_PORT="${FUNCTIONS_PORT:-1108}"
+FUNCTIONS_BIN_NAME="${FUNCTIONS_BIN_NAME:-shopping-cart-functions}"
 DATA_DIR="${KEYFLOW_DATA_DIR:-$REPO_ROOT/.data}"
 MODULE="${KEYFLOW_MODULE:-$REPO_ROOT/module.yaml}"
 READY_TIMEOUT="${READY_TIMEOUT:-120}"
@@ -71,7 +74,7 @@ pid() {
   p="$(cat "$RUN_DIR/$name.pid")"
   [[ "$p" =~ ^[0-9]+$ ]] && kill -0 "$p" 2>/dev/null || return 1
   exe="$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)"
-  if [[ "$name" == functions ]]; then [[ "$exe" == *shopping-cart-functions* ]]; else [[ "$exe" == *keyflow* ]]; fi || return 1
+  if [[ "$name" == functions ]]; then [[ "$exe" == *"$FUNCTIONS_BIN_NAME"* ]]; else [[ "$exe" == *keyflow* ]]; fi || return 1
   echo "$p"
 }
 
@@ -143,7 +146,7 @@ cmd_start() {
   with_lock
   local keyflow functions
   keyflow="$(find_bin keyflow KEYFLOW_BIN)"
-  functions="$(find_bin shopping-cart-functions FUNCTIONS_BIN)"
+  functions="$(find_bin "$FUNCTIONS_BIN_NAME" FUNCTIONS_BIN)"
   KEYFLOW="$keyflow"
   [[ -f "$MODULE" ]] || fail "no module file at $MODULE (set KEYFLOW_MODULE)"
   KEYFLOW_ADMIN="" require_stack

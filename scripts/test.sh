@@ -53,11 +53,30 @@ suite_playthrough() (
   playthrough/run-all.sh
 )
 
+# The applications of apps/ (docs/apps/), one after the other: each one's stack on ports and a
+# data dir of their own, its playthrough scenarios (playthrough/app.sh APP run), then stop.
+suite_apps() (
+  export WORKER_PREFIX=test-app-worker ADMIN_BASE_PORT=18190 INGRESS_BASE_PORT=18280
+  local app rc=0 failed=()
+  cargo build -p keyflow-engine --bins || exit
+  for app in $(playthrough/app.sh list); do
+    echo "---- $app" >&2
+    # Convention: the package that builds the function service has the binary's name.
+    cargo build --bins -p "$(sed -n 's/^FUNCTIONS_BIN_NAME=//p' "apps/$app/app.env")" || exit
+    rm -rf "$REPO_ROOT/.data/apps-test/$app"
+    KEYFLOW_DATA_DIR="$REPO_ROOT/.data/apps-test/$app" KEYFLOW_CLUSTER="test-$app" \
+      FUNCTIONS_PORT=11200 KEYFLOW_BIN="$REPO_ROOT/target/debug/keyflow" \
+      playthrough/app.sh "$app" run || { rc=$?; failed+=("$app"); }
+  done
+  ((rc == 0)) || echo "suite_apps: failed: ${failed[*]}" >&2
+  exit "$rc"
+)
+
 SUITES=(
   suite_conformance_setup
   suite_cargo_test
   suite_playthrough
-  # later: playthrough scripts, conformance tests, ...
+  suite_apps
 )
 # -----------------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 # The ticket-reservation application through the HTTP ingress, like a user with curl
 # (docs/apps/ticket-reservation.md): the seed's exchange, a reservation that expires, an
 # expiry after checkout, and two users racing for one seat. Needs a running ticket stack:
-#   playthrough/tickets/stack.sh start
+#   playthrough/app.sh ticket-reservation start
 #
 # Environment (defaults): INGRESS=127.0.0.1:8180 and INGRESS2=127.0.0.1:8181 (the two
 # workers' HTTP ingress; the race sends one request to each), WAIT_TIMEOUT=60, RUN (lib.sh).
@@ -29,7 +29,7 @@ ask() {
   ctype=${code#* }
   code=${code%% *}
   say "seen  $code $ctype  $ANSWER"
-  [[ "$code" == 200 ]] || fail "HTTP $code from $addr ($STACK_HINT; is it the ticket stack? playthrough/tickets/stack.sh start)"
+  [[ "$code" == 200 ]] || fail "HTTP $code from $addr ($STACK_HINT; is it the ticket stack? playthrough/app.sh ticket-reservation start)"
   [[ "$ctype" == application/vnd.ticketing/Result ]] || fail "expected Content-Type application/vnd.ticketing/Result, got $ctype"
   [[ "$ANSWER" == true || "$ANSWER" == false ]] || fail "expected true or false, got $ANSWER"
 }
