@@ -78,7 +78,17 @@ pub async fn shutdown_signal() {
 }
 
 async fn invoke(State(functions): State<Arc<StatefulFunctions>>, body: Bytes) -> Response {
-    match functions.handle(&body) {
+    // Handlers are plain functions and may block (a call to another service, a file): they
+    // run on tokio's blocking pool, never on the threads that serve connections.
+    let outcome = tokio::task::spawn_blocking(move || functions.handle(&body)).await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(join) => {
+            tracing::error!("a handler panicked: {join}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "the handler panicked").into_response();
+        }
+    };
+    match outcome {
         Ok(answer) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response()
         }
