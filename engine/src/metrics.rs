@@ -41,6 +41,10 @@ pub struct Metrics {
     pub epoch_failures: IntCounterVec,
     /// Delayed messages waiting, by partition.
     pub delayed_pending: IntGaugeVec,
+    /// Addresses with committed state, by partition.
+    pub state_entries: IntGaugeVec,
+    /// Bytes of committed address state (keys and values in the store), by partition.
+    pub state_bytes: IntGaugeVec,
     /// Seconds the last restore of a partition took.
     pub restore_seconds: prometheus::GaugeVec,
     /// Partitions (of `<cluster>-messages`) this worker processes.
@@ -167,6 +171,22 @@ impl Metrics {
                 &["partition"],
             )
             .unwrap(),
+            state_entries: IntGaugeVec::new(
+                Opts::new(
+                    "state_entries",
+                    "Addresses with committed state in a partition",
+                ),
+                &["partition"],
+            )
+            .unwrap(),
+            state_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "state_bytes",
+                    "Bytes of committed address state (store keys and values) in a partition",
+                ),
+                &["partition"],
+            )
+            .unwrap(),
             restore_seconds: prometheus::GaugeVec::new(
                 Opts::new(
                     "restore_seconds",
@@ -198,6 +218,8 @@ impl Metrics {
         r.register(Box::new(m.epoch_records.clone())).unwrap();
         r.register(Box::new(m.epoch_failures.clone())).unwrap();
         r.register(Box::new(m.delayed_pending.clone())).unwrap();
+        r.register(Box::new(m.state_entries.clone())).unwrap();
+        r.register(Box::new(m.state_bytes.clone())).unwrap();
         r.register(Box::new(m.restore_seconds.clone())).unwrap();
         r.register(Box::new(m.partitions_owned.clone())).unwrap();
         m
@@ -210,6 +232,19 @@ impl Metrics {
             .encode_utf8(&self.registry.gather(), &mut out)
             .expect("text encoding never fails");
         out
+    }
+}
+
+impl Metrics {
+    /// Sets a partition's state gauges.
+    pub fn set_state_size(&self, partition: i32, size: crate::store::StateSize) {
+        let p = partition.to_string();
+        self.state_entries
+            .with_label_values(&[&p])
+            .set(size.entries as i64);
+        self.state_bytes
+            .with_label_values(&[&p])
+            .set(size.bytes as i64);
     }
 }
 

@@ -109,6 +109,14 @@ pub async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
         .metrics
         .consumer_lag
         .remove_label_values(&[&topic, &p.to_string()]);
+    let _ = shared
+        .metrics
+        .state_entries
+        .remove_label_values(&[&p.to_string()]);
+    let _ = shared
+        .metrics
+        .state_bytes
+        .remove_label_values(&[&p.to_string()]);
 }
 
 /// The outcome of one request to a function.
@@ -171,8 +179,9 @@ impl Processor {
         let pr = producer.clone();
         blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
 
-        let store = PartitionStore::open(&shared.db, p)?;
+        let mut store = PartitionStore::open(&shared.db, p)?;
         let replayed = restore::catch_up(&shared.bootstrap, &cfg.topic_state(), p, &store).await?;
+        shared.metrics.set_state_size(p, store.measure()?);
 
         let mut timers = Timers::default();
         for (id, msg) in store.all_delayed()? {
@@ -1115,6 +1124,7 @@ impl Processor {
         }
         self.store.checkpoint(next_offset)?;
         let m = &self.shared.metrics;
+        m.set_state_size(self.p, self.store.state_size());
         m.epoch_commit_seconds
             .observe(started.elapsed().as_secs_f64());
         m.epoch_records.observe(self.records as f64);

@@ -43,6 +43,16 @@ pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 pub struct PartitionStore {
     tree: sled::Tree,
     overlay: Overlay,
+    size: StateSize,
+}
+
+/// The committed address states of a partition: how many addresses have state, and the bytes
+/// of their records (key and value) in the tree. Kept up to date by [`PartitionStore::checkpoint`]
+/// after [`PartitionStore::measure`] counted them once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateSize {
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 impl PartitionStore {
@@ -50,6 +60,7 @@ impl PartitionStore {
         Ok(PartitionStore {
             tree: db.open_tree(format!("partition-{partition}"))?,
             overlay: Overlay::new(),
+            size: StateSize::default(),
         })
     }
 
@@ -59,6 +70,7 @@ impl PartitionStore {
         PartitionStore {
             tree: self.tree.clone(),
             overlay: Overlay::new(),
+            size: StateSize::default(),
         }
     }
 
@@ -256,6 +268,23 @@ impl PartitionStore {
         self.overlay.insert(key, value);
     }
 
+    /// Counts the committed address states (one scan; after a restore).
+    pub fn measure(&mut self) -> Result<StateSize> {
+        let mut size = StateSize::default();
+        for kv in self.tree.scan_prefix(b"a") {
+            let (k, v) = kv?;
+            size.entries += 1;
+            size.bytes += (k.len() + v.len()) as u64;
+        }
+        self.size = size;
+        Ok(size)
+    }
+
+    /// The committed address states as of the last checkpoint (see [`StateSize`]).
+    pub fn state_size(&self) -> StateSize {
+        self.size
+    }
+
     pub fn overlay(&self) -> &Overlay {
         &self.overlay
     }
@@ -269,7 +298,19 @@ impl PartitionStore {
     pub fn checkpoint(&mut self, next_changelog_offset: Option<i64>) -> Result<()> {
         let overlay = std::mem::take(&mut self.overlay);
         let mut batch = sled::Batch::default();
+        let (mut entries, mut bytes) = (self.size.entries as i64, self.size.bytes as i64);
         for (k, v) in overlay {
+            if k.first() == Some(&b'a') {
+                // The old record was read during the epoch, so this is a cache hit.
+                if let Some(old) = self.tree.get(&k)? {
+                    entries -= 1;
+                    bytes -= (k.len() + old.len()) as i64;
+                }
+                if let Some(v) = &v {
+                    entries += 1;
+                    bytes += (k.len() + v.len()) as i64;
+                }
+            }
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
@@ -279,6 +320,10 @@ impl PartitionStore {
             batch.insert(OFFSET_KEY, &off.to_be_bytes());
         }
         self.tree.apply_batch(batch)?;
+        self.size = StateSize {
+            entries: entries.max(0) as u64,
+            bytes: bytes.max(0) as u64,
+        };
         Ok(())
     }
 
@@ -408,6 +453,52 @@ mod tests {
         // An empty state is a delete, not an empty record.
         s.put_address_state(&a, &AddressState::default());
         assert_eq!(s.overlay().get(&address_key(&a)), Some(&None));
+    }
+
+    #[test]
+    fn state_size_follows_checkpoints() {
+        let db = temp_db();
+        let mut s = PartitionStore::open(&db, 1).unwrap();
+        let a = Address::new("ns", "f", "a");
+        let b = Address::new("ns", "f", "b");
+        let state = |v: &[u8]| AddressState {
+            values: [(
+                "x".to_string(),
+                StoredValue {
+                    value: Some(keyflow_protocol::TypedValue {
+                        typename: "t".into(),
+                        has_value: true,
+                        value: v.to_vec().into(),
+                    }),
+                    expires_at_ms: 0,
+                },
+            )]
+            .into(),
+        };
+        s.put_address_state(&a, &state(b"1234"));
+        s.put_address_state(&b, &state(b"1"));
+        assert_eq!(
+            s.state_size(),
+            StateSize::default(),
+            "uncommitted changes do not count"
+        );
+        s.checkpoint(None).unwrap();
+        let two = s.state_size();
+        assert_eq!(two.entries, 2);
+        s.put_address_state(&a, &state(b"12"));
+        s.checkpoint(None).unwrap();
+        assert_eq!(s.state_size().entries, 2);
+        assert_eq!(s.state_size().bytes, two.bytes - 2);
+        s.put_address_state(&b, &AddressState::default());
+        s.checkpoint(None).unwrap();
+        let one = s.state_size();
+        assert_eq!(one.entries, 1);
+        let mut reopened = PartitionStore::open(&db, 1).unwrap();
+        assert_eq!(
+            reopened.measure().unwrap(),
+            one,
+            "a recount agrees with the running count"
+        );
     }
 
     #[test]

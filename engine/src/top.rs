@@ -89,6 +89,9 @@ pub struct Row {
     pub commit_ms: Option<f64>,
     pub lag: Option<f64>,
     pub delayed: f64,
+    /// Addresses with committed state, and their bytes.
+    pub state_entries: f64,
+    pub state_bytes: f64,
 }
 
 /// The rows of one worker from its status, and two metric samples `secs` apart.
@@ -131,6 +134,8 @@ pub fn rows(
                 "partition",
                 &label,
             ),
+            state_entries: get(after, "keyflow_state_entries", "partition", &label),
+            state_bytes: get(after, "keyflow_state_bytes", "partition", &label),
         });
     }
     out.sort_by_key(|r| r.partition);
@@ -140,15 +145,33 @@ pub fn rows(
 /// The table as text.
 pub fn render(rows: &[Row]) -> String {
     let mut s = format!(
-        "{:<16} {:>9} {:<10} {:>10} {:>9} {:>10} {:>8} {:>8}\n",
-        "WORKER", "PARTITION", "PHASE", "RECORDS/s", "EPOCHS/s", "COMMIT ms", "LAG", "DELAYED"
+        "{:<16} {:>9} {:<10} {:>10} {:>9} {:>10} {:>8} {:>8} {:>9} {:>10}\n",
+        "WORKER",
+        "PARTITION",
+        "PHASE",
+        "RECORDS/s",
+        "EPOCHS/s",
+        "COMMIT ms",
+        "LAG",
+        "DELAYED",
+        "STATE",
+        "STATE KiB"
     );
     for r in rows {
         let commit = r.commit_ms.map_or("-".to_string(), |c| format!("{c:.1}"));
         let lag = r.lag.map_or("-".to_string(), |l| format!("{l:.0}"));
         s.push_str(&format!(
-            "{:<16} {:>9} {:<10} {:>10.1} {:>9.1} {:>10} {:>8} {:>8.0}\n",
-            r.worker, r.partition, r.phase, r.records_per_s, r.epochs_per_s, commit, lag, r.delayed
+            "{:<16} {:>9} {:<10} {:>10.1} {:>9.1} {:>10} {:>8} {:>8.0} {:>9.0} {:>10.1}\n",
+            r.worker,
+            r.partition,
+            r.phase,
+            r.records_per_s,
+            r.epochs_per_s,
+            commit,
+            lag,
+            r.delayed,
+            r.state_entries,
+            r.state_bytes / 1024.0
         ));
     }
     s
@@ -242,6 +265,8 @@ keyflow_partition_epochs_total{partition="0"} 10
 keyflow_partition_commit_seconds_total{partition="0"} 0.05
 keyflow_consumer_lag{partition="0",topic="c-messages"} 3
 keyflow_delayed_messages_pending{partition="0"} 2
+keyflow_state_entries{partition="0"} 12
+keyflow_state_bytes{partition="0"} 2048
 keyflow_partitions_owned 2
 "#;
 
@@ -278,6 +303,8 @@ keyflow_partitions_owned 2
         assert!((r[0].commit_ms.unwrap() - 5.0).abs() < 1e-9);
         assert_eq!(r[0].lag, Some(3.0));
         assert_eq!(r[0].delayed, 2.0);
+        assert_eq!((r[0].state_entries, r[0].state_bytes), (12.0, 2048.0));
         assert!(render(&r).contains("w1"));
+        assert!(render(&r).contains("STATE KiB"));
     }
 }

@@ -226,6 +226,27 @@ fn seed_scenario_clear_cart_out_of_stock_and_second_checkout() {
         metric_sum(&m, "keyflow_ingress_bytes_total").unwrap_or(0.0) > 300.0,
         "{m}"
     );
+    // The state gauges count what the store holds: as many entries as the ids introspection
+    // lists for the two function types (this one worker owns every partition).
+    let listed: usize = ["com.example/stock", "com.example/user-shopping-cart"]
+        .iter()
+        .map(|t| {
+            state(format!("/state/{t}"))["ids"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(listed >= 1, "the stock of socks has state");
+    assert_eq!(
+        metric_sum(&m, "keyflow_state_entries"),
+        Some(listed as f64),
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "keyflow_state_bytes").unwrap_or(0.0) > 20.0 * listed as f64,
+        "{m}"
+    );
     // Everything was read: each input's lag, once librdkafka reported it, is 0.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
