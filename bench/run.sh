@@ -134,8 +134,9 @@ trap 'RC=130; exit 130' INT TERM
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 # 1. Binaries.
-say "building release binaries (cargo build --release --bins)"
-(cd "$REPO" && cargo build --release --bins) || die "build failed"
+say "building release binaries (cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins)"
+(cd "$REPO" && cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins) \
+  || die "build failed"
 for b in keyflow shopping-cart-functions keyflow-bench; do
   [[ -x "$BIN/$b" ]] || die "$BIN/$b missing after the build"
 done
@@ -321,6 +322,7 @@ if [[ $RESTATE -eq 1 && $RC -eq 0 ]]; then
   stop_pid functions "$FUNCTIONS_PID"
   RJSON="$RESULTS/$STAMP.restate.json"
   "$BENCH_DIR/restate/run.sh" --records "${RESTATE_RECORDS:-10000}" --json-out "$RJSON" \
+    --latency-secs "$(( QUICK == 1 ? 10 : 20 ))" \
     || { RC=1; say "the Restate peer failed"; }
   if [[ $RC -eq 0 && -f "$RJSON" ]]; then
     python3 - "$RESULTS/$STAMP.json" "$RJSON" <<'PY'
@@ -332,6 +334,13 @@ main["restate"]["keyflow_over_restate"] = k / r["records_per_s"] if k and r["rec
 json.dump(main, open(sys.argv[1], "w"), indent=2)
 print(f"keyflow / Restate AddToCart/s: {k:,.0f} / {r['records_per_s']:,.0f} = {main['restate']['keyflow_over_restate']:.1f}x"
       f" ({main['throughput']['records']:,} vs {r['records']:,} records)")
+kl, rl = main.get("latency", {}).get("ms"), r.get("latency", {}).get("ms")
+if kl and rl:
+    print("checkout -> receipt latency, ms      keyflow (Kafka, read_committed) | Restate (HTTP response)")
+    for q in ("p50", "p99", "p999"):
+        print(f"  {q:<5} {kl[q]:>32.1f} | {rl[q]:.1f}   (keyflow / Restate = {kl[q] / rl[q]:.2f})")
+    main["restate"]["latency_keyflow_over_restate"] = {q: kl[q] / rl[q] for q in ("p50", "p99", "p999")}
+    json.dump(main, open(sys.argv[1], "w"), indent=2)
 PY
   fi
 fi

@@ -72,11 +72,21 @@ suite_apps() (
   exit "$rc"
 )
 
+# The benchmark's quick mode (bench/run.sh --quick --restate; docs/benchmarks.md): release
+# build, 10,000 AddToCart records, 10 s of checkout latency, the limit, and the Restate peer
+# (npm installs it on first use). Figures are printed, never asserted (timing goals belong in
+# benchmarks); it fails only when a correctness check does (quantities, duplicate receipts,
+# dead letters, errors in the logs) or something does not start.
+suite_bench_quick() {
+  KAFKA_BOOTSTRAP="$KEYFLOW_BOOTSTRAP" bench/run.sh --quick --restate
+}
+
 SUITES=(
   suite_conformance_setup
   suite_cargo_test
   suite_playthrough
   suite_apps
+  suite_bench_quick
 )
 # -----------------------------------------------------------------------------------------------
 

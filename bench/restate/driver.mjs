@@ -2,10 +2,15 @@
 // AddToCart calls for 1,000 users x 100 items (record i: user i mod 1000, item
 // (i div 1000 + user) mod 100, quantity 1..5) with C calls in flight, then one checkout per
 // user; throughput = N / (first AddToCart sent -> last receipt). Checks the quantities.
-// Usage: node driver.mjs <ingress-url> <records> <concurrency> <json-out>
+// Then the latency phase, as keyflow-bench's: R*S fresh users get a one-item basket (not
+// timed), then checkout i is sent at start + i/R (open loop, whatever the answers do) and its
+// latency is send -> the receipt (the checkout's response).
+// Usage: node driver.mjs <ingress-url> <records> <concurrency> <json-out> [rate/s] [seconds]
 import { writeFileSync } from "node:fs";
 
-const [url, recordsArg, concArg, out] = process.argv.slice(2);
+const [url, recordsArg, concArg, out, rateArg, secsArg] = process.argv.slice(2);
+const RATE = Number(rateArg ?? 100);
+const SECS = Number(secsArg ?? 10);
 const N = Number(recordsArg ?? 10000);
 const C = Number(concArg ?? 100);
 const run = `r${Date.now().toString(36)}`;
@@ -68,6 +73,39 @@ await pool(buyers, C, async (u) => {
 });
 const t1 = performance.now();
 const pct = (v, q) => v[Math.min(v.length - 1, Math.ceil(q * v.length) - 1)];
+
+// Latency phase: fixed-rate checkouts of one-item baskets.
+const L = Math.round(RATE * SECS);
+const latUser = (i) => `${run}-lat${String(i).padStart(5, "0")}`;
+await pool(L, 100, (i) =>
+  call(`cart/${latUser(i)}/addToCart`, { itemId: itemId(i % items), quantity: 1 }),
+);
+const checkoutLat = [];
+const lStart = performance.now() + 50;
+let lateReceipts = 0;
+await Promise.all(
+  Array.from({ length: L }, async (_, i) => {
+    const due = lStart + (i * 1000) / RATE;
+    await new Promise((r) => setTimeout(r, Math.max(0, due - performance.now())));
+    const t = performance.now();
+    const r = await call(`cart/${latUser(i)}/checkout`);
+    checkoutLat.push(performance.now() - t);
+    if (Object.values(r.basket).reduce((a, b) => a + b, 0) !== 1) lateReceipts++;
+  }),
+);
+checkoutLat.sort((a, b) => a - b);
+const latency = {
+  checkouts: L,
+  rate_per_s: RATE,
+  ms: {
+    p50: pct(checkoutLat, 0.5),
+    p99: pct(checkoutLat, 0.99),
+    p999: pct(checkoutLat, 0.999),
+    max: checkoutLat[checkoutLat.length - 1],
+    mean: checkoutLat.reduce((a, b) => a + b, 0) / checkoutLat.length,
+  },
+  wrong_receipts: lateReceipts,
+};
 const result = {
   run,
   records: N,
@@ -79,7 +117,8 @@ const result = {
   quantity_added: added,
   quantity_in_receipts: inReceipts,
   quantity_ok: added === inReceipts,
+  latency,
 };
 console.log(JSON.stringify(result));
 if (out) writeFileSync(out, JSON.stringify(result, null, 2) + "\n");
-if (!result.quantity_ok) process.exit(1);
+if (!result.quantity_ok || latency.wrong_receipts > 0) process.exit(1);

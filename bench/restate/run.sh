@@ -5,7 +5,10 @@
 # users x 100 items with C calls in flight (default 1,000: every user at once, as keyflow-bench
 # produces everything at once), then one checkout per user.
 #
-#   bench/restate/run.sh [--quick] [--records N] [--concurrency C] [--json-out PATH]
+# Then the latency phase, as keyflow-bench's: 100 checkouts/s of one-item baskets for S
+# seconds (default 10), each timed from send to its receipt (the response).
+#
+#   bench/restate/run.sh [--quick] [--records N] [--concurrency C] [--latency-secs S] [--json-out PATH]
 #
 # npm installs @restatedev/restate-server 1.7.x and @restatedev/restate-sdk 1.16.x here on
 # first use. Writes bench/results/<timestamp>.restate.json (or PATH); prints the figures and the CPU
@@ -15,14 +18,16 @@ DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RESULTS="$DIR/../results"
 RECORDS=100000
 CONC=1000
+LAT_SECS=10
 OUT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) RECORDS=10000 ;;
     --records) shift; RECORDS="$1" ;;
     --concurrency) shift; CONC="$1" ;;
+    --latency-secs) shift; LAT_SECS="$1" ;;
     --json-out) shift; OUT="$1" ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "restate/run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -77,7 +82,7 @@ say "driving $RECORDS AddToCart calls, $CONC in flight"
 mkdir -p "$RESULTS"
 [[ -n "$OUT" ]] || OUT="$RESULTS/$(date -u +%Y%m%dT%H%M%SZ).restate.json"
 S0="$(cpu "$SERVER_PID")"; V0="$(cpu "$SERVICE_PID")"
-node "$DIR/driver.mjs" "http://127.0.0.1:$INGRESS" "$RECORDS" "$CONC" "$WORK/driver.json" &
+node "$DIR/driver.mjs" "http://127.0.0.1:$INGRESS" "$RECORDS" "$CONC" "$WORK/driver.json" 100 "$LAT_SECS" &
 DRIVER=$!
 D1=0
 while kill -0 "$DRIVER" 2>/dev/null; do D1="$(cpu "$DRIVER")"; sleep 0.2; done
@@ -95,6 +100,9 @@ print(f"  first call -> last receipt               {d['seconds']:.2f} s")
 print(f"  throughput                               {d['records_per_s']:,.0f} records/s")
 print(f"  AddToCart call p50 / p99                 {d['add_call_ms']['p50']:.1f} / {d['add_call_ms']['p99']:.1f} ms")
 print(f"  quantity in receipts / added             {d['quantity_in_receipts']:,} / {d['quantity_added']:,}  {'OK' if d['quantity_ok'] else 'MISMATCH'}")
-print("  CPU s (share): " + " / ".join(f"{k} {v:.1f} ({100*v/max(tot,1e-9):.0f}%)" for k, v in c.items()))
+l = d["latency"]
+print(f"Restate checkout -> receipt latency ({l['checkouts']:,} checkouts at {l['rate_per_s']}/s)")
+print(f"  p50 / p99 / p99.9 / max                  {l['ms']['p50']:.1f} / {l['ms']['p99']:.1f} / {l['ms']['p999']:.1f} / {l['ms']['max']:.1f} ms")
+print("  CPU s, both phases (share): " + " / ".join(f"{k} {v:.1f} ({100*v/max(tot,1e-9):.0f}%)" for k, v in c.items()))
 print(f"  results written to {sys.argv[2]}")
 PY
