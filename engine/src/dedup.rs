@@ -22,11 +22,20 @@ pub enum Admit {
 
 /// Decides about a message with an idempotency key, given the record of earlier ones.
 /// Returns the decision and the record to store.
+/// A repeat whose first message completed without a reply yet waits for a later one (a
+/// function may answer once other functions answered it); at most this many such callers
+/// are kept, the oldest dropped first (they time out as they would without a reply).
+pub const MAX_WAITING: usize = 1000;
+
 pub fn admit(record: Option<Dedup>, caller: Option<&Address>) -> (Admit, Dedup) {
     match record {
         None => (Admit::Invoke, Dedup::default()),
-        Some(mut r) if !r.done => {
+        Some(mut r) if !r.done || (r.reply.is_none() && caller.is_some()) => {
             r.waiting.extend(caller.cloned());
+            if r.waiting.len() > MAX_WAITING {
+                let extra = r.waiting.len() - MAX_WAITING;
+                r.waiting.drain(..extra);
+            }
             (Admit::Join, r)
         }
         Some(r) => (Admit::Answer(caller.and(r.reply.clone())), r),
@@ -43,10 +52,13 @@ pub fn replied(record: &mut Dedup, reply: &TypedValue) -> Vec<Address> {
 }
 
 /// The first message's invocation completed at `now_ms` (a reply may or may not exist).
+/// Without a reply yet, the callers that joined keep waiting for a later one.
 pub fn completed(record: &mut Dedup, now_ms: i64) {
     record.done = true;
     record.done_at_ms = now_ms;
-    record.waiting.clear();
+    if record.reply.is_some() {
+        record.waiting.clear();
+    }
 }
 
 /// A completed record older than `retention_ms` is forgotten: a later repeat runs again.
@@ -89,6 +101,37 @@ mod tests {
             Admit::Answer(None),
             "no caller, nothing to send"
         );
+    }
+
+    #[test]
+    fn a_reply_after_completion_reaches_the_repeats_that_came_before_it() {
+        let (_, mut r) = admit(None, Some(&caller("c1")));
+        let (a, r2) = admit(Some(r), Some(&caller("c2")));
+        assert_eq!(a, Admit::Join);
+        r = r2;
+        completed(&mut r, 100);
+        // Completed, no reply yet: a repeat with a caller waits; one without gets nothing.
+        let (a, r3) = admit(Some(r.clone()), Some(&caller("c3")));
+        assert_eq!(a, Admit::Join);
+        assert_eq!(admit(Some(r3.clone()), None).0, Admit::Answer(None));
+        r = r3;
+        let reply = builtin::encode_string("late".into());
+        assert_eq!(replied(&mut r, &reply), vec![caller("c2"), caller("c3")]);
+        assert_eq!(
+            admit(Some(r), Some(&caller("c4"))).0,
+            Admit::Answer(Some(reply))
+        );
+    }
+
+    #[test]
+    fn waiting_callers_are_bounded() {
+        let (_, mut r) = admit(None, Some(&caller("c0")));
+        completed(&mut r, 1);
+        for i in 0..MAX_WAITING + 3 {
+            r = admit(Some(r), Some(&caller(&format!("c{}", i + 1)))).1;
+        }
+        assert_eq!(r.waiting.len(), MAX_WAITING);
+        assert_eq!(r.waiting[0], caller("c4"));
     }
 
     #[test]

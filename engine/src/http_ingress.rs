@@ -348,6 +348,26 @@ fn keyed_message_id(namespace: &str, ftype: &str, id: &str, key: &str) -> String
     format!("k{hex}")
 }
 
+/// For the caller address of a request with an idempotency key
+/// (`<worker>~<request>~k<hex>`): the target address (`namespace/type/id`) and the key its
+/// message id was made of. `None` for any other address.
+pub fn keyed_request(caller: &Address) -> Option<(String, String)> {
+    if !is_ingress_address(caller) {
+        return None;
+    }
+    let hex = caller.id.splitn(3, '~').nth(2)?.strip_prefix('k')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (address, key) = text.split_once('\n')?;
+    Some((address.to_string(), key.to_string()))
+}
+
 fn truthy(v: Option<&str>) -> bool {
     matches!(v.map(str::trim), Some("true" | "1" | "yes"))
 }
@@ -911,6 +931,20 @@ mod tests {
             value_json(&TypedValue::of("com.example/Raw", &[0xffu8, 0xfe][..])),
             serde_json::json!("//4=")
         );
+    }
+
+    #[test]
+    fn a_keyed_caller_names_its_target_and_key() {
+        let message = keyed_message_id("holiday", "trips", "t~1", "key 7");
+        let caller = Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, format!("w1~r9~{message}"));
+        assert_eq!(
+            keyed_request(&caller),
+            Some(("holiday/trips/t~1".to_string(), "key 7".to_string()))
+        );
+        let plain = Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, "w1~r9");
+        assert_eq!(keyed_request(&plain), None);
+        let other = Address::new("holiday", "trips", format!("w1~r9~{message}"));
+        assert_eq!(keyed_request(&other), None);
     }
 
     #[test]

@@ -205,9 +205,14 @@ impl PartitionStore {
     }
 
     pub fn put_inbox(&mut self, addr: &Address, inbox: Option<&Inbox>) {
+        self.put_inbox_encoded(addr, inbox.map(Message::encode_to_vec));
+    }
+
+    /// As [`put_inbox`](Self::put_inbox), with the `Inbox` already encoded.
+    pub fn put_inbox_encoded(&mut self, addr: &Address, inbox: Option<Vec<u8>>) {
         let mut key = address_key(addr);
         key[0] = b'i';
-        self.overlay.insert(key, inbox.map(Message::encode_to_vec));
+        self.overlay.insert(key, inbox);
     }
 
     /// Every committed inbox: (address, its pending messages).
