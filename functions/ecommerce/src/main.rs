@@ -1,10 +1,42 @@
-//! Serves the functions over HTTP (work in progress).
+//! Serves the e-commerce store functions (`ecommerce/*`) over HTTP.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-fn main() -> anyhow::Result<()> {
-    let listen: SocketAddr = "0.0.0.0:1110".parse()?;
-    let _ = listen;
-    let _ = ecommerce_functions::functions();
-    Ok(())
+use anyhow::Context as _;
+use clap::Parser;
+use ecommerce_functions::{functions, Config, DEFAULT_ORDER_EVENTS_TOPIC};
+use tracing_subscriber::EnvFilter;
+
+/// Serves the e-commerce store functions to a StateFun-compatible runtime.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on for the runtime's requests.
+    #[arg(long, env = "ECOMMERCE_LISTEN", default_value = "0.0.0.0:1110")]
+    listen: SocketAddr,
+    /// How long after a product's last unit sold one unit is restocked (milliseconds).
+    #[arg(long, env = "ECOMMERCE_RESTOCK_DELAY_MS", default_value_t = 15_000)]
+    restock_delay_ms: u64,
+    /// The Kafka topic order events go to (through the egress `ecommerce/order-events`).
+    #[arg(long, env = "ECOMMERCE_ORDER_EVENTS_TOPIC", default_value = DEFAULT_ORDER_EVENTS_TOPIC)]
+    order_events_topic: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = Config {
+        restock_delay: Duration::from_millis(args.restock_delay_ms),
+        order_events_topic: args.order_events_topic,
+    };
+    tracing::info!(restock_delay = ?config.restock_delay, topic = %config.order_events_topic, "e-commerce store functions");
+    keyflow_sdk::serve_until_signal(args.listen, functions(config))
+        .await
+        .context("serving the functions failed")
 }
