@@ -1,10 +1,31 @@
-//! Serves the functions over HTTP (work in progress).
+//! Serves the holiday trip saga's functions (`holiday/trips`, `holiday/flights`,
+//! `holiday/cars`, `holiday/payments`) over HTTP.
 
 use std::net::SocketAddr;
 
-fn main() -> anyhow::Result<()> {
-    let listen: SocketAddr = "0.0.0.0:1112".parse()?;
-    let _ = listen;
-    let _ = holiday_saga_functions::functions();
-    Ok(())
+use anyhow::Context as _;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Serves the holiday trip saga's functions to a StateFun-compatible runtime.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on for the runtime's requests.
+    #[arg(long, env = "SAGA_LISTEN", default_value = "0.0.0.0:1112")]
+    listen: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    tracing::info!(listen = %args.listen, "holiday saga functions");
+    keyflow_sdk::serve_until_signal(args.listen, holiday_saga_functions::functions())
+        .await
+        .context("serving the functions failed")
 }
