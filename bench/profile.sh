@@ -23,9 +23,14 @@ TEXT="$RESULTS/$STAMP.profile.txt"
 BENCH=$!
 # The engine worker of this run: the newest `keyflow run` process that bench/run.sh started.
 PID=""
+# It must still be there a moment later (not a short-lived process that matched).
 for _ in $(seq 1 1800); do
-  PID="$(pgrep -n -f -- "release/keyflow run .*--cluster bench-" || true)"
-  [[ -n "$PID" ]] && break
+  PID="$(pgrep -n -f -- "release/keyflow run --module .*--cluster bench-.*--worker-id w1" || true)"
+  if [[ -n "$PID" ]]; then
+    sleep 0.5
+    if kill -0 "$PID" 2>/dev/null && grep -q -- "--worker-id" "/proc/$PID/cmdline" 2>/dev/null; then break; fi
+    PID=""
+  fi
   kill -0 "$BENCH" 2>/dev/null || { say "bench/run.sh ended before an engine started"; wait "$BENCH"; exit 1; }
   sleep 0.1
 done
