@@ -97,6 +97,8 @@ launch() {
   fi
   [[ -f "$log" ]] && mv -f "$log" "$log.prev"
   echo "$port" >"$RUN_DIR/$name.port"
+  # A stale pid file (a process killed with -9) would be read back as the new pid.
+  rm -f "$RUN_DIR/$name.pid"
   # shellcheck disable=SC2016 # the inner shell writes its own pid, then becomes the process
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN_DIR/$name.pid" "$@" </dev/null >"$log" 2>&1 9>&- &
   local i
