@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ecommerce_functions::{functions, Config, DEFAULT_ORDER_EVENTS_TOPIC};
-use tracing_subscriber::EnvFilter;
 
 /// Serves the e-commerce store functions to a StateFun-compatible runtime.
 #[derive(Debug, Parser)]
@@ -25,11 +24,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    keyflow_sdk::init_logging("info");
     let args = Args::parse();
     let config = Config {
         restock_delay: Duration::from_millis(args.restock_delay_ms),

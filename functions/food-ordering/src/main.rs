@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use food_ordering_functions::restaurant::HttpRestaurant;
 use food_ordering_functions::{functions, Config, DEFAULT_EVENTS_TOPIC, DEFAULT_RESTAURANT_URL};
-use tracing_subscriber::EnvFilter;
 
 /// Serves the food-ordering functions to a StateFun-compatible runtime.
 #[derive(Debug, Parser)]
@@ -38,11 +37,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    keyflow_sdk::init_logging("info");
     let args = Args::parse();
     let config = Config {
         events_topic: args.events_topic,

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Serves the holiday trip saga's functions to a StateFun-compatible runtime.
 #[derive(Debug, Parser)]
@@ -18,11 +17,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    keyflow_sdk::init_logging("info");
     let args = Args::parse();
     tracing::info!(listen = %args.listen, "holiday saga functions");
     keyflow_sdk::serve_until_signal(args.listen, holiday_saga_functions::functions())

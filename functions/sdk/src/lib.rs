@@ -56,6 +56,6 @@ pub use functions::{FunctionSpec, StatefulFunctions};
 pub use keyflow_protocol as protocol;
 pub use keyflow_protocol::{Address, TypedValue};
 pub use message::Message;
-pub use server::{serve, serve_until_signal, shutdown_signal};
+pub use server::{init_logging, serve, serve_until_signal, shutdown_signal};
 pub use state::{Expiration, Storage, ValueSpec};
 pub use types::{Type, TypeName};

@@ -38,6 +38,14 @@ pub async fn serve(
         .await
 }
 
+/// Logs to stderr for a function service's `main`: the filter from `RUST_LOG` when it is set,
+/// else `default_filter` (e.g. `"info"`). Call it once, before anything logs.
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
 /// Binds `listen` and serves `functions` until Ctrl-C or SIGTERM ([`shutdown_signal`]): the
 /// whole `main` of a function service, after its logging is set up.
 pub async fn serve_until_signal(

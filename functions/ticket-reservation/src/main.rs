@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ticket_reservation_functions::{functions, Config};
-use tracing_subscriber::EnvFilter;
 
 /// Serves the ticket-reservation functions to a StateFun-compatible runtime.
 #[derive(Debug, Parser)]
@@ -23,11 +22,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    keyflow_sdk::init_logging("info");
     let args = Args::parse();
     let config = Config {
         reservation: Duration::from_millis(args.reservation_ms),

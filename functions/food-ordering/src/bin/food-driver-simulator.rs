@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use food_ordering_functions::geo::DEMO_REGION;
 use food_ordering_functions::simulator::{run, SimConfig};
-use tracing_subscriber::EnvFilter;
 
 /// The food-ordering application's driver simulator.
 #[derive(Debug, Parser)]
@@ -50,12 +49,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn")),
-        )
-        .init();
+    keyflow_sdk::init_logging("info,librdkafka=warn,rdkafka=warn");
     let args = Args::parse();
     let config = SimConfig {
         engine_ingress: args.engine_ingress,

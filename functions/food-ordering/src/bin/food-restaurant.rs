@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use food_ordering_functions::restaurant_stub::{serve, StubConfig};
-use tracing_subscriber::EnvFilter;
 
 /// The food-ordering application's restaurant stub.
 #[derive(Debug, Parser)]
@@ -34,11 +33,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    keyflow_sdk::init_logging("info");
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
