@@ -32,12 +32,7 @@ impl App {
                 functions.port
             ),
         );
-        let mut engines: Vec<Engine> = (1..=workers)
-            .map(|i| Engine::start(&module, &cluster, &format!("w{i}"), &dir, &[]))
-            .collect();
-        for e in &mut engines {
-            e.wait_ready(Duration::from_secs(90));
-        }
+        let engines = Engine::start_workers(&module, &cluster, &dir, workers, &[]);
         App {
             workers: engines,
             _functions: functions,

@@ -89,12 +89,7 @@ impl App {
         let functions = FunctionServer::start(functions(), 0);
         let dir = temp_dir(&cluster);
         let module = write_module(&dir, &module_yaml(functions.port));
-        let mut engines: Vec<Engine> = (1..=workers)
-            .map(|i| Engine::start(&module, &cluster, &format!("w{i}"), &dir, extra))
-            .collect();
-        for e in &mut engines {
-            e.wait_ready(Duration::from_secs(90));
-        }
+        let engines = Engine::start_workers(&module, &cluster, &dir, workers, extra);
         App {
             cluster,
             workers: engines,

@@ -258,6 +258,24 @@ impl Engine {
     }
 
     /// Waits for `/ready`; panics with the log tail after `timeout`.
+    /// Starts workers `w1`..`wN` of `cluster` (each with `extra`) and waits until every one
+    /// is ready.
+    pub fn start_workers(
+        module: &Path,
+        cluster: &str,
+        data_dir: &Path,
+        workers: usize,
+        extra: &[&str],
+    ) -> Vec<Engine> {
+        let mut engines: Vec<Engine> = (1..=workers)
+            .map(|i| Engine::start(module, cluster, &format!("w{i}"), data_dir, extra))
+            .collect();
+        for e in &mut engines {
+            e.wait_ready(Duration::from_secs(90));
+        }
+        engines
+    }
+
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
