@@ -48,6 +48,14 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_COMMIT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub commit_interval: Duration,
 
+    /// An epoch whose input goes idle before its window ends commits at once (the lowest
+    /// latency for a trickle of records) only while the partition's previous epoch took
+    /// fewer input records than this; a busier partition keeps taking input until the window
+    /// closes, so that its commits stay large (0: always wait for the window). See
+    /// docs/design.md, "Epoch sizing".
+    #[arg(long, env = "KEYFLOW_EARLY_CLOSE_BELOW", default_value = "8")]
+    pub early_close_below: usize,
+
     /// Most input records one epoch takes before it commits.
     #[arg(long, env = "KEYFLOW_MAX_EPOCH_RECORDS", default_value = "5000")]
     pub max_epoch_records: usize,

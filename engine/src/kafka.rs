@@ -65,6 +65,13 @@ pub fn transactional_producer(
         .set("message.timeout.ms", txn_ms.min(300_000).to_string())
         .set("linger.ms", "1")
         .set("queue.buffering.max.messages", "1000000")
+        // A transaction's first produce to a partition (AddPartitionsToTxn) is refused with
+        // CONCURRENT_TRANSACTIONS while the broker still writes the previous commit's
+        // markers; librdkafka retries after `retry.backoff.ms` (100 ms by default), which
+        // became the floor of every epoch commit under load. The Java producer retries this
+        // case after 20 ms; so do we, with the same cap on backoff growth.
+        .set("retry.backoff.ms", "10")
+        .set("retry.backoff.max.ms", "100")
         .create()
 }
 
