@@ -18,7 +18,7 @@
 # bench/results/<timestamp>.json. Everything it started is stopped on exit.
 #
 # Environment: ENGINE_ARGS (extra `keyflow run` flags, e.g. "--commit-interval 20ms"),
-# KAFKA_BOOTSTRAP (default 127.0.0.1:9092), CARGO_TARGET_DIR.
+# KAFKA_BOOTSTRAP (default 127.0.0.1:9092), CARGO_TARGET_DIR, BENCH_NO_BUILD=1 (skip the build).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -134,9 +134,13 @@ trap 'RC=130; exit 130' INT TERM
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 # 1. Binaries.
-say "building release binaries (cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins)"
-(cd "$REPO" && cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins) \
-  || die "build failed"
+if [[ "${BENCH_NO_BUILD:-0}" == 1 ]]; then
+  say "BENCH_NO_BUILD=1: using the release binaries as they are (A/B runs of swapped binaries)"
+else
+  say "building release binaries (cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins)"
+  (cd "$REPO" && cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins) \
+    || die "build failed"
+fi
 for b in keyflow shopping-cart-functions keyflow-bench; do
   [[ -x "$BIN/$b" ]] || die "$BIN/$b missing after the build"
 done
