@@ -12,7 +12,7 @@
 //! the delayed [`ORDER_PRODUCT`] to the restock, [`START_CHECKOUT`] / [`CHECKOUT_RESULT`],
 //! [`GET_PROFILE`] / [`PROFILE`], [`PAY`] / [`PAYMENT_RESULT`] and [`APPEND_PURCHASE`].
 
-use keyflow_sdk::{Address, Type, TypeName};
+use keyflow_sdk::{Type, TypeName};
 use serde::{Deserialize, Serialize};
 
 pub const NAMESPACE: &str = "ecommerce";
@@ -265,26 +265,4 @@ pub const CHECKOUT_SUCCEEDED: &str = "CHECKOUT_SUCCEEDED";
 pub const CHECKOUT_FAILED: &str = "CHECKOUT_FAILED";
 
 /// An address kept in state (who to answer later).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Caller {
-    pub namespace: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-}
-
-impl From<&Address> for Caller {
-    fn from(a: &Address) -> Self {
-        Caller {
-            namespace: a.namespace.clone(),
-            kind: a.r#type.clone(),
-            id: a.id.clone(),
-        }
-    }
-}
-
-impl Caller {
-    pub fn address(&self) -> Address {
-        Address::new(&self.namespace, &self.kind, &self.id)
-    }
-}
+pub use keyflow_sdk::SavedAddress as Caller;

@@ -136,27 +136,7 @@ pub struct Failure {
 }
 
 /// Who to answer: an HTTP ingress caller (or any other address).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Caller {
-    pub namespace: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-}
-
-impl Caller {
-    fn of(a: &Address) -> Self {
-        Caller {
-            namespace: a.namespace.clone(),
-            kind: a.r#type.clone(),
-            id: a.id.clone(),
-        }
-    }
-
-    fn address(&self) -> Address {
-        Address::new(&self.namespace, &self.kind, &self.id)
-    }
-}
+pub use keyflow_sdk::SavedAddress as Caller;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -203,7 +183,7 @@ pub fn handle(ctx: &mut Context, msg: Message) -> Result<(), Error> {
             }
         };
         trip.requests += 1;
-        let caller = ctx.caller().map(Caller::of);
+        let caller = ctx.caller().map(Caller::from);
         if let Some(outcome) = &trip.outcome {
             tracing::info!(trip = %trip_id, "already finished: answering the stored result");
             if ctx.caller().is_some() {

@@ -28,6 +28,7 @@
 //! - [`message`]: [`Message`], the argument a function receives and the value it sends.
 //! - [`state`]: [`ValueSpec`] and [`Expiration`] declare state; [`Storage`] holds one
 //!   address's state cells during a batch and knows which ones changed.
+//! - [`address`]: [`SavedAddress`], an address (a caller to answer later) kept in JSON state.
 //! - [`context`]: [`Context`], what a handler can do: read its address and caller, send,
 //!   send later, cancel, emit to egresses, and reach its storage.
 //! - [`egress`]: [`KafkaRecord`], the value of a message to a Kafka egress.
@@ -39,6 +40,7 @@
 //! - [`error`]: [`Error`] (raised by handlers and the SDK's typed accessors) and
 //!   [`HandleError`] (why a whole request failed, with its HTTP status).
 
+pub mod address;
 pub mod context;
 pub mod egress;
 pub mod error;
@@ -49,6 +51,7 @@ pub mod state;
 pub mod testing;
 pub mod types;
 
+pub use address::SavedAddress;
 pub use context::Context;
 pub use egress::KafkaRecord;
 pub use error::{Error, HandleError};

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use keyflow_sdk::{Address, Context, Error, FunctionSpec, Message, Type, ValueSpec};
+use keyflow_sdk::{Context, Error, FunctionSpec, Message, Type, ValueSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{
@@ -49,29 +49,7 @@ pub struct PendingAdd {
     pub reservation_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Caller {
-    pub namespace: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-}
-
-impl From<&Address> for Caller {
-    fn from(a: &Address) -> Self {
-        Caller {
-            namespace: a.namespace.clone(),
-            kind: a.r#type.clone(),
-            id: a.id.clone(),
-        }
-    }
-}
-
-impl Caller {
-    fn address(&self) -> Address {
-        Address::new(&self.namespace, &self.kind, &self.id)
-    }
-}
+pub use keyflow_sdk::SavedAddress as Caller;
 
 pub fn spec() -> FunctionSpec {
     FunctionSpec::new(USER_SESSION)
@@ -248,6 +226,8 @@ fn email<'a>(user: &str, tickets: impl Iterator<Item = &'a String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyflow_sdk::Address;
+
     use crate::messages::AddTicket;
     use crate::testing::{harness, harness_with, Harness};
     use crate::ticket_db::{Status, Ticket, TICKET};
