@@ -71,17 +71,15 @@ impl App {
         let module = write_module(
             &dir,
             &format!(
-                "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: food/*\n  \
-                 urlPathTemplate: http://127.0.0.1:{port}/{{function.name}}\n---\n\
+                "{endpoint}---\n\
                  kind: io.statefun.kafka.v1/ingress\nspec:\n  id: food/orders\n  address: {bs}\n  \
                  consumerGroupId: {cluster}\n  startupPosition:\n    type: earliest\n  topics:\n    \
                  - topic: {orders_topic}\n      valueType: food/Order\n      targets:\n        - food/order\n---\n\
                  kind: io.statefun.kafka.v1/ingress\nspec:\n  id: food/driver-updates\n  address: {bs}\n  \
                  consumerGroupId: {cluster}\n  startupPosition:\n    type: earliest\n  topics:\n    \
-                 - topic: {updates_topic}\n      valueType: food/DriverLocation\n      targets:\n        - food/driver\n---\n\
-                 kind: io.statefun.kafka.v1/egress\nspec:\n  id: food/order-events\n  address: {bs}\n  \
-                 deliverySemantic:\n    type: exactly-once\n    transactionTimeout: 15min\n",
-                port = functions.port,
+                 - topic: {updates_topic}\n      valueType: food/DriverLocation\n      targets:\n        - food/driver\n---\n{egress}",
+                endpoint = endpoint_yaml("food/*", functions.port),
+                egress = exactly_once_egress_yaml("food/order-events"),
                 bs = bootstrap(),
             ),
         );

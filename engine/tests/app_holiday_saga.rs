@@ -26,15 +26,11 @@ impl App {
         let dir = temp_dir(&cluster);
         let module = write_module(
             &dir,
-            &format!(
-                "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: holiday/*\n  \
-                 urlPathTemplate: http://127.0.0.1:{}/{{function.name}}\n---\n\
-                 kind: io.statefun.kafka.v1/egress\nspec:\n  id: holiday/trip-outcomes\n  \
-                 address: {}\n  deliverySemantic:\n    type: exactly-once\n    \
-                 transactionTimeout: 15min\n",
-                functions.port,
-                bootstrap()
-            ),
+            &[
+                endpoint_yaml("holiday/*", functions.port),
+                exactly_once_egress_yaml("holiday/trip-outcomes"),
+            ]
+            .join("---\n"),
         );
         let engines = Engine::start_workers(&module, &cluster, &dir, workers, &[]);
         App {

@@ -24,14 +24,7 @@ impl App {
         let cluster = unique("tickets");
         let functions = FunctionServer::start(functions(Config::default()), 0);
         let dir = temp_dir(&cluster);
-        let module = write_module(
-            &dir,
-            &format!(
-                "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: ticketing/*\n  \
-                 urlPathTemplate: http://127.0.0.1:{}/{{function.name}}\n",
-                functions.port
-            ),
-        );
+        let module = write_module(&dir, &endpoint_yaml("ticketing/*", functions.port));
         let engines = Engine::start_workers(&module, &cluster, &dir, workers, &[]);
         App {
             workers: engines,

@@ -489,6 +489,24 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// Writes a module file into `dir` and returns its path.
+/// A module document: an HTTP endpoint serving `functions` (e.g. `ns/*`) from 127.0.0.1:`port`,
+/// one path per function name.
+pub fn endpoint_yaml(functions: &str, port: u16) -> String {
+    format!(
+        "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: {functions}\n  \
+         urlPathTemplate: http://127.0.0.1:{port}/{{function.name}}\n"
+    )
+}
+
+/// A module document: an exactly-once Kafka egress `id` on the test broker.
+pub fn exactly_once_egress_yaml(id: &str) -> String {
+    format!(
+        "kind: io.statefun.kafka.v1/egress\nspec:\n  id: {id}\n  address: {}\n  \
+         deliverySemantic:\n    type: exactly-once\n    transactionTimeout: 15min\n",
+        bootstrap()
+    )
+}
+
 pub fn write_module(dir: &Path, yaml: &str) -> PathBuf {
     let p = dir.join("module.yaml");
     std::fs::write(&p, yaml).unwrap();
