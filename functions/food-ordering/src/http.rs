@@ -1,7 +1,7 @@
 //! A small blocking HTTP/1.1 client (one request per connection, plain `http://` only) for
 //! the order function's restaurant call and the stub's and simulator's calls into the
-//! engine. Function handlers run on a blocking thread pool, so blocking here is fine, and it
-//! keeps the handler synchronous and free of an async runtime.
+//! engine. The functions are served `with_blocking_handlers` (on a blocking thread pool), so
+//! blocking here is fine, and it keeps the handler synchronous and free of an async runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -83,7 +83,9 @@ pub fn functions(config: Config) -> StatefulFunctions {
     let order_config = config.clone();
     let payment_config = config.clone();
     let delivery_config = config.clone();
+    // The order function calls the restaurant over HTTP (blocking) from its handler.
     StatefulFunctions::new()
+        .with_blocking_handlers()
         .with(order::spec(), move |ctx, msg| {
             order::handle(&order_config, ctx, msg)
         })

@@ -62,6 +62,7 @@ struct Function {
 #[derive(Default)]
 pub struct StatefulFunctions {
     functions: Vec<Function>,
+    may_block: bool,
 }
 
 impl std::fmt::Debug for StatefulFunctions {
@@ -78,7 +79,8 @@ impl StatefulFunctions {
     }
 
     /// Serves `spec`'s function type with `handler`, which runs once per message. Handlers
-    /// run on the server's async threads, so they must not block.
+    /// run on the server's async threads, so they must not block, unless the functions are
+    /// declared [`with_blocking_handlers`](Self::with_blocking_handlers).
     ///
     /// # Panics
     /// When the function type is already registered.
@@ -98,6 +100,22 @@ impl StatefulFunctions {
             handler: Box::new(handler),
         });
         self
+    }
+
+    /// Declares that a handler may block (a call to another service, a file): [`serve`]
+    /// then runs each request on tokio's blocking pool instead of its async threads. That
+    /// hop costs: the shopping-cart functions answered about a third fewer requests per
+    /// second through it (`keyflow-bench limit-http`), so it is not the default.
+    ///
+    /// [`serve`]: crate::serve
+    pub fn with_blocking_handlers(mut self) -> Self {
+        self.may_block = true;
+        self
+    }
+
+    /// Whether [`with_blocking_handlers`](Self::with_blocking_handlers) was declared.
+    pub fn handlers_may_block(&self) -> bool {
+        self.may_block
     }
 
     /// The registered function types, in registration order.

@@ -86,15 +86,18 @@ pub async fn shutdown_signal() {
 }
 
 async fn invoke(State(functions): State<Arc<StatefulFunctions>>, body: Bytes) -> Response {
-    // Handlers are plain functions and may block (a call to another service, a file): they
-    // run on tokio's blocking pool, never on the threads that serve connections.
-    let outcome = tokio::task::spawn_blocking(move || functions.handle(&body)).await;
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(join) => {
-            tracing::error!("a handler panicked: {join}");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "the handler panicked").into_response();
+    // Handlers that may block (declared with `with_blocking_handlers`) run on tokio's
+    // blocking pool, never on the threads that serve connections; others run right here.
+    let outcome = if functions.handlers_may_block() {
+        match tokio::task::spawn_blocking(move || functions.handle(&body)).await {
+            Ok(outcome) => outcome,
+            Err(join) => {
+                tracing::error!("a handler panicked: {join}");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "the handler panicked").into_response();
+            }
         }
+    } else {
+        functions.handle(&body)
     };
     match outcome {
         Ok(answer) => {
@@ -125,8 +128,10 @@ mod tests {
     const ECHO: TypeName = TypeName::new("com.example", "echo");
 
     fn echo(ctx: &mut Context, msg: Message) -> Result<(), Error> {
-        if msg.as_string()? == "panic" {
-            panic!("told to panic");
+        match msg.as_string()?.as_str() {
+            "panic" => panic!("told to panic"),
+            "block" => std::thread::sleep(std::time::Duration::from_millis(800)),
+            _ => {}
         }
         ctx.send(ctx.self_address().clone(), msg);
         Ok(())
@@ -194,6 +199,36 @@ mod tests {
             .is_some());
 
         assert_eq!(post(addr, "/", b"not protobuf \xff").await.0, 400);
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// On a one-thread runtime, a handler declared as blocking holds up no other request.
+    #[tokio::test(flavor = "current_thread")]
+    async fn blocking_handlers_do_not_hold_up_other_requests() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let functions = StatefulFunctions::new()
+            .with_blocking_handlers()
+            .with(FunctionSpec::new(ECHO), echo);
+        let server = tokio::spawn(serve(listener, functions, async {
+            let _ = stopped.await;
+        }));
+
+        let started = std::time::Instant::now();
+        let slow = tokio::spawn(async move { post(addr, "/", &body("block")).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (status, _) = post(addr, "/", &body("hi")).await;
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(700),
+            "the quick request waited for the blocking one: {:?}",
+            started.elapsed()
+        );
+        assert!(!slow.is_finished(), "the blocking request is still running");
+        assert_eq!(slow.await.unwrap().0, 200);
 
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
