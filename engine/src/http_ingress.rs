@@ -36,7 +36,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use keyflow_protocol::{builtin, split_typename, Address, Message, TypedValue};
+use keyflow_protocol::{Address, Message, TypedValue};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -44,7 +44,11 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_duration;
+use crate::envelope::{
+    keyed_message_id, typename_of, CallbackOutcome, IngressCaller, ReadKind, READ_ANSWER,
+};
 use crate::internal::Envelope;
+use crate::introspect::{state_json, timers_json};
 use crate::kafka::{self, blocking};
 use crate::module::TypeName;
 use crate::partitioner::partition_for;
@@ -52,20 +56,9 @@ use crate::store::PartitionStore;
 use crate::worker::{PartitionPhase, Shared};
 use crate::{new_message_id, now_ms};
 
-/// The namespace of the caller address of a request-reply HTTP request.
-pub const INGRESS_NAMESPACE: &str = "keyflow.ingress";
-/// The type of the caller address of a request-reply HTTP request.
-pub const INGRESS_TYPE: &str = "http";
-
 /// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
 const SEEN_MAX: usize = 10_000;
 const SEEN_FOR: Duration = Duration::from_secs(600);
-
-/// True for the caller address of an HTTP request waiting for its reply: messages to it go to
-/// `<cluster>-replies`, not to a function.
-pub fn is_ingress_address(a: &Address) -> bool {
-    a.namespace == INGRESS_NAMESPACE && a.r#type == INGRESS_TYPE
-}
 
 /// A function's reply to an HTTP request.
 #[derive(Debug, Clone)]
@@ -114,12 +107,10 @@ impl Replies {
     /// A caller id is `<worker>~<request>` or, for a request with an idempotency key,
     /// `<worker>~<request>~<message>` (repeats share the message id, not the request).
     pub fn received(&self, caller_id: &str, reply: Reply) {
-        let mut parts = caller_id.splitn(3, '~').skip(1);
-        let request = parts.next().unwrap_or(caller_id).to_string();
-        let message = parts
-            .next()
-            .map(str::to_string)
-            .unwrap_or_else(|| request.clone());
+        let (request, message) = match IngressCaller::parse_id(caller_id) {
+            Some(c) => (c.request.clone(), c.message_id().to_string()),
+            None => (caller_id.to_string(), caller_id.to_string()),
+        };
         self.seen
             .lock()
             .unwrap()
@@ -326,48 +317,6 @@ fn reply_response(message_id: &str, reply: Reply) -> Response {
     resp
 }
 
-/// The typename of `Content-Type: application/vnd.<namespace>/<name>[; parameters]`.
-pub(crate) fn typename_of(content_type: Option<&str>) -> Result<String, String> {
-    let form = "the message's typename goes in the Content-Type header as \
-                `application/vnd.<namespace>/<name>` (e.g. `Content-Type: application/vnd.com.example/AddToCart`)";
-    let Some(ct) = content_type else {
-        return Err(format!("no Content-Type: {form}"));
-    };
-    let ct = ct.split(';').next().unwrap_or_default().trim();
-    match ct.strip_prefix("application/vnd.") {
-        Some(t) if split_typename(t).is_some() => Ok(t.to_string()),
-        _ => Err(format!("Content-Type `{ct}` names no typename: {form}")),
-    }
-}
-
-/// The message id of every request with this idempotency key to this address: the same for
-/// all repeats, on every worker.
-fn keyed_message_id(namespace: &str, ftype: &str, id: &str, key: &str) -> String {
-    let text = format!("{namespace}/{ftype}/{id}\n{key}");
-    let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("k{hex}")
-}
-
-/// For the caller address of a request with an idempotency key
-/// (`<worker>~<request>~k<hex>`): the target address (`namespace/type/id`) and the key its
-/// message id was made of. `None` for any other address.
-pub fn keyed_request(caller: &Address) -> Option<(String, String)> {
-    if !is_ingress_address(caller) {
-        return None;
-    }
-    let hex = caller.id.splitn(3, '~').nth(2)?.strip_prefix('k')?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let (address, key) = text.split_once('\n')?;
-    Some((address.to_string(), key.to_string()))
-}
-
 fn truthy(v: Option<&str>) -> bool {
     matches!(v.map(str::trim), Some("true" | "1" | "yes"))
 }
@@ -412,12 +361,9 @@ async fn post_message(
     };
     // Repeats of a keyed request share its message id (so they get the same answer); each
     // request still waits for its reply under an id of its own.
-    let message_id = if idempotency_key.is_empty() {
-        None
-    } else {
-        Some(keyed_message_id(&namespace, &ftype, &id, &idempotency_key))
-    };
     let target = Address::new(namespace, ftype, id);
+    let message_id =
+        (!idempotency_key.is_empty()).then(|| keyed_message_id(&target, &idempotency_key));
     let env = Envelope {
         target: Some(target),
         argument: Some(TypedValue::of(typename, body)),
@@ -470,12 +416,14 @@ async fn post_callback(
     };
     // The target's processor answers whether it took the callback.
     match send_and_wait(&ing, env, None, true, timeout).await {
-        Ok((message_id, Some(outcome))) => match outcome.typename.rsplit('/').next() {
-            Some("accepted") => json(
+        Ok((message_id, Some(outcome))) => match CallbackOutcome::from_typename(&outcome.typename) {
+            Some(CallbackOutcome::Accepted) => json(
                 StatusCode::ACCEPTED,
                 serde_json::json!({ "messageId": message_id }),
             ),
-            Some("used") => error(StatusCode::CONFLICT, "this callback token was used already"),
+            Some(CallbackOutcome::Used) => {
+                error(StatusCode::CONFLICT, "this callback token was used already")
+            }
             _ => unknown(),
         },
         Ok((message_id, None)) => json(
@@ -551,13 +499,13 @@ async fn send_and_wait(
     }
     let request_id = new_message_id();
     let message_id = message_id.unwrap_or_else(|| request_id.clone());
-    let caller_id = if message_id == request_id {
-        format!("{}~{request_id}", ing.worker_id)
-    } else {
-        format!("{}~{request_id}~{message_id}", ing.worker_id)
+    let caller = IngressCaller {
+        worker: ing.worker_id.clone(),
+        message: (message_id != request_id).then(|| message_id.clone()),
+        request: request_id.clone(),
     };
     let started = Instant::now();
-    env.caller = wants_reply.then(|| Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, caller_id));
+    env.caller = wants_reply.then(|| caller.address());
     env.message_id = message_id.clone();
     env.origin = format!("http/{}", ing.worker_id);
     let id = env
@@ -667,61 +615,6 @@ fn owned_partition(shared: &Shared, addr: &Address) -> Result<i32, Rejection> {
     }
 }
 
-/// The JSON of an address's state (expired values left out).
-pub fn state_json(
-    addr: &Address,
-    partition: i32,
-    state: crate::internal::AddressState,
-    now: i64,
-) -> serde_json::Value {
-    let mut values = serde_json::Map::new();
-    let mut names: Vec<_> = state.values.into_iter().collect();
-    names.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, stored) in names {
-        if stored.expires_at_ms != 0 && stored.expires_at_ms <= now {
-            continue;
-        }
-        let Some(v) = stored.value else { continue };
-        values.insert(
-            name,
-            serde_json::json!({
-                "typename": v.typename,
-                "value": value_json(&v),
-                "expiresAtMs": (stored.expires_at_ms != 0).then_some(stored.expires_at_ms),
-            }),
-        );
-    }
-    serde_json::json!({ "address": addr.to_string(), "partition": partition, "values": values })
-}
-
-/// The JSON of the delayed messages `addr` sent that are still pending.
-pub fn timers_json(
-    addr: &Address,
-    partition: i32,
-    delayed: Vec<(crate::timers::TimerId, crate::internal::DelayedMessage)>,
-) -> serde_json::Value {
-    let timers: Vec<serde_json::Value> = delayed
-        .into_iter()
-        .filter_map(|(_, m)| {
-            let env = m.envelope?;
-            (env.caller.as_ref() == Some(addr)).then(|| {
-                let arg = env.argument.unwrap_or_default();
-                serde_json::json!({
-                    "fireAtMs": m.fire_at_ms,
-                    "target": env.target.map(|t| t.to_string()),
-                    "cancellationToken": (!m.cancellation_token.is_empty()).then_some(m.cancellation_token),
-                    "typename": arg.typename,
-                    "value": value_json(&arg),
-                })
-            })
-        })
-        .collect();
-    serde_json::json!({ "address": addr.to_string(), "partition": partition, "timers": timers })
-}
-
-/// The typename of a forwarded read's answer (its value is the JSON document).
-pub const READ_ANSWER: &str = "keyflow.ingress/json";
-
 /// `GET /state/<namespace>/<type>/<id>`: the committed state, from this worker's store when it
 /// owns the address, else through the owner's processor.
 async fn get_state(
@@ -729,7 +622,7 @@ async fn get_state(
     Path((namespace, ftype, id)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    read(&ing, Address::new(namespace, ftype, id), "state", &query).await
+    read(&ing, Address::new(namespace, ftype, id), ReadKind::State, &query).await
 }
 
 /// `GET /timers/<namespace>/<type>/<id>`: the delayed messages this address sent that are
@@ -739,13 +632,13 @@ async fn get_timers(
     Path((namespace, ftype, id)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    read(&ing, Address::new(namespace, ftype, id), "timers", &query).await
+    read(&ing, Address::new(namespace, ftype, id), ReadKind::Timers, &query).await
 }
 
 async fn read(
     ing: &Ingress,
     addr: Address,
-    what: &str,
+    what: ReadKind,
     query: &HashMap<String, String>,
 ) -> Response {
     let shared = &ing.shared;
@@ -762,7 +655,7 @@ async fn read(
         };
         let env = Envelope {
             target: Some(addr),
-            introspect: what.to_string(),
+            introspect: what.as_str().to_string(),
             ..Default::default()
         };
         return match send_and_wait(ing, env, None, true, timeout).await {
@@ -781,10 +674,10 @@ async fn read(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let body = match what {
-        "state" => store
+        ReadKind::State => store
             .address_state(&addr)
             .map(|st| state_json(&addr, p, st, now_ms())),
-        _ => store.all_delayed().map(|d| timers_json(&addr, p, d)),
+        ReadKind::Timers => store.all_delayed().map(|d| timers_json(&addr, p, d)),
     };
     match body {
         Ok(b) => json(StatusCode::OK, b),
@@ -838,114 +731,9 @@ async fn list_ids(
     )
 }
 
-pub fn value_json(v: &TypedValue) -> serde_json::Value {
-    if v.typename == builtin::STRING {
-        if let Ok(s) = builtin::decode_string(v) {
-            return serde_json::Value::String(s);
-        }
-    } else if let Some(s) = builtin::to_json_string(v) {
-        if let Ok(j) = serde_json::from_str(&s) {
-            return j;
-        }
-    }
-    if let Ok(j) = serde_json::from_slice(&v.value) {
-        return j;
-    }
-    serde_json::Value::String(base64(&v.value))
-}
-
-/// Standard base64 with padding (RFC 4648).
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), want, "{input}");
-        }
-        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
-    }
-
-    #[test]
-    fn content_type_names_the_typename() {
-        assert_eq!(
-            typename_of(Some("application/vnd.com.example/AddToCart")),
-            Ok("com.example/AddToCart".to_string())
-        );
-        assert_eq!(
-            typename_of(Some("application/vnd.com.example/AddToCart; charset=utf-8")),
-            Ok("com.example/AddToCart".to_string())
-        );
-        for bad in [
-            None,
-            Some("application/json"),
-            Some("application/vnd.noslash"),
-        ] {
-            let err = typename_of(bad).unwrap_err();
-            assert!(err.contains("application/vnd.<namespace>/<name>"), "{err}");
-        }
-    }
-
-    #[test]
-    fn state_values_render_as_json() {
-        assert_eq!(value_json(&builtin::encode_int(7)), serde_json::json!(7));
-        assert_eq!(
-            value_json(&builtin::encode_string("a\"b".into())),
-            serde_json::json!("a\"b")
-        );
-        assert_eq!(
-            value_json(&TypedValue::of("com.example/Basket", &b"{\"socks\":3}"[..])),
-            serde_json::json!({"socks": 3})
-        );
-        assert_eq!(
-            value_json(&TypedValue::of("com.example/Raw", &[0xffu8, 0xfe][..])),
-            serde_json::json!("//4=")
-        );
-    }
-
-    #[test]
-    fn a_keyed_caller_names_its_target_and_key() {
-        let message = keyed_message_id("holiday", "trips", "t~1", "key 7");
-        let caller = Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, format!("w1~r9~{message}"));
-        assert_eq!(
-            keyed_request(&caller),
-            Some(("holiday/trips/t~1".to_string(), "key 7".to_string()))
-        );
-        let plain = Address::new(INGRESS_NAMESPACE, INGRESS_TYPE, "w1~r9");
-        assert_eq!(keyed_request(&plain), None);
-        let other = Address::new("holiday", "trips", format!("w1~r9~{message}"));
-        assert_eq!(keyed_request(&other), None);
-    }
 
     #[test]
     fn replies_complete_waiters_and_are_remembered() {

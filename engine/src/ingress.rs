@@ -318,7 +318,7 @@ impl Router {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         });
         let typename = match content_type {
-            Some(ct) => match crate::http_ingress::typename_of(Some(&ct)) {
+            Some(ct) => match crate::envelope::typename_of(Some(&ct)) {
                 Ok(t) => t,
                 Err(reason) => {
                     return self

@@ -36,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedup;
+use crate::envelope::{CallbackOutcome, IngressCaller, ReadKind};
 use crate::dispatch::Dispatcher;
 use crate::effects::{self, Delayed, EgressRecord};
 use crate::internal::{CallbackToken, DelayedMessage, Envelope, RegisteredSpecs};
@@ -47,7 +48,7 @@ use crate::restore;
 use crate::store::{PartitionStore, StoreError};
 use crate::timers::{TimerId, Timers};
 use crate::worker::{PartitionPhase, Reopen, Shared};
-use crate::{http_ingress, new_message_id, now_ms};
+use crate::{envelope, introspect, new_message_id, now_ms};
 
 /// Why an epoch failed. Every variant leads to the same recovery: abort, reopen, replay.
 #[derive(Debug, thiserror::Error)]
@@ -506,27 +507,23 @@ impl Processor {
         if admit && !env.callback_token.is_empty() {
             // The HTTP caller learns whether the callback was taken; the function sees none.
             let outcome = match self.store.callback(&env.callback_token)? {
-                None => "unknown",
-                Some(c) if c.used => "used",
+                None => CallbackOutcome::Unknown,
+                Some(c) if c.used => CallbackOutcome::Used,
                 Some(mut c) => {
                     c.used = true;
                     c.used_at_ms = now_ms();
                     self.store.put_callback(&env.callback_token, &c);
-                    "accepted"
+                    CallbackOutcome::Accepted
                 }
             };
             match env.caller.take() {
                 Some(caller) => {
-                    let status = TypedValue::of(
-                        format!("{}/{outcome}", callback::REGISTER_NAMESPACE),
-                        Vec::new(),
-                    );
-                    self.send_reply(&target, caller, status).await?;
+                    self.send_reply(&target, caller, outcome.to_reply()).await?;
                 }
                 // From the callbacks topic: nobody to answer, so a refused one is a dead letter.
-                None if outcome != "accepted" => {
+                None if outcome != CallbackOutcome::Accepted => {
                     let reason = format!("callback token {outcome}: {}", env.callback_token);
-                    let kind = if outcome == "used" {
+                    let kind = if outcome == CallbackOutcome::Used {
                         "callback-used"
                     } else {
                         "callback-unknown"
@@ -535,7 +532,7 @@ impl Processor {
                 }
                 None => {}
             }
-            if outcome != "accepted" {
+            if outcome != CallbackOutcome::Accepted {
                 return Ok(());
             }
         }
@@ -725,21 +722,21 @@ impl Processor {
         let Some(caller) = env.caller else {
             return Ok(());
         };
-        let doc = match env.introspect.as_str() {
-            "state" => http_ingress::state_json(
+        let doc = match ReadKind::of(&env.introspect).unwrap_or(ReadKind::Timers) {
+            ReadKind::State => introspect::state_json(
                 &target,
                 self.p,
                 self.store.address_state(&target)?,
                 now_ms(),
             ),
-            _ => {
+            ReadKind::Timers => {
                 let mut delayed = self.store.all_delayed()?;
                 // The overlay may hold this epoch's new or fired ones: trust the timer index.
                 delayed.retain(|(id, _)| self.timers.contains(*id));
-                http_ingress::timers_json(&target, self.p, delayed)
+                introspect::timers_json(&target, self.p, delayed)
             }
         };
-        let answer = TypedValue::of(http_ingress::READ_ANSWER, doc.to_string().into_bytes());
+        let answer = TypedValue::of(envelope::READ_ANSWER, doc.to_string().into_bytes());
         self.send_reply(&target, caller, answer).await
     }
 
@@ -825,7 +822,7 @@ impl Processor {
             }
             // A reply to the HTTP caller of a message with an idempotency key is kept for
             // repeats, and copied to those that joined while it ran.
-            if http_ingress::is_ingress_address(&target) {
+            if envelope::is_ingress_address(&target) {
                 let keyed = batch
                     .iter()
                     .find(|e| !e.idempotency_key.is_empty() && e.caller.as_ref() == Some(&target));
@@ -840,12 +837,14 @@ impl Processor {
                     for caller in joined {
                         self.send_reply(sender, caller, argument.clone()).await?;
                     }
-                } else if let Some((keyed_target, key)) = http_ingress::keyed_request(&target) {
+                } else if let Some(keyed) =
+                    IngressCaller::of(&target).and_then(|c| c.keyed_request())
+                {
                     // A later reply (the function answered once other functions had answered
                     // it, StateFun style): kept the same way when the keyed request went to
                     // this very address, whose partition holds the record.
-                    let this = format!("{}/{}/{}", sender.namespace, sender.r#type, sender.id);
-                    if keyed_target == this {
+                    if &keyed.target == sender {
+                        let key = keyed.key;
                         if let Some(mut record) = self.store.dedup(sender, &key)? {
                             let joined = dedup::replied(&mut record, &argument);
                             self.store.put_dedup(sender, &key, Some(&record));
@@ -984,7 +983,7 @@ impl Processor {
             .target
             .as_ref()
             .expect("envelopes are built with a target");
-        if http_ingress::is_ingress_address(target) {
+        if envelope::is_ingress_address(target) {
             let value = env.argument.clone().unwrap_or_default().encode_to_vec();
             kafka::send(
                 &self.producer,
