@@ -29,7 +29,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::config::parse_duration;
+use keyflow_engine::config::parse_duration;
 
 /// The broker address used when neither `--bootstrap` nor `KEYFLOW_BOOTSTRAP` is given.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -319,7 +319,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let consumer = Arc::new(consumer);
     let metadata = {
         let (consumer, topic) = (consumer.clone(), args.topic.clone());
-        crate::kafka::blocking(move || consumer.fetch_metadata(Some(&topic), CONNECT_TIMEOUT)).await
+        keyflow_engine::kafka::blocking(move || {
+            consumer.fetch_metadata(Some(&topic), CONNECT_TIMEOUT)
+        })
+        .await
     }
     .map_err(|e| broker_unreachable(bootstrap, e, &context))?;
     let partitions = topic_partitions(&metadata, &args.topic, bootstrap)?;
@@ -477,9 +480,10 @@ async fn fetch_metadata(bootstrap: &str, topic: Option<&str>) -> anyhow::Result<
         .create_with_context(context.clone())
         .context("creating the Kafka client")?;
     let topic = topic.map(str::to_string);
-    let result =
-        crate::kafka::blocking(move || client.fetch_metadata(topic.as_deref(), CONNECT_TIMEOUT))
-            .await;
+    let result = keyflow_engine::kafka::blocking(move || {
+        client.fetch_metadata(topic.as_deref(), CONNECT_TIMEOUT)
+    })
+    .await;
     result.map_err(|e| broker_unreachable(bootstrap, e, &context))
 }
 
@@ -492,7 +496,7 @@ fn broker_unreachable(bootstrap: &str, err: KafkaError, context: &ToolContext) -
 }
 
 fn tool_config(bootstrap: &str) -> ClientConfig {
-    let mut c = crate::kafka::client_config(bootstrap);
+    let mut c = keyflow_engine::kafka::client_config(bootstrap);
     c.set(
         "socket.connection.setup.timeout.ms",
         CONNECT_TIMEOUT.as_millis().to_string(),
