@@ -3,10 +3,11 @@
 //!
 //! Two rules keep locations exact. A check that fails inside a value's `Visitor` is reported at
 //! that value (serde_norway marks errors as they leave a `deserialize_*` call): leaves are
-//! [`Parsed`] (env substitution, then a grammar) and [`Entries`]; structs whose fields must
-//! agree are [`Checked`] (derive a raw struct from the mapping, then convert it inside the
-//! mapping's visitor). And the whole file is read for YAML syntax before any document is read
-//! for meaning, since a syntax error cuts its document short and the rest would mislead.
+//! [`Parsed`] (env substitution, then a grammar) and [`Entries`](super::grammar::Entries);
+//! structs whose fields must agree are [`Checked`] (derive a raw struct from the mapping, then
+//! convert it inside the mapping's visitor). And the whole file is read for YAML syntax before
+//! any document is read for meaning, since a syntax error cuts its document short and the rest
+//! would mislead.
 
 use std::fmt;
 
