@@ -17,11 +17,9 @@
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
-//! - [`top`]: `keyflow top`, a live per-partition view from the admin endpoints.
 //! - [`tls`]: HTTPS for the HTTP listeners (rustls).
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP server.
 //! - [`http_ingress`]: HTTP ingress: messages, request-reply, committed state over HTTP.
-//! - [`tools`]: `keyflow produce`, `consume`, `topics`: Kafka at the command line.
 //!
 //! # Invariants
 //! Each partition has exactly one processor (the owner), and nothing else touches its state.
@@ -47,8 +45,6 @@ pub mod restore;
 pub mod store;
 pub mod timers;
 pub mod tls;
-pub mod tools;
-pub mod top;
 pub mod worker;
 
 /// The engine's own protobuf records (envelopes, stored state, delayed messages).

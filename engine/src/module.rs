@@ -15,7 +15,9 @@
 //! Errors name the file, the document, its line, the field, what was wrong and what is allowed;
 //! unknown fields are errors, with a "did you mean" for near misses.
 
+mod components;
 mod env;
+mod grammar;
 mod values;
 mod yaml;
 

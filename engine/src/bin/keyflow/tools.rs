@@ -29,7 +29,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::config::parse_duration;
+use keyflow_engine::config::parse_duration;
 
 /// The broker address used when neither `--bootstrap` nor `KEYFLOW_BOOTSTRAP` is given.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -319,7 +319,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let consumer = Arc::new(consumer);
     let metadata = {
         let (consumer, topic) = (consumer.clone(), args.topic.clone());
-        crate::kafka::blocking(move || consumer.fetch_metadata(Some(&topic), CONNECT_TIMEOUT)).await
+        keyflow_engine::kafka::blocking(move || {
+            consumer.fetch_metadata(Some(&topic), CONNECT_TIMEOUT)
+        })
+        .await
     }
     .map_err(|e| broker_unreachable(bootstrap, e, &context))?;
     let partitions = topic_partitions(&metadata, &args.topic, bootstrap)?;
@@ -477,9 +480,10 @@ async fn fetch_metadata(bootstrap: &str, topic: Option<&str>) -> anyhow::Result<
         .create_with_context(context.clone())
         .context("creating the Kafka client")?;
     let topic = topic.map(str::to_string);
-    let result =
-        crate::kafka::blocking(move || client.fetch_metadata(topic.as_deref(), CONNECT_TIMEOUT))
-            .await;
+    let result = keyflow_engine::kafka::blocking(move || {
+        client.fetch_metadata(topic.as_deref(), CONNECT_TIMEOUT)
+    })
+    .await;
     result.map_err(|e| broker_unreachable(bootstrap, e, &context))
 }
 
@@ -492,7 +496,7 @@ fn broker_unreachable(bootstrap: &str, err: KafkaError, context: &ToolContext) -
 }
 
 fn tool_config(bootstrap: &str) -> ClientConfig {
-    let mut c = crate::kafka::client_config(bootstrap);
+    let mut c = keyflow_engine::kafka::client_config(bootstrap);
     c.set(
         "socket.connection.setup.timeout.ms",
         CONNECT_TIMEOUT.as_millis().to_string(),
@@ -542,87 +546,4 @@ impl ClientContext for ToolContext {
 impl ConsumerContext for ToolContext {}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(key: &str, value: &str) -> Record {
-        Record {
-            key: Some(key.into()),
-            value: value.into(),
-        }
-    }
-
-    #[test]
-    fn a_line_splits_at_the_first_colon() {
-        let line = r#"1: {"userId":"1","itemId":"socks","quantity":3}"#;
-        assert_eq!(
-            parse_line(line, 1),
-            Ok(Some(rec(
-                "1",
-                r#"{"userId":"1","itemId":"socks","quantity":3}"#
-            )))
-        );
-    }
-
-    #[test]
-    fn the_space_after_the_colon_is_optional() {
-        assert_eq!(parse_line("socks:50", 1), Ok(Some(rec("socks", "50"))));
-        assert_eq!(parse_line("socks: 50", 1), Ok(Some(rec("socks", "50"))));
-        // Only one space is separator; the rest belongs to the value.
-        assert_eq!(parse_line("k:  v", 1), Ok(Some(rec("k", " v"))));
-    }
-
-    #[test]
-    fn later_colons_belong_to_the_value() {
-        assert_eq!(parse_line("k: a:b: c", 1), Ok(Some(rec("k", "a:b: c"))));
-        assert_eq!(parse_line("k:", 1), Ok(Some(rec("k", ""))));
-    }
-
-    #[test]
-    fn blank_lines_are_skipped_and_crlf_is_tolerated() {
-        assert_eq!(parse_line("", 1), Ok(None));
-        assert_eq!(parse_line("   \t", 1), Ok(None));
-        assert_eq!(parse_line("k: v\r", 1), Ok(Some(rec("k", "v"))));
-    }
-
-    #[test]
-    fn a_line_without_a_colon_names_its_line_number() {
-        let err = parse_lines("a: 1\n\nno separator here\n", false).unwrap_err();
-        assert_eq!(err, LineError::NoSeparator { line: 3 });
-        assert!(err.to_string().starts_with("line 3: no `:`"), "{err}");
-    }
-
-    #[test]
-    fn an_empty_key_is_an_error() {
-        assert_eq!(parse_line(": v", 7), Err(LineError::EmptyKey { line: 7 }));
-    }
-
-    #[test]
-    fn whole_input_in_order() {
-        let text = "socks: {\"itemId\":\"socks\",\"quantity\":50}\n\n1: {\"userId\":\"1\"}\r\n";
-        assert_eq!(
-            parse_lines(text, false),
-            Ok(vec![
-                rec("socks", r#"{"itemId":"socks","quantity":50}"#),
-                rec("1", r#"{"userId":"1"}"#)
-            ])
-        );
-    }
-
-    #[test]
-    fn null_key_takes_whole_lines_as_values() {
-        assert_eq!(
-            parse_lines("a: b\n\nplain\n", true).unwrap(),
-            vec![
-                Record {
-                    key: None,
-                    value: "a: b".into()
-                },
-                Record {
-                    key: None,
-                    value: "plain".into()
-                }
-            ]
-        );
-    }
-}
+mod tests;

@@ -1,5 +1,8 @@
 //! The `keyflow` command: runs an engine worker (`run`) and the Kafka tools (`produce`, `consume`, `topics`).
 
+mod tools;
+mod top;
+
 use clap::{Parser, Subcommand};
 use keyflow_engine::config::EngineConfig;
 use keyflow_engine::module::Module;
@@ -21,13 +24,13 @@ enum Command {
     /// Run an engine worker for the application in module.yaml.
     Run(Box<EngineConfig>),
     /// Send records to a topic: one from the arguments, or `key: value` lines from a file or stdin.
-    Produce(keyflow_engine::tools::ProduceArgs),
+    Produce(tools::ProduceArgs),
     /// Print a topic's records (read_committed unless --read-uncommitted).
-    Consume(keyflow_engine::tools::ConsumeArgs),
+    Consume(tools::ConsumeArgs),
     /// List the broker's topics with their partition counts.
-    Topics(keyflow_engine::tools::TopicsArgs),
+    Topics(tools::TopicsArgs),
     /// Watch a cluster live: per-partition throughput, commit latency, lag, delayed messages.
-    Top(keyflow_engine::top::TopArgs),
+    Top(top::TopArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,10 +59,10 @@ fn main() -> anyhow::Result<()> {
             keyflow_engine::worker::run(*cfg, module, shutdown).await?;
             Ok(())
         }),
-        Command::Produce(args) => rt.block_on(keyflow_engine::tools::produce(args)),
-        Command::Consume(args) => rt.block_on(keyflow_engine::tools::consume(args)),
-        Command::Topics(args) => rt.block_on(keyflow_engine::tools::topics(args)),
-        Command::Top(args) => rt.block_on(keyflow_engine::top::top(args)),
+        Command::Produce(args) => rt.block_on(tools::produce(args)),
+        Command::Consume(args) => rt.block_on(tools::consume(args)),
+        Command::Topics(args) => rt.block_on(tools::topics(args)),
+        Command::Top(args) => rt.block_on(top::top(args)),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::parse_duration;
+use keyflow_engine::config::parse_duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct TopArgs {
