@@ -18,7 +18,7 @@
 //!   `ctx.callback_token()`), once. The token names its address; the target's processor
 //!   checks it against the registered tokens (partition state) and answers this request
 //!   whether it took the message (202), the token was used (409) or is unknown (404).
-//! - `Idempotency-Key` on a POST: see `crate::dedup`.
+//! - `Idempotency-Key` on a POST: see `crate::partition::dedup`.
 //! - `GET /state/<namespace>/<type>/<id>` and `GET /timers/<namespace>/<type>/<id>`: the
 //!   committed state / pending delayed messages of an address, read from this worker's store
 //!   when it owns the partition, else forwarded through the partition to the owner's

@@ -5,7 +5,7 @@
 use keyflow_protocol::{builtin, Address, TypedValue};
 
 use crate::internal::{AddressState, DelayedMessage};
-use crate::timers::TimerId;
+use crate::store::TimerId;
 
 /// The JSON of an address's state (expired values left out).
 pub fn state_json(

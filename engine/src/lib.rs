@@ -28,9 +28,7 @@
 
 pub mod admin;
 pub mod config;
-pub mod dedup;
-pub mod dispatch;
-pub mod effects;
+pub mod dead_letter;
 pub mod envelope;
 pub mod http_ingress;
 pub mod ingress;
@@ -40,10 +38,9 @@ pub mod kafka;
 pub mod metrics;
 pub mod module;
 pub mod partitioner;
-pub mod processor;
+pub mod partition;
 pub mod restore;
 pub mod store;
-pub mod timers;
 pub mod tls;
 pub mod worker;
 

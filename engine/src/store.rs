@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use keyflow_protocol::{Address, Message};
 
 use crate::internal::{AddressState, CallbackToken, Dedup, DelayedMessage, Inbox, RegisteredSpecs};
-use crate::timers::TimerId;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
 
@@ -36,6 +35,9 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Identifies one pending delayed message: its fire time and a unique id.
+pub type TimerId = (i64, u64);
 
 /// Uncommitted changes of one epoch: `None` deletes.
 pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;

@@ -26,7 +26,7 @@ use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
-use crate::{admin, http_ingress, ingress, processor};
+use crate::{admin, http_ingress, ingress, partition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionPhase {
@@ -347,7 +347,7 @@ pub async fn run(
                     let stop = shutdown.child_token();
                     let handle = if topic == shared.cfg.topic_messages() {
                         shared.metrics.partitions_owned.inc();
-                        tokio::spawn(processor::run(shared.clone(), p, stop.clone()))
+                        tokio::spawn(partition::run(shared.clone(), p, stop.clone()))
                     } else if let Some(&ing) = routes.get(&topic) {
                         tokio::spawn(ingress::run(
                             shared.clone(),

@@ -9,8 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use keyflow_protocol::Address;
 
-/// Identifies one pending delayed message: its fire time and a unique id.
-pub type TimerId = (i64, u64);
+pub use crate::store::TimerId;
 
 #[derive(Debug, Default)]
 pub struct Timers {
@@ -67,6 +66,7 @@ impl Timers {
         self.due.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.due.is_empty()
     }

@@ -83,6 +83,7 @@ impl<A: Eq + Hash + Clone, T> Dispatcher<A, T> {
         Some(batch)
     }
 
+    #[cfg(test)]
     /// True when no address has a request in flight or a message waiting.
     pub fn is_idle(&self) -> bool {
         self.busy.is_empty()
@@ -102,6 +103,7 @@ impl<A: Eq + Hash + Clone, T> Dispatcher<A, T> {
         self.busy.iter().map(|(a, slot)| (a, slot.queue.iter()))
     }
 
+    #[cfg(test)]
     /// Messages waiting behind in-flight requests.
     pub fn queued(&self) -> usize {
         self.queued

@@ -1,0 +1,386 @@
+//! The partition core: one partition's state machine, without Kafka or HTTP.
+//!
+//! It owns the partition's store (committed checkpoint + this epoch's overlay), the per-address
+//! dispatcher, the delayed-message index, the registered state specs and the parked
+//! addresses. Inputs are plain calls: a record of `<cluster>-messages`
+//! ([`PartitionCore::on_record`]), a function's response (`on_response`), the clock
+//! (`fire_due_timers`, `sweep_expired`). Each decision lands in the [`Outbox`] (records for the
+//! epoch's transaction, function calls to start) or in the overlay; nothing awaits. The task
+//! (`task.rs`) drains the outbox into the transaction, runs the calls, and commits; a failed
+//! epoch calls [`PartitionCore::discard`] and the core is rebuilt from the checkpoint.
+//!
+//! The inputs are split by concern: admission (`admission.rs`: routing checks, reads,
+//! callback tokens, idempotency keys), requests and responses (`request.rs`), a response's
+//! effects (`apply.rs`), parking (`inbox.rs`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyflow_protocol::from_function::PersistedValueSpec;
+use keyflow_protocol::{Address, TypedValue};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge};
+
+use super::dedup;
+use super::dispatch::Dispatcher;
+use super::effects::{self, EgressRecord};
+use super::outbox::{DeadLetter, Outbox, Output};
+use super::timers::Timers;
+use crate::dead_letter::DeadLetterKind;
+use crate::envelope::is_ingress_address;
+use crate::internal::Envelope;
+use crate::metrics::Metrics;
+use crate::module::Module;
+use crate::partitioner::partition_for;
+use crate::store::{PartitionStore, StoreError};
+
+/// What the core needs to know of the engine and the application.
+#[derive(Clone)]
+pub(crate) struct CoreConfig {
+    /// This partition.
+    pub partition: i32,
+    /// The cluster's partition count (where an address lives).
+    pub partitions: i32,
+    /// `<cluster>-messages` (dead letters name their origin in it).
+    pub messages_topic: String,
+    pub module: Arc<Module>,
+    /// How long completed idempotency records and used callback tokens are kept.
+    pub idempotency_retention: Duration,
+}
+
+/// The metrics the core updates, bound to its partition once.
+#[derive(Clone)]
+pub(crate) struct CoreMetrics {
+    invocations: IntCounterVec,
+    batch_size: HistogramVec,
+    invocation_seconds: HistogramVec,
+    dead_letters: IntCounterVec,
+    egress_records: IntCounterVec,
+    pub(super) delayed_pending: IntGauge,
+}
+
+impl CoreMetrics {
+    pub fn bind(m: &Metrics, partition: i32) -> Self {
+        CoreMetrics {
+            invocations: m.invocations.clone(),
+            batch_size: m.batch_size.clone(),
+            invocation_seconds: m.invocation_seconds.clone(),
+            dead_letters: m.dead_letters.clone(),
+            egress_records: m.egress_records.clone(),
+            delayed_pending: m
+                .delayed_pending
+                .with_label_values(&[&partition.to_string()]),
+        }
+    }
+
+    pub(super) fn invoked(&self, ftype: &str, batch: usize) {
+        self.invocations
+            .with_label_values(&[ftype])
+            .inc_by(batch as u64);
+        self.batch_size
+            .with_label_values(&[ftype])
+            .observe(batch as f64);
+    }
+
+    pub(super) fn round_trip(&self, ftype: &str, elapsed: Duration) {
+        self.invocation_seconds
+            .with_label_values(&[ftype])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// A record's value decoded as an envelope.
+pub(crate) type DecodedEnvelope = std::result::Result<Envelope, prost::DecodeError>;
+
+/// Failures of the core: only its store can fail (the epoch is then replayed).
+pub(crate) type CoreError = StoreError;
+pub(crate) type Result<T> = std::result::Result<T, CoreError>;
+
+pub(crate) struct PartitionCore {
+    pub(super) cfg: CoreConfig,
+    pub(super) metrics: CoreMetrics,
+    pub(super) store: PartitionStore,
+    pub(super) dispatcher: Dispatcher<Address, Envelope>,
+    pub(super) timers: Timers,
+    pub(super) specs: HashMap<String, Vec<PersistedValueSpec>>,
+    /// The batch each busy address has in flight.
+    pub(super) sent: HashMap<Address, Vec<Envelope>>,
+    /// Addresses with an inbox in the partition state, with the message ids it holds.
+    pub(super) parked: HashMap<Address, Vec<String>>,
+    /// The parked addresses that still have a request in flight.
+    pub(super) parked_busy: HashSet<Address>,
+    pub(super) outbox: Outbox,
+}
+
+impl PartitionCore {
+    /// The core of a restored partition: the delayed-message index and the specs rebuilt from
+    /// the store, and every parked address's inbox dispatched again ahead of any input (its
+    /// messages precede everything still to be read). The epoch that follows holds the
+    /// resulting invocations.
+    pub fn restore(cfg: CoreConfig, metrics: CoreMetrics, store: PartitionStore) -> Result<Self> {
+        let mut timers = Timers::default();
+        for (id, msg) in store.all_delayed()? {
+            let sender = msg.envelope.as_ref().and_then(|e| e.caller.clone());
+            let token =
+                (!msg.cancellation_token.is_empty()).then(|| msg.cancellation_token.clone());
+            timers.insert(id, sender.zip(token));
+        }
+        let specs = store
+            .all_specs()?
+            .into_iter()
+            .map(|(t, s)| (t, s.specs))
+            .collect();
+        let inboxes = store.all_inboxes()?;
+        let mut core = PartitionCore {
+            cfg,
+            metrics,
+            store,
+            dispatcher: Dispatcher::new(),
+            timers,
+            specs,
+            sent: HashMap::new(),
+            parked: HashMap::new(),
+            parked_busy: HashSet::new(),
+            outbox: Outbox::default(),
+        };
+        core.metrics.delayed_pending.set(core.timers.len() as i64);
+        for (addr, inbox) in inboxes {
+            core.parked.insert(
+                addr,
+                inbox
+                    .messages
+                    .iter()
+                    .map(|m| m.message_id.clone())
+                    .collect(),
+            );
+            for env in inbox.messages {
+                core.deliver_as(env, false)?;
+            }
+        }
+        let busy: Vec<Address> = core
+            .parked
+            .keys()
+            .filter(|a| core.dispatcher.is_busy(a))
+            .cloned()
+            .collect();
+        core.parked_busy.extend(busy);
+        Ok(core)
+    }
+
+    /// Delayed messages pending.
+    pub fn delayed(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Addresses parked with an inbox.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Takes what the inputs so far decided.
+    pub fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// True when every request in flight belongs to an already parked address: nothing the
+    /// epoch should wait for. (Checked on every event: a count, not a walk.)
+    pub fn settled(&self) -> bool {
+        self.dispatcher.in_flight() == self.parked_busy.len()
+    }
+
+    /// True when some address's queue is full: the task stops taking input.
+    pub fn is_backpressured(&self) -> bool {
+        self.dispatcher.is_backpressured()
+    }
+
+    /// Wall-clock ms of the next delayed message, if any.
+    pub fn next_timer_ms(&self) -> Option<i64> {
+        self.timers.next_fire_ms()
+    }
+
+    pub fn store(&self) -> &PartitionStore {
+        &self.store
+    }
+
+    /// After the epoch's transaction committed: the overlay becomes the checkpoint.
+    pub fn checkpoint(&mut self, next_changelog_offset: Option<i64>) -> Result<()> {
+        self.store.checkpoint(next_changelog_offset)
+    }
+
+    /// After a failed epoch: the overlay and the outbox are dropped (the core is rebuilt).
+    pub fn discard(&mut self) {
+        self.store.discard();
+        self.outbox = Outbox::default();
+    }
+
+    /// One record of `<cluster>-messages`, decoded by the task (absent or undecodable ones
+    /// are dead letters).
+    pub fn on_record(&mut self, offset: i64, payload: Option<DecodedEnvelope>) -> Result<()> {
+        let origin = format!("{}/{}/{offset}", self.cfg.messages_topic, self.cfg.partition);
+        match payload {
+            Some(Ok(env)) => self.deliver(env),
+            Some(Err(e)) => {
+                let reason = format!("undecodable message envelope at {origin}: {e}");
+                self.dead_letter_raw(DeadLetterKind::Envelope, reason, &origin);
+                Ok(())
+            }
+            None => {
+                let reason = format!("empty message envelope at {origin}");
+                self.dead_letter_raw(DeadLetterKind::Envelope, reason, &origin);
+                Ok(())
+            }
+        }
+    }
+
+    /// Produces every delayed message due at `now_ms` and deletes it, in this epoch.
+    pub fn fire_due_timers(&mut self, now_ms: i64) -> Result<()> {
+        let mut fired = false;
+        while let Some(id) = self.timers.pop_due(now_ms) {
+            if let Some(msg) = self.store.delayed(id)? {
+                if let Some(env) = msg.envelope {
+                    self.send_envelope(env);
+                }
+            }
+            self.store.delete_delayed(id);
+            fired = true;
+        }
+        if fired {
+            self.metrics.delayed_pending.set(self.timers.len() as i64);
+        }
+        Ok(())
+    }
+
+    /// Drops state values whose expiry passed (never served anyway), idempotency records and
+    /// used callback tokens past the retention, and changelogs the purge.
+    pub fn sweep_expired(&mut self, now_ms: i64) -> Result<()> {
+        let mut purged = Vec::new();
+        for kv in self.store.scan_addresses() {
+            let (key, mut st) = kv?;
+            if effects::purge_expired(&mut st, now_ms) {
+                purged.push((key, st));
+            }
+        }
+        for (key, st) in purged {
+            self.store.put_raw_address_state(key, &st);
+        }
+        let retention = self.cfg.idempotency_retention.as_millis() as i64;
+        let mut forgotten = Vec::new();
+        for kv in self.store.scan_dedup() {
+            let (key, record) = kv?;
+            if dedup::expired(&record, now_ms, retention) {
+                forgotten.push(key);
+            }
+        }
+        for key in forgotten {
+            self.store.put_dedup_raw(key, None);
+        }
+        // Used callback tokens are kept as long (a second use answers 409, not 404).
+        let mut used = Vec::new();
+        for kv in self.store.scan_callbacks() {
+            let (key, c) = kv?;
+            if c.used && now_ms.saturating_sub(c.used_at_ms) > retention {
+                used.push(key);
+            }
+        }
+        for key in used {
+            self.store.put_callback_raw(key, None);
+        }
+        Ok(())
+    }
+
+    /// A message in the epoch: to its target's partition of `<cluster>-messages`, or, for an
+    /// HTTP caller, a reply to `<cluster>-replies`.
+    pub(super) fn send_envelope(&mut self, env: Envelope) {
+        let target = env
+            .target
+            .as_ref()
+            .expect("envelopes are built with a target");
+        if is_ingress_address(target) {
+            let caller_id = target.id.clone();
+            let value = env.argument.unwrap_or_default();
+            self.outbox.outputs.push(Output::Reply { caller_id, value });
+            return;
+        }
+        let partition = partition_for(&target.id, self.cfg.partitions);
+        let key = target.id.clone();
+        self.outbox.outputs.push(Output::Message {
+            partition,
+            key,
+            envelope: env,
+        });
+    }
+
+    /// Sends `reply` from `sender` to an HTTP caller.
+    pub(super) fn send_reply(&mut self, sender: &Address, caller: Address, reply: TypedValue) {
+        self.send_envelope(Envelope {
+            target: Some(caller),
+            caller: Some(sender.clone()),
+            argument: Some(reply),
+            message_id: crate::new_message_id(),
+            origin: sender.to_string(),
+            ..Default::default()
+        });
+    }
+
+    pub(super) fn send_egress(&mut self, e: EgressRecord) {
+        self.metrics
+            .egress_records
+            .with_label_values(&[&e.topic])
+            .inc();
+        self.outbox.outputs.push(Output::Egress(e));
+    }
+
+    pub(super) fn dead_letter_batch(
+        &mut self,
+        batch: &[Envelope],
+        kind: DeadLetterKind,
+        reason: &str,
+    ) {
+        for env in batch {
+            self.dead_letter(env, kind, reason);
+        }
+    }
+
+    /// A message dead-lettered with its target, typename, id and origin.
+    pub(super) fn dead_letter(&mut self, env: &Envelope, kind: DeadLetterKind, reason: &str) {
+        let target = env
+            .target
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let arg = env.argument.clone().unwrap_or_default();
+        tracing::warn!(partition = self.cfg.partition, target = %target, message_id = %env.message_id, %kind, "dead letter: {reason}");
+        self.push_dead_letter(DeadLetter {
+            kind,
+            reason: reason.to_string(),
+            key: Some(target.clone().into_bytes()),
+            value: Some(arg.value.to_vec()),
+            headers: vec![
+                ("keyflow.target", target),
+                ("keyflow.typename", arg.typename),
+                ("keyflow.message-id", env.message_id.clone()),
+                ("keyflow.origin", env.origin.clone()),
+            ],
+        });
+    }
+
+    /// A record that is not even an envelope: dead-lettered with its origin only.
+    fn dead_letter_raw(&mut self, kind: DeadLetterKind, reason: String, origin: &str) {
+        tracing::warn!(partition = self.cfg.partition, origin, %kind, "dead letter: {reason}");
+        self.push_dead_letter(DeadLetter {
+            kind,
+            reason,
+            key: None,
+            value: None,
+            headers: vec![("keyflow.origin", origin.to_string())],
+        });
+    }
+
+    fn push_dead_letter(&mut self, dl: DeadLetter) {
+        self.metrics
+            .dead_letters
+            .with_label_values(&[dl.kind.as_str()])
+            .inc();
+        self.outbox.outputs.push(Output::DeadLetter(dl));
+    }
+}

@@ -1,0 +1,154 @@
+//! A partition of `<cluster>-messages`: the only owner of its state, running the epoch loop of
+//! DESIGN.md.
+//!
+//! One epoch: take input (records of partition p, read_committed, and due delayed messages),
+//! invoke functions (concurrent across addresses, one request in flight per address, queued
+//! messages batched), collect the effects, then commit them in ONE Kafka transaction: outgoing
+//! messages, egress records, dead letters, the changed state (`<cluster>-state` partition p)
+//! and the consumed input offset. Only after the commit does the sled checkpoint move. Any
+//! failure drops the epoch: the transaction aborts, the overlay is discarded, and the partition
+//! is reopened from its checkpoint and committed offsets. Function calls may repeat; state,
+//! messages and egress never do. A request still in flight `park-after` past the window parks
+//! its address (`inbox.rs`), so a function that is down stalls only its own addresses.
+//!
+//! The files, from the edge inwards:
+//! - `task.rs`: the Kafka shell (consumer, producer, `select!` loop, outbox flush, commit).
+//! - `epoch.rs`: when an epoch closes (pure).
+//! - `core.rs`: the state machine: inputs in, [`outbox`] out, nothing awaited.
+//! - `admission.rs`, `request.rs`, `apply.rs`, `inbox.rs`: the core's inputs by concern.
+//! - `outbox.rs`: the core's decisions as plain data.
+//! - `dispatch.rs` (one request in flight per address), `effects.rs` (a response validated
+//!   into effects), `dedup.rs` (idempotency keys), `timers.rs` (the delayed-message index):
+//!   pure leaves.
+
+mod admission;
+mod apply;
+pub(crate) mod core;
+pub(crate) mod dedup;
+pub(crate) mod dispatch;
+pub(crate) mod effects;
+pub(crate) mod epoch;
+mod inbox;
+pub(crate) mod outbox;
+mod request;
+mod task;
+pub(crate) mod timers;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka;
+use crate::restore;
+use crate::store::StoreError;
+use crate::worker::{PartitionPhase, Reopen, Shared};
+use task::PartitionTask;
+
+/// Why an epoch failed. Every variant drops the epoch; [`EpochError::class`] says what
+/// happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Topic(#[from] kafka::TopicError),
+    #[error("restore: {0}")]
+    Restore(#[from] restore::RestoreError),
+    #[error("an invocation task panicked: {0}")]
+    Panicked(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a failure means for the partition, decided once, here (rust-rdkafka's
+/// `txn_requires_abort` / `is_fatal` classes, from the partition's point of view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    /// Abort, reopen from the last commit (a new producer), replay: a broker or network
+    /// hiccup, an aborted transaction, a producer that must be rebuilt, a store error.
+    Transient,
+    /// One record cannot be written as it is (too large, an invalid topic): replaying the epoch
+    /// fails the same way. Retried like a transient failure, with growing pauses, until the
+    /// reliability work dead-letters such records (issue 14).
+    Record,
+    /// Another worker took the partition over (this one stalled past its session timeout):
+    /// wait for the group to revoke it rather than fence the new owner in turn.
+    Fenced,
+}
+
+impl EpochError {
+    /// Classifies the failure; `producer` (the partition's) tells whether it was fenced.
+    pub(crate) fn class(&self, producer: Option<&FutureProducer>) -> ErrorClass {
+        let EpochError::Kafka(k) = self else {
+            return ErrorClass::Transient;
+        };
+        if producer.is_some_and(|p| kafka::is_fenced(p, k)) {
+            return ErrorClass::Fenced;
+        }
+        match k.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::InvalidRecord,
+            ) => ErrorClass::Record,
+            _ => ErrorClass::Transient,
+        }
+    }
+}
+
+/// Runs partition `p` until `stop` fires, reopening it after every failed epoch.
+pub(crate) async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
+    let topic = shared.cfg.topic_messages();
+    let mut reopen = Reopen::new();
+    while !stop.is_cancelled() {
+        shared.set_phase(&topic, p, PartitionPhase::Restoring);
+        let (err, class) = match PartitionTask::open(shared.clone(), p).await {
+            Ok(mut task) => {
+                shared.set_phase(&topic, p, PartitionPhase::Running);
+                reopen.opened();
+                match task.run(&stop).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let class = e.class(Some(&task.producer));
+                        task.abort().await;
+                        (e, class)
+                    }
+                }
+            }
+            Err(e) => {
+                let class = e.class(None);
+                (e, class)
+            }
+        };
+        shared
+            .metrics
+            .epoch_failures
+            .with_label_values(&[&p.to_string()])
+            .inc();
+        let fenced = class == ErrorClass::Fenced;
+        if !reopen
+            .after_failure(&shared, &topic, p, &err, fenced, &stop)
+            .await
+        {
+            break;
+        }
+    }
+    shared.clear_phase(&topic, p);
+    // Gauges describe owned partitions only: a partition given up must not keep reporting.
+    let label = p.to_string();
+    let m = &shared.metrics;
+    let _ = m.delayed_pending.remove_label_values(&[&label]);
+    let _ = m.consumer_lag.remove_label_values(&[&topic, &label]);
+    let _ = m.state_entries.remove_label_values(&[&label]);
+    let _ = m.state_bytes.remove_label_values(&[&label]);
+}
