@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{PartitionPhase, Shared};
+use crate::context::{PartitionPhase, Shared};
 
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -44,6 +44,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_duration;
+use crate::context::{PartitionPhase, Shared};
 use crate::envelope::{
     keyed_message_id, typename_of, CallbackOutcome, IngressCaller, ReadKind, READ_ANSWER,
 };
@@ -53,7 +54,6 @@ use crate::kafka::{self, blocking};
 use crate::module::TypeName;
 use crate::partitioner::partition_for;
 use crate::store::PartitionStore;
-use crate::worker::{PartitionPhase, Shared};
 use crate::{new_message_id, now_ms};
 
 /// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
@@ -416,16 +416,18 @@ async fn post_callback(
     };
     // The target's processor answers whether it took the callback.
     match send_and_wait(&ing, env, None, true, timeout).await {
-        Ok((message_id, Some(outcome))) => match CallbackOutcome::from_typename(&outcome.typename) {
-            Some(CallbackOutcome::Accepted) => json(
-                StatusCode::ACCEPTED,
-                serde_json::json!({ "messageId": message_id }),
-            ),
-            Some(CallbackOutcome::Used) => {
-                error(StatusCode::CONFLICT, "this callback token was used already")
+        Ok((message_id, Some(outcome))) => {
+            match CallbackOutcome::from_typename(&outcome.typename) {
+                Some(CallbackOutcome::Accepted) => json(
+                    StatusCode::ACCEPTED,
+                    serde_json::json!({ "messageId": message_id }),
+                ),
+                Some(CallbackOutcome::Used) => {
+                    error(StatusCode::CONFLICT, "this callback token was used already")
+                }
+                _ => unknown(),
             }
-            _ => unknown(),
-        },
+        }
         Ok((message_id, None)) => json(
             StatusCode::ACCEPTED,
             serde_json::json!({ "messageId": message_id }),
@@ -622,7 +624,13 @@ async fn get_state(
     Path((namespace, ftype, id)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    read(&ing, Address::new(namespace, ftype, id), ReadKind::State, &query).await
+    read(
+        &ing,
+        Address::new(namespace, ftype, id),
+        ReadKind::State,
+        &query,
+    )
+    .await
 }
 
 /// `GET /timers/<namespace>/<type>/<id>`: the delayed messages this address sent that are
@@ -632,7 +640,13 @@ async fn get_timers(
     Path((namespace, ftype, id)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    read(&ing, Address::new(namespace, ftype, id), ReadKind::Timers, &query).await
+    read(
+        &ing,
+        Address::new(namespace, ftype, id),
+        ReadKind::Timers,
+        &query,
+    )
+    .await
 }
 
 async fn read(

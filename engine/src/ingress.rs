@@ -19,11 +19,12 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::context::{PartitionPhase, Shared};
 use crate::internal::Envelope;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partitioner::partition_for;
-use crate::worker::{PartitionPhase, Reopen, Shared};
+use crate::supervisor::Reopen;
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
 pub async fn run(

@@ -6,6 +6,8 @@
 //! - [`module`]: module.yaml (the application: endpoints, ingresses, egresses).
 //! - [`config`]: the engine's own settings (the process).
 //! - [`worker`]: one engine process: topics, group membership, a task per owned partition.
+//! - [`context`]: what a worker's tasks share (settings, module, clients, owned partitions).
+//! - [`supervisor`]: how a partition task reopens after a failure.
 //! - [`ingress`]: routers from ingress topics to `<cluster>-messages`, transactionally.
 //! - [`processor`]: the per-partition epoch loop: input, invocations, one transaction.
 //! - [`dedup`]: idempotency keys (the first message runs, repeats get its outcome).
@@ -28,6 +30,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod context;
 pub mod dedup;
 pub mod dispatch;
 pub mod effects;
@@ -43,6 +46,7 @@ pub mod partitioner;
 pub mod processor;
 pub mod restore;
 pub mod store;
+pub mod supervisor;
 pub mod timers;
 pub mod tls;
 pub mod worker;

@@ -35,10 +35,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::{PartitionPhase, Shared};
 use crate::dedup;
-use crate::envelope::{CallbackOutcome, IngressCaller, ReadKind};
 use crate::dispatch::Dispatcher;
 use crate::effects::{self, Delayed, EgressRecord};
+use crate::envelope::{CallbackOutcome, IngressCaller, ReadKind};
 use crate::internal::{CallbackToken, DelayedMessage, Envelope, RegisteredSpecs};
 use crate::invoker::InvokeError;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
@@ -46,8 +47,8 @@ use crate::module::{DeliverySemantic, TypeName};
 use crate::partitioner::partition_for;
 use crate::restore;
 use crate::store::{PartitionStore, StoreError};
+use crate::supervisor::Reopen;
 use crate::timers::{TimerId, Timers};
-use crate::worker::{PartitionPhase, Reopen, Shared};
 use crate::{envelope, introspect, new_message_id, now_ms};
 
 /// Why an epoch failed. Every variant leads to the same recovery: abort, reopen, replay.

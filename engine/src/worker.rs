@@ -9,170 +9,24 @@
 //! its epoch before the partition is given up; a worker that misses that (a stall, a crash) is
 //! fenced by the next owner's `init_transactions` on the same transactional id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EngineConfig, IngressAddr};
+use crate::context::Shared;
 use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
 use crate::{admin, http_ingress, ingress, processor};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartitionPhase {
-    Restoring,
-    Running,
-}
-
-/// What every partition task of this worker shares.
-pub struct Shared {
-    pub cfg: EngineConfig,
-    pub module: Module,
-    /// The one Kafka cluster of this engine (transactions cannot span clusters).
-    pub bootstrap: String,
-    pub invoker: Invoker,
-    pub metrics: Metrics,
-    /// For at-least-once and fire-and-forget egress.
-    pub plain: FutureProducer,
-    pub db: sled::Db,
-    /// TLS for the HTTP listeners (`--tls-cert`, `--tls-key`).
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// `transaction.timeout.ms` of the processors' producers.
-    pub txn_timeout: Duration,
-    known_topics: tokio::sync::Mutex<HashSet<String>>,
-    phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
-    /// When the group last changed this worker's partitions (`None`: not yet).
-    assigned_at: Mutex<Option<std::time::Instant>>,
-}
-
-const EMPTY_ASSIGNMENT_SETTLES: Duration = Duration::from_secs(3);
-
-impl Shared {
-    pub fn set_phase(&self, topic: &str, p: i32, phase: PartitionPhase) {
-        self.phases
-            .lock()
-            .unwrap()
-            .insert((topic.to_string(), p), phase);
-    }
-
-    pub fn clear_phase(&self, topic: &str, p: i32) {
-        self.phases.lock().unwrap().remove(&(topic.to_string(), p));
-    }
-
-    /// Ready: the group assigned this worker its partitions and each one is restored. An
-    /// empty assignment counts only once it has lasted a few seconds: with cooperative
-    /// rebalancing a joining worker first gets nothing, then its share.
-    pub fn is_ready(&self) -> bool {
-        let Some(assigned_at) = *self.assigned_at.lock().unwrap() else {
-            return false;
-        };
-        let phases = self.phases.lock().unwrap();
-        phases.values().all(|p| *p == PartitionPhase::Running)
-            && (!phases.is_empty() || assigned_at.elapsed() > EMPTY_ASSIGNMENT_SETTLES)
-    }
-
-    /// (topic, partition, phase) of every partition this worker owns.
-    pub fn partitions(&self) -> Vec<(String, i32, PartitionPhase)> {
-        let mut v: Vec<_> = self
-            .phases
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|((t, p), ph)| (t.clone(), *p, *ph))
-            .collect();
-        v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        v
-    }
-
-    /// Creates an egress topic on first use (an existing one is left as it is).
-    pub async fn ensure_topic(&self, topic: &str) -> Result<(), kafka::TopicError> {
-        let mut known = self.known_topics.lock().await;
-        if known.contains(topic) {
-            return Ok(());
-        }
-        let spec = TopicSpec {
-            name: topic.to_string(),
-            partitions: self.cfg.topic_partitions.get() as i32,
-            compacted: false,
-            exact_partitions: false,
-        };
-        kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
-        known.insert(topic.to_string());
-        Ok(())
-    }
-}
-
-/// How a partition task reopens after a failed epoch: exponential pause, and after being
-/// fenced a long one. Fenced means another worker owns the partition now (this one stalled
-/// past its session timeout); reopening at once would fence that owner in turn, so the task
-/// waits for the group to revoke the partition, and reopens only if it still owns it then.
-pub struct Reopen {
-    pause: Duration,
-}
-
-impl Reopen {
-    pub fn new() -> Self {
-        Reopen {
-            pause: Duration::from_millis(100),
-        }
-    }
-
-    /// The partition is open again: the next failure starts from a short pause.
-    pub fn opened(&mut self) {
-        self.pause = Duration::from_millis(100);
-    }
-
-    /// Logs the failure and waits. Returns false when the task should stop instead.
-    pub async fn after_failure(
-        &mut self,
-        shared: &Shared,
-        topic: &str,
-        p: i32,
-        err: &(dyn std::fmt::Display + Sync),
-        fenced: bool,
-        stop: &CancellationToken,
-    ) -> bool {
-        let wait = if fenced {
-            tracing::warn!(
-                topic,
-                partition = p,
-                "fenced: another worker took over this partition (this worker stalled past its session timeout); \
-                 nothing of the open epoch was committed; waiting for the group to revoke it: {err}"
-            );
-            shared.cfg.session_timeout * 2
-        } else {
-            tracing::warn!(
-                topic,
-                partition = p,
-                "epoch failed, reopening from the last commit in {:?}: {err}",
-                self.pause
-            );
-            let w = self.pause;
-            self.pause = (self.pause * 2).min(Duration::from_secs(5));
-            w
-        };
-        tokio::select! {
-            _ = stop.cancelled() => false,
-            _ = tokio::time::sleep(wait) => true,
-        }
-    }
-}
-
-impl Default for Reopen {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -307,7 +161,7 @@ pub async fn run(
         phases: Default::default(),
         assigned_at: Mutex::new(None),
         bootstrap,
-        module,
+        module: Arc::new(module),
         cfg,
     });
 
