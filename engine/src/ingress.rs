@@ -19,12 +19,12 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{PartitionPhase, Shared};
+use crate::context::Shared;
 use crate::internal::Envelope;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partitioner::partition_for;
-use crate::supervisor::Reopen;
+use crate::supervisor::{supervise, PartitionTask};
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
 pub async fn run(
@@ -34,35 +34,10 @@ pub async fn run(
     p: i32,
     stop: CancellationToken,
 ) {
-    let mut reopen = Reopen::new();
-    while !stop.is_cancelled() {
-        shared.set_phase(&topic, p, PartitionPhase::Restoring);
-        let (err, fenced) = match Router::open(shared.clone(), ingress, &topic, p).await {
-            Ok(mut r) => {
-                shared.set_phase(&topic, p, PartitionPhase::Running);
-                reopen.opened();
-                match r.run(&stop).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        let fenced = kafka::is_fenced(&r.producer, &e);
-                        if r.in_txn {
-                            let pr = r.producer.clone();
-                            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
-                        }
-                        (e, fenced)
-                    }
-                }
-            }
-            Err(e) => (e, false),
-        };
-        if !reopen
-            .after_failure(&shared, &topic, p, &err, fenced, &stop)
-            .await
-        {
-            break;
-        }
-    }
-    shared.clear_phase(&topic, p);
+    supervise(&shared, &topic, p, &stop, || {
+        Router::open(shared.clone(), ingress, &topic, p)
+    })
+    .await;
     let _ = shared
         .metrics
         .consumer_lag
@@ -146,40 +121,6 @@ impl Router {
             records: 0,
             in_txn: false,
         })
-    }
-
-    async fn run(&mut self, stop: &CancellationToken) -> Result<(), KafkaError> {
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(()),
-                m = self.consumer.recv() => m?.detach(),
-            };
-            self.producer.begin_transaction()?;
-            self.in_txn = true;
-            self.route_record(first).await?;
-            let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
-            while self.records < self.shared.cfg.max_epoch_records && !stop.is_cancelled() {
-                // Take what is ready; wait for more only while the window is open and the
-                // previous wait found something (an idle topic commits at once).
-                let next = match self.consumer.recv().now_or_never() {
-                    Some(m) => Some(m),
-                    None => tokio::select! {
-                        m = self.consumer.recv() => Some(m),
-                        _ = tokio::time::sleep_until(window) => None,
-                        _ = tokio::time::sleep(Duration::from_millis(1)) => None,
-                    },
-                };
-                match next {
-                    Some(m) => {
-                        let m = m?.detach();
-                        self.route_record(m).await?;
-                    }
-                    None => break,
-                }
-            }
-            self.commit().await?;
-        }
     }
 
     async fn route_record(&mut self, m: rdkafka::message::OwnedMessage) -> Result<(), KafkaError> {
@@ -372,6 +313,53 @@ impl Router {
         self.last_offset = None;
         self.records = 0;
         Ok(())
+    }
+}
+
+impl PartitionTask for Router {
+    type Error = KafkaError;
+
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), KafkaError> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                m = self.consumer.recv() => m?.detach(),
+            };
+            self.producer.begin_transaction()?;
+            self.in_txn = true;
+            self.route_record(first).await?;
+            let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
+            while self.records < self.shared.cfg.max_epoch_records && !stop.is_cancelled() {
+                // Take what is ready; wait for more only while the window is open and the
+                // previous wait found something (an idle topic commits at once).
+                let next = match self.consumer.recv().now_or_never() {
+                    Some(m) => Some(m),
+                    None => tokio::select! {
+                        m = self.consumer.recv() => Some(m),
+                        _ = tokio::time::sleep_until(window) => None,
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => None,
+                    },
+                };
+                match next {
+                    Some(m) => {
+                        let m = m?.detach();
+                        self.route_record(m).await?;
+                    }
+                    None => break,
+                }
+            }
+            self.commit().await?;
+        }
+    }
+
+    async fn abort(&mut self, err: &KafkaError) -> bool {
+        let fenced = kafka::is_fenced(&self.producer, err);
+        if self.in_txn {
+            let pr = self.producer.clone();
+            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
+        }
+        fenced
     }
 }
 
