@@ -8,7 +8,7 @@
 //! - [`worker`]: one engine process: topics, group membership, a task per owned partition.
 //! - [`context`]: what a worker's tasks share (settings, module, clients, owned partitions).
 //! - [`supervisor`]: how a partition task reopens after a failure.
-//! - [`ingress`]: routers from ingress topics to `<cluster>-messages`, transactionally.
+//! - [`router`]: Kafka ingress routers: ingress topics to `<cluster>-messages`, transactionally.
 //! - [`processor`]: the per-partition epoch loop: input, invocations, one transaction.
 //! - [`dedup`]: idempotency keys (the first message runs, repeats get its outcome).
 //! - [`dispatch`]: per-address request-reply dispatch (one request in flight, batching).
@@ -36,7 +36,6 @@ pub mod dispatch;
 pub mod effects;
 pub mod envelope;
 pub mod http_ingress;
-pub mod ingress;
 pub mod introspect;
 pub mod invoker;
 pub mod kafka;
@@ -45,6 +44,7 @@ pub mod module;
 pub mod partitioner;
 pub mod processor;
 pub mod restore;
+pub mod router;
 pub mod store;
 pub mod supervisor;
 pub mod timers;

@@ -5,9 +5,9 @@
 //! reads records (its partitions are paused at once); it only tells the worker which
 //! partitions are its own. For each owned partition the worker runs one task with its own
 //! consumer and transactional producer: a [`processor`] for `<cluster>-messages` partitions,
-//! an [`ingress`] router for ingress partitions. On revocation the task finishes or aborts
-//! its epoch before the partition is given up; a worker that misses that (a stall, a crash) is
-//! fenced by the next owner's `init_transactions` on the same transactional id.
+//! a [`router`] for ingress partitions. On revocation the task finishes or aborts its epoch
+//! before the partition is given up; a worker that misses that (a stall, a crash) is fenced
+//! by the next owner's `init_transactions` on the same transactional id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,7 @@ use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
-use crate::{admin, http_ingress, ingress, processor};
+use crate::{admin, http_ingress, processor, router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -203,7 +203,7 @@ pub async fn run(
                         shared.metrics.partitions_owned.inc();
                         tokio::spawn(processor::run(shared.clone(), p, stop.clone()))
                     } else if let Some(&ing) = routes.get(&topic) {
-                        tokio::spawn(ingress::run(
+                        tokio::spawn(router::run(
                             shared.clone(),
                             ing,
                             topic.clone(),
