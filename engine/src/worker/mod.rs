@@ -1,21 +1,20 @@
-//! One worker process: owns the partitions the consumer group gives it.
+//! One worker process: owns the partitions the consumer group gives it. [`run`] creates the
+//! topics, opens the local store, starts the admin and HTTP listeners, and then follows the
+//! group's assignments, starting and stopping one task per owned partition.
 //!
-//! Ownership comes from a "membership" consumer in group `<cluster>-members`, subscribed to
-//! `<cluster>-messages` and every ingress topic with cooperative-sticky assignment. It never
-//! reads records (its partitions are paused at once); it only tells the worker which
-//! partitions are its own. For each owned partition the worker runs one task with its own
-//! consumer and transactional producer: a [`processor`] for `<cluster>-messages` partitions,
-//! a [`router`] for ingress partitions. On revocation the task finishes or aborts its epoch
-//! before the partition is given up; a worker that misses that (a stall, a crash) is fenced
-//! by the next owner's `init_transactions` on the same transactional id.
+//! Ownership comes from a "membership" consumer (membership.rs) in group `<cluster>-members`,
+//! subscribed to `<cluster>-messages` and every ingress topic with cooperative-sticky
+//! assignment. It never reads records (its partitions are paused at once); it only tells the
+//! worker which partitions are its own. For each owned partition the worker runs one task with
+//! its own consumer and transactional producer: a [`processor`] for `<cluster>-messages`
+//! partitions, a [`router`] for ingress partitions. On revocation the task finishes or aborts
+//! its epoch before the partition is given up; a worker that misses that (a stall, a crash) is
+//! fenced by the next owner's `init_transactions` on the same transactional id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,10 @@ use crate::kafka::{self, TopicSpec};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
 use crate::{admin, http_ingress, processor, router};
+
+mod membership;
+
+use membership::{Change, Membership};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -289,113 +292,5 @@ async fn bind_ingress(
                 }
             }
         }
-    }
-}
-
-/// A change of this worker's partitions. A revocation waits for the ack: the partitions are
-/// given up only after their tasks stopped.
-enum Change {
-    Assigned(Vec<(String, i32)>),
-    Revoked(Vec<(String, i32)>, std_mpsc::Sender<()>),
-}
-
-struct MembershipContext {
-    changes: mpsc::UnboundedSender<Change>,
-}
-
-impl ClientContext for MembershipContext {}
-
-fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements()
-        .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
-        .collect()
-}
-
-impl ConsumerContext for MembershipContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let (ack_tx, ack_rx) = std_mpsc::channel();
-            if self
-                .changes
-                .send(Change::Revoked(list(tpl), ack_tx))
-                .is_ok()
-            {
-                // Hold the rebalance until the partitions' epochs are closed. A worker that
-                // takes longer is fenced by the next owner anyway.
-                let _ = ack_rx.recv_timeout(Duration::from_secs(60));
-            }
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            // The membership consumer never reads: each partition task has its own consumer.
-            if let Err(e) = consumer.pause(tpl) {
-                tracing::warn!("pausing membership partitions: {e}");
-            }
-            let _ = self.changes.send(Change::Assigned(list(tpl)));
-        }
-    }
-}
-
-struct Membership {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Membership {
-    fn start(
-        shared: &Shared,
-        worker_id: &str,
-        topics: &[String],
-        changes: mpsc::UnboundedSender<Change>,
-    ) -> Result<Self, WorkerError> {
-        let mut config = kafka::client_config(&shared.bootstrap);
-        if shared.cfg.static_membership {
-            config.set(
-                "group.instance.id",
-                format!("{}-{worker_id}", shared.cfg.cluster),
-            );
-        }
-        let consumer: BaseConsumer<MembershipContext> = config
-            .set("group.id", format!("{}-members", shared.cfg.cluster))
-            .set("client.id", format!("{}-{worker_id}", shared.cfg.cluster))
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "session.timeout.ms",
-                shared.cfg.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (shared.cfg.session_timeout.as_millis() / 5)
-                    .max(100)
-                    .to_string(),
-            )
-            .set("enable.auto.commit", "false")
-            .create_with_context(MembershipContext { changes })?;
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&refs)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("membership".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Acquire) {
-                    // Records cannot arrive (partitions are paused); polling serves the
-                    // group protocol and the rebalance callbacks.
-                    let _ = consumer.poll(Duration::from_millis(100));
-                }
-                consumer.unsubscribe();
-                drop(consumer);
-            })
-            .expect("spawning a thread");
-        Ok(Membership { stop, thread })
-    }
-
-    async fn close(self) {
-        self.stop.store(true, Ordering::Release);
-        let thread = self.thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
