@@ -19,9 +19,8 @@
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
-//! - [`tls`]: HTTPS for the HTTP listeners (rustls).
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP server.
-//! - [`http_ingress`]: HTTP ingress: messages, request-reply, committed state over HTTP.
+//! - [`http`]: HTTP ingress: messages, request-reply, committed state over HTTP; TLS and tokens.
 //!
 //! # Invariants
 //! Each partition has exactly one processor (the owner), and nothing else touches its state.
@@ -35,7 +34,7 @@ pub mod dedup;
 pub mod dispatch;
 pub mod effects;
 pub mod envelope;
-pub mod http_ingress;
+pub mod http;
 pub mod introspect;
 pub mod invoker;
 pub mod kafka;
@@ -48,7 +47,6 @@ pub mod router;
 pub mod store;
 pub mod supervisor;
 pub mod timers;
-pub mod tls;
 pub mod worker;
 
 /// The engine's own protobuf records (envelopes, stored state, delayed messages).

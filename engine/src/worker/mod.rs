@@ -25,7 +25,7 @@ use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
-use crate::{admin, http_ingress, processor, router};
+use crate::{admin, http, processor, router};
 
 mod membership;
 
@@ -50,7 +50,7 @@ pub enum WorkerError {
         err: std::io::Error,
     },
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::http::tls::TlsError),
     #[error("creating the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -149,7 +149,7 @@ pub async fn run(
         .max()
         .unwrap_or(Duration::from_secs(60));
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::http::tls::acceptor(cert, key)?),
         _ => None,
     };
     let metrics = Metrics::new();
@@ -178,13 +178,7 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
     let ingress_task = bind_ingress(shared.cfg.ingress_addr)
         .await?
-        .map(|listener| {
-            tokio::spawn(http_ingress::serve(
-                listener,
-                shared.clone(),
-                shutdown.clone(),
-            ))
-        });
+        .map(|listener| tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone())));
     tracing::info!(worker = %worker_id, cluster = %shared.cfg.cluster, partitions = n, admin = %admin_addr, "worker starting");
 
     let (changes_tx, mut changes) = mpsc::unbounded_channel();
