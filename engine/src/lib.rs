@@ -27,30 +27,30 @@
 //! Everything an epoch does reaches Kafka in one transaction; the local checkpoint moves only
 //! after that transaction commits. See `shared/DESIGN.md` for the full argument.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod config;
-pub mod context;
-pub mod dedup;
-pub mod dispatch;
-pub mod effects;
-pub mod envelope;
-pub mod http;
-pub mod introspect;
-pub mod invoker;
+pub(crate) mod context;
+pub(crate) mod dedup;
+pub(crate) mod dispatch;
+pub(crate) mod effects;
+pub(crate) mod envelope;
+pub(crate) mod http;
+pub(crate) mod introspect;
+pub(crate) mod invoker;
 pub mod kafka;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod module;
 pub mod partitioner;
-pub mod processor;
-pub mod restore;
-pub mod router;
-pub mod store;
-pub mod supervisor;
-pub mod timers;
+pub(crate) mod processor;
+pub(crate) mod restore;
+pub(crate) mod router;
+pub(crate) mod store;
+pub(crate) mod supervisor;
+pub(crate) mod timers;
 pub mod worker;
 
 /// The engine's own protobuf records (envelopes, stored state, delayed messages).
-pub mod internal {
+pub(crate) mod internal {
     include!(concat!(env!("OUT_DIR"), "/keyflow.internal.rs"));
 }
 
