@@ -7,7 +7,7 @@
 //! - [`config`]: the engine's own settings (the process).
 //! - [`worker`]: one engine process: topics, group membership, a task per owned partition.
 //! - [`context`]: what a worker's tasks share (settings, module, clients, owned partitions).
-//! - [`supervisor`]: how a partition task reopens after a failure.
+//! - [`supervisor`]: a partition task's life: open, run, reopen after a failure.
 //! - [`router`]: Kafka ingress routers: ingress topics to `<cluster>-messages`, transactionally.
 //! - [`processor`]: the per-partition epoch loop: input, invocations, one transaction.
 //! - [`dedup`]: idempotency keys (the first message runs, repeats get its outcome).
@@ -19,7 +19,10 @@
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP server.
+//! - [`envelope`]: the engine's addressing inside envelopes (HTTP callers, callbacks, reads).
+//! - [`introspect`]: an address's state and pending delayed messages as JSON (pure).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: the admin HTTP server (health, readiness, metrics, status).
 //! - [`http`]: HTTP ingress: messages, request-reply, committed state over HTTP; TLS and tokens.
 //!
 //! # Invariants
