@@ -30,6 +30,10 @@
 //! Everything an epoch does reaches Kafka in one transaction; the local checkpoint moves only
 //! after that transaction commits. See `shared/DESIGN.md` for the full argument.
 
+// The layout above links the crate's own modules, most of them pub(crate): the docs are read
+// with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub(crate) mod admin;
 pub mod config;
 pub(crate) mod context;

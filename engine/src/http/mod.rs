@@ -2,10 +2,10 @@
 //!
 //! - `POST /<namespace>/<type>/<id>`: the body is the message's argument, its typename comes
 //!   from `Content-Type: application/vnd.<namespace>/<name>` (the StateFun playground form).
-//!   The message is produced as an [`Envelope`] to the id's partition of `<cluster>-messages`
-//!   by the worker's idempotent (non-transactional) producer; `202 {"messageId": ..}` comes
-//!   only after Kafka acknowledged it. A non-transactional record is visible to the
-//!   read_committed processors at once.
+//!   The message is produced as an [`Envelope`](crate::internal::Envelope) to the id's
+//!   partition of `<cluster>-messages` by the worker's idempotent (non-transactional)
+//!   producer; `202 {"messageId": ..}` comes only after Kafka acknowledged it. A
+//!   non-transactional record is visible to the read_committed processors at once.
 //! - With `?reply=true` (or `X-Keyflow-Reply: true`) the envelope's caller is the address
 //!   `keyflow.ingress/http/<worker-id>~<message-id>`. A function answers with the SDKs' usual
 //!   send to its caller; the processor writes a message for that address, inside its epoch's
