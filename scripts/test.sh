@@ -89,7 +89,7 @@ suite_layout() {
 }
 
 SUITES=(
-  # suite_layout: enabled once issue 13's layout lands
+  suite_layout
   suite_conformance_setup
   suite_cargo_test
   suite_playthrough

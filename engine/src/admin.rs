@@ -10,7 +10,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{PartitionPhase, Shared};
+use crate::context::{PartitionPhase, Shared};
+use crate::http::auth::require_token;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -31,7 +32,7 @@ pub async fn serve(
         .merge(protected)
         .with_state(shared);
     let tls = shared_tls.clone();
-    crate::tls::serve(listener, tls, app, shutdown).await
+    crate::http::tls::serve(listener, tls, app, shutdown).await
 }
 
 async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
@@ -74,45 +75,4 @@ async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
-}
-
-/// Refuses a request without `Authorization: Bearer <token>` when a token is configured.
-pub async fn require_token(
-    State(token): State<Option<String>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if let Some(token) = token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "missing or wrong bearer token (Authorization: Bearer <token>)\n",
-            )
-                .into_response();
-        }
-    }
-    next.run(request).await
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
 }

@@ -2,50 +2,58 @@
 //! Stateful Functions 3.x remote functions, exactly-once end to end.
 //!
 //! # Layout
-//! The data path, in the order a record travels:
+//! The data path, in the order a record travels (one line per module):
 //! - [`module`]: module.yaml (the application: endpoints, ingresses, egresses).
 //! - [`config`]: the engine's own settings (the process).
 //! - [`worker`]: one engine process: topics, group membership, a task per owned partition.
-//! - [`ingress`]: routers from ingress topics to `<cluster>-messages`, transactionally.
-//! - [`processor`]: the per-partition epoch loop: input, invocations, one transaction.
-//! - [`dedup`]: idempotency keys (the first message runs, repeats get its outcome).
-//! - [`dispatch`]: per-address request-reply dispatch (one request in flight, batching).
+//! - [`context`]: what a worker's tasks share (settings, module, clients, owned partitions).
+//! - [`supervisor`]: a partition task's life: open, run, reopen after a failure.
+//! - [`router`]: Kafka ingress routers: ingress topics to `<cluster>-messages`, transactionally.
+//! - [`partition`]: a partition of `<cluster>-messages`: the Kafka task and the pure core
+//!   (admission, requests, effects, parking, timers, idempotency keys), one transaction per
+//!   epoch.
 //! - [`invoker`]: HTTP calls to function endpoints, StateFun's retry policy.
-//! - [`effects`]: a function's response turned into validated effects (pure).
-//! - [`timers`]: the index of pending delayed messages.
 //! - [`store`]: a partition's state: sled checkpoint + the epoch's overlay.
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
-//! - [`tls`]: HTTPS for the HTTP listeners (rustls).
-//! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP server.
-//! - [`http_ingress`]: HTTP ingress: messages, request-reply, committed state over HTTP.
+//! - [`dead_letter`]: why a record was dead-lettered (`DeadLetterKind`).
+//! - [`envelope`]: the engine's addressing inside envelopes (HTTP callers, callbacks, reads).
+//! - [`introspect`]: an address's state and pending delayed messages as JSON (pure).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: the admin HTTP server (health, readiness, metrics, status).
+//! - [`http`]: HTTP ingress: messages, request-reply, committed state over HTTP; TLS and tokens.
 //!
 //! # Invariants
-//! Each partition has exactly one processor (the owner), and nothing else touches its state.
+//! Each partition has exactly one task (the owner's), and nothing else touches its state.
 //! Everything an epoch does reaches Kafka in one transaction; the local checkpoint moves only
 //! after that transaction commits. See `shared/DESIGN.md` for the full argument.
 
-pub mod admin;
+// The layout above links the crate's own modules, most of them pub(crate): the docs are read
+// with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
+pub(crate) mod admin;
 pub mod config;
-pub mod dead_letter;
-pub mod envelope;
-pub mod http_ingress;
-pub mod ingress;
-pub mod introspect;
-pub mod invoker;
+pub(crate) mod context;
+pub(crate) mod dead_letter;
+pub(crate) mod envelope;
+pub(crate) mod http;
+pub(crate) mod introspect;
+pub(crate) mod invoker;
 pub mod kafka;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod module;
+pub(crate) mod partition;
 pub mod partitioner;
-pub mod partition;
-pub mod restore;
-pub mod store;
-pub mod tls;
+pub(crate) mod restore;
+pub(crate) mod router;
+pub(crate) mod store;
+pub(crate) mod supervisor;
 pub mod worker;
 
 /// The engine's own protobuf records (envelopes, stored state, delayed messages).
-pub mod internal {
+pub(crate) mod internal {
     include!(concat!(env!("OUT_DIR"), "/keyflow.internal.rs"));
 }
 

@@ -222,6 +222,11 @@ impl Metrics {
         r.register(Box::new(m.state_bytes.clone())).unwrap();
         r.register(Box::new(m.restore_seconds.clone())).unwrap();
         r.register(Box::new(m.partitions_owned.clone())).unwrap();
+        // Every reason kind is known: exported at 0 from the start, so a dashboard or an alert
+        // sees 0 rather than no data.
+        for kind in crate::dead_letter::DeadLetterKind::ALL {
+            m.dead_letters.with_label_values(&[kind.as_str()]);
+        }
         m
     }
 
@@ -251,5 +256,19 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dead_letter_kind_is_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for kind in crate::dead_letter::DeadLetterKind::ALL {
+            let line = format!("keyflow_dead_letters_total{{reason=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+        }
     }
 }

@@ -296,10 +296,6 @@ impl PartitionStore {
         &self.overlay
     }
 
-    pub fn is_dirty(&self) -> bool {
-        !self.overlay.is_empty()
-    }
-
     /// After the epoch's transaction committed: apply the overlay and the changelog offset it
     /// reached, atomically.
     pub fn checkpoint(&mut self, next_changelog_offset: Option<i64>) -> Result<()> {

@@ -216,7 +216,10 @@ impl PartitionCore {
     /// One record of `<cluster>-messages`, decoded by the task (absent or undecodable ones
     /// are dead letters).
     pub fn on_record(&mut self, offset: i64, payload: Option<DecodedEnvelope>) -> Result<()> {
-        let origin = format!("{}/{}/{offset}", self.cfg.messages_topic, self.cfg.partition);
+        let origin = format!(
+            "{}/{}/{offset}",
+            self.cfg.messages_topic, self.cfg.partition
+        );
         match payload {
             Some(Ok(env)) => self.deliver(env),
             Some(Err(e)) => {
@@ -306,7 +309,7 @@ impl PartitionCore {
         self.outbox.outputs.push(Output::Message {
             partition,
             key,
-            envelope: env,
+            envelope: Box::new(env),
         });
     }
 

@@ -43,11 +43,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Shared;
 use crate::kafka;
 use crate::restore;
 use crate::store::StoreError;
-use crate::worker::{PartitionPhase, Reopen, Shared};
-use task::PartitionTask;
+use crate::supervisor::supervise;
+use task::Task;
 
 /// Why an epoch failed. Every variant drops the epoch; [`EpochError::class`] says what
 /// happens next.
@@ -109,41 +110,7 @@ impl EpochError {
 /// Runs partition `p` until `stop` fires, reopening it after every failed epoch.
 pub(crate) async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
     let topic = shared.cfg.topic_messages();
-    let mut reopen = Reopen::new();
-    while !stop.is_cancelled() {
-        shared.set_phase(&topic, p, PartitionPhase::Restoring);
-        let (err, class) = match PartitionTask::open(shared.clone(), p).await {
-            Ok(mut task) => {
-                shared.set_phase(&topic, p, PartitionPhase::Running);
-                reopen.opened();
-                match task.run(&stop).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        let class = e.class(Some(&task.producer));
-                        task.abort().await;
-                        (e, class)
-                    }
-                }
-            }
-            Err(e) => {
-                let class = e.class(None);
-                (e, class)
-            }
-        };
-        shared
-            .metrics
-            .epoch_failures
-            .with_label_values(&[&p.to_string()])
-            .inc();
-        let fenced = class == ErrorClass::Fenced;
-        if !reopen
-            .after_failure(&shared, &topic, p, &err, fenced, &stop)
-            .await
-        {
-            break;
-        }
-    }
-    shared.clear_phase(&topic, p);
+    supervise(&shared, &topic, p, &stop, || Task::open(shared.clone(), p)).await;
     // Gauges describe owned partitions only: a partition given up must not keep reporting.
     let label = p.to_string();
     let m = &shared.metrics;

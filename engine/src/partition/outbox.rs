@@ -21,7 +21,7 @@ pub(crate) enum Output {
     Message {
         partition: i32,
         key: String,
-        envelope: Envelope,
+        envelope: Box<Envelope>,
     },
     /// A reply to an HTTP caller, for `<cluster>-replies` (key: the caller id, value: the
     /// reply's `TypedValue`).

@@ -21,14 +21,15 @@ use keyflow_protocol::Message as _;
 use super::core::{CoreConfig, CoreMetrics, DecodedEnvelope, PartitionCore};
 use super::epoch::{EpochRule, Now, Step};
 use super::outbox::{Output, Response};
-use super::EpochError;
+use super::{EpochError, ErrorClass};
+use crate::context::Shared;
 use crate::internal::Envelope;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
 use crate::module::{DeliverySemantic, TypeName};
 use crate::now_ms;
 use crate::restore;
 use crate::store::PartitionStore;
-use crate::worker::Shared;
+use crate::supervisor::PartitionTask;
 
 /// Topic names and metric handles of one partition, made once when it opens.
 struct Bound {
@@ -54,10 +55,10 @@ fn read(m: BorrowedMessage<'_>) -> Input {
 /// An input record: its offset and its value decoded.
 type Input = (i64, Option<DecodedEnvelope>);
 
-pub(crate) struct PartitionTask {
+pub(crate) struct Task {
     shared: Arc<Shared>,
     p: i32,
-    pub(super) producer: FutureProducer,
+    producer: FutureProducer,
     consumer: StreamConsumer<kafka::LagContext>,
     core: PartitionCore,
     bound: Bound,
@@ -73,7 +74,7 @@ pub(crate) struct PartitionTask {
     in_txn: bool,
 }
 
-impl PartitionTask {
+impl Task {
     /// Fences the previous owner, restores the partition's state and positions the consumer at
     /// the committed offset. Parked addresses are dispatched again in an epoch of their own.
     pub(super) async fn open(shared: Arc<Shared>, p: i32) -> Result<Self, EpochError> {
@@ -104,9 +105,7 @@ impl PartitionTask {
             commit_seconds: m.partition_commit_seconds.with_label_values(&[&label]),
         };
         let lag = kafka::LagContext {
-            lag: m
-                .consumer_lag
-                .with_label_values(&[&bound.messages, &label]),
+            lag: m.consumer_lag.with_label_values(&[&bound.messages, &label]),
         };
         let consumer: StreamConsumer<kafka::LagContext> = kafka::client_config(&shared.bootstrap)
             .set("group.id", &cfg.cluster)
@@ -125,7 +124,7 @@ impl PartitionTask {
             partition: p,
             partitions: cfg.partition_count(),
             messages_topic: bound.messages.clone(),
-            module: Arc::new(shared.module.clone()),
+            module: shared.module.clone(),
             idempotency_retention: cfg.idempotency_retention,
         };
         let core = PartitionCore::restore(core_cfg, CoreMetrics::bind(m, p), store)?;
@@ -139,7 +138,7 @@ impl PartitionTask {
             "partition restored in {:.3}s",
             secs
         );
-        let mut task = PartitionTask {
+        let mut task = Task {
             shared,
             p,
             producer,
@@ -161,7 +160,7 @@ impl PartitionTask {
         Ok(task)
     }
 
-    pub(super) async fn run(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
+    async fn run_epochs(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
         let mut next_sweep = Instant::now() + self.shared.cfg.expiry_sweep;
         loop {
             // Idle: wait for input, a parked request's outcome, a due delayed message, the
@@ -303,8 +302,15 @@ impl PartitionTask {
                 let payload = envelope.encode_to_vec();
                 let topic = &self.bound.messages;
                 let key = Some(key.as_bytes());
-                kafka::send(&self.producer, topic, Some(partition), key, Some(&payload), None)
-                    .await?;
+                kafka::send(
+                    &self.producer,
+                    topic,
+                    Some(partition),
+                    key,
+                    Some(&payload),
+                    None,
+                )
+                .await?;
             }
             Output::Reply { caller_id, value } => {
                 let value = value.encode_to_vec();
@@ -318,9 +324,15 @@ impl PartitionTask {
                     DeliverySemantic::ExactlyOnce { .. } => &self.producer,
                     DeliverySemantic::AtLeastOnce | DeliverySemantic::None => &self.shared.plain,
                 };
-                let delivery =
-                    kafka::send(producer, &e.topic, None, e.key.as_deref(), Some(&e.value), None)
-                        .await?;
+                let delivery = kafka::send(
+                    producer,
+                    &e.topic,
+                    None,
+                    e.key.as_deref(),
+                    Some(&e.value),
+                    None,
+                )
+                .await?;
                 if matches!(e.delivery, DeliverySemantic::AtLeastOnce) {
                     self.at_least_once.push(delivery);
                 }
@@ -416,7 +428,7 @@ impl PartitionTask {
 
     /// Abandons the epoch after a failure: the transaction aborts (if the producer can), the
     /// overlay and in-flight calls are dropped.
-    pub(super) async fn abort(&mut self) {
+    async fn abort_epoch(&mut self) {
         self.inflight.abort_all();
         self.at_least_once.clear();
         self.core.discard();
@@ -430,6 +442,28 @@ impl PartitionTask {
             }
             self.in_txn = false;
         }
+    }
+}
+
+impl PartitionTask for Task {
+    type Error = EpochError;
+
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
+        self.run_epochs(stop).await
+    }
+
+    async fn abort(&mut self, err: &EpochError) -> bool {
+        let fenced = err.class(Some(&self.producer)) == ErrorClass::Fenced;
+        self.abort_epoch().await;
+        fenced
+    }
+
+    fn failed(shared: &Shared, p: i32) {
+        shared
+            .metrics
+            .epoch_failures
+            .with_label_values(&[&p.to_string()])
+            .inc();
     }
 }
 

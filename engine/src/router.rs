@@ -19,11 +19,13 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Shared;
+use crate::dead_letter::DeadLetterKind;
 use crate::internal::Envelope;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partitioner::partition_for;
-use crate::worker::{PartitionPhase, Reopen, Shared};
+use crate::supervisor::{supervise, PartitionTask};
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
 pub async fn run(
@@ -33,35 +35,10 @@ pub async fn run(
     p: i32,
     stop: CancellationToken,
 ) {
-    let mut reopen = Reopen::new();
-    while !stop.is_cancelled() {
-        shared.set_phase(&topic, p, PartitionPhase::Restoring);
-        let (err, fenced) = match Router::open(shared.clone(), ingress, &topic, p).await {
-            Ok(mut r) => {
-                shared.set_phase(&topic, p, PartitionPhase::Running);
-                reopen.opened();
-                match r.run(&stop).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        let fenced = kafka::is_fenced(&r.producer, &e);
-                        if r.in_txn {
-                            let pr = r.producer.clone();
-                            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
-                        }
-                        (e, fenced)
-                    }
-                }
-            }
-            Err(e) => (e, false),
-        };
-        if !reopen
-            .after_failure(&shared, &topic, p, &err, fenced, &stop)
-            .await
-        {
-            break;
-        }
-    }
-    shared.clear_phase(&topic, p);
+    supervise(&shared, &topic, p, &stop, || {
+        Router::open(shared.clone(), ingress, &topic, p)
+    })
+    .await;
     let _ = shared
         .metrics
         .consumer_lag
@@ -147,40 +124,6 @@ impl Router {
         })
     }
 
-    async fn run(&mut self, stop: &CancellationToken) -> Result<(), KafkaError> {
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(()),
-                m = self.consumer.recv() => m?.detach(),
-            };
-            self.producer.begin_transaction()?;
-            self.in_txn = true;
-            self.route_record(first).await?;
-            let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
-            while self.records < self.shared.cfg.max_epoch_records && !stop.is_cancelled() {
-                // Take what is ready; wait for more only while the window is open and the
-                // previous wait found something (an idle topic commits at once).
-                let next = match self.consumer.recv().now_or_never() {
-                    Some(m) => Some(m),
-                    None => tokio::select! {
-                        m = self.consumer.recv() => Some(m),
-                        _ = tokio::time::sleep_until(window) => None,
-                        _ = tokio::time::sleep(Duration::from_millis(1)) => None,
-                    },
-                };
-                match next {
-                    Some(m) => {
-                        let m = m?.detach();
-                        self.route_record(m).await?;
-                    }
-                    None => break,
-                }
-            }
-            self.commit().await?;
-        }
-    }
-
     async fn route_record(&mut self, m: rdkafka::message::OwnedMessage) -> Result<(), KafkaError> {
         let Some(route) = self.route.clone() else {
             return self.route_callback(m).await;
@@ -193,7 +136,7 @@ impl Router {
                     .dead_letter(
                         &m,
                         &origin,
-                        "key-not-utf8",
+                        DeadLetterKind::KeyNotUtf8,
                         "the record key is not UTF-8, so it cannot name a function id",
                     )
                     .await
@@ -203,7 +146,7 @@ impl Router {
                     .dead_letter(
                         &m,
                         &origin,
-                        "no-key",
+                        DeadLetterKind::NoKey,
                         "the record has no key; the key names the target function's id",
                     )
                     .await
@@ -250,17 +193,17 @@ impl Router {
         &mut self,
         m: &rdkafka::message::OwnedMessage,
         origin: &str,
-        kind: &str,
+        kind: DeadLetterKind,
         reason: &str,
     ) -> Result<(), KafkaError> {
-        tracing::warn!(origin, kind, "ingress dead letter: {reason}");
+        tracing::warn!(origin, %kind, "ingress dead letter: {reason}");
         let typename = self
             .route
             .as_ref()
             .map(|r| r.value_type.to_string())
             .unwrap_or_default();
         let dl = kafka::DeadLetter {
-            kind,
+            kind: kind.as_str(),
             reason,
             headers: vec![("keyflow.origin", origin), ("keyflow.typename", &typename)],
         };
@@ -269,7 +212,7 @@ impl Router {
         self.shared
             .metrics
             .dead_letters
-            .with_label_values(&[kind])
+            .with_label_values(&[kind.as_str()])
             .inc();
         Ok(())
     }
@@ -307,7 +250,7 @@ impl Router {
         let Some(target) = keyflow_protocol::callback::address_of(&token) else {
             let reason = "the record key is not a callback token";
             return self
-                .dead_letter(&m, &origin, "callback-unknown", reason)
+                .dead_letter(&m, &origin, DeadLetterKind::CallbackUnknown, reason)
                 .await;
         };
         let content_type = m.headers().and_then(|hs| {
@@ -322,7 +265,7 @@ impl Router {
                 Ok(t) => t,
                 Err(reason) => {
                     return self
-                        .dead_letter(&m, &origin, "callback-content-type", &reason)
+                        .dead_letter(&m, &origin, DeadLetterKind::CallbackContentType, &reason)
                         .await
                 }
             },
@@ -371,6 +314,53 @@ impl Router {
         self.last_offset = None;
         self.records = 0;
         Ok(())
+    }
+}
+
+impl PartitionTask for Router {
+    type Error = KafkaError;
+
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), KafkaError> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                m = self.consumer.recv() => m?.detach(),
+            };
+            self.producer.begin_transaction()?;
+            self.in_txn = true;
+            self.route_record(first).await?;
+            let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
+            while self.records < self.shared.cfg.max_epoch_records && !stop.is_cancelled() {
+                // Take what is ready; wait for more only while the window is open and the
+                // previous wait found something (an idle topic commits at once).
+                let next = match self.consumer.recv().now_or_never() {
+                    Some(m) => Some(m),
+                    None => tokio::select! {
+                        m = self.consumer.recv() => Some(m),
+                        _ = tokio::time::sleep_until(window) => None,
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => None,
+                    },
+                };
+                match next {
+                    Some(m) => {
+                        let m = m?.detach();
+                        self.route_record(m).await?;
+                    }
+                    None => break,
+                }
+            }
+            self.commit().await?;
+        }
+    }
+
+    async fn abort(&mut self, err: &KafkaError) -> bool {
+        let fenced = kafka::is_fenced(&self.producer, err);
+        if self.in_txn {
+            let pr = self.producer.clone();
+            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
+        }
+        fenced
     }
 }
 

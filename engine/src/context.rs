@@ -1,0 +1,101 @@
+//! What the tasks of one worker share: [`Shared`] (the settings, the module, the Kafka
+//! cluster, the HTTP client to the functions, the metrics, the local store, and which
+//! partitions this worker owns and in which [`PartitionPhase`]). The worker builds it once;
+//! the partition tasks, the HTTP ingress and the admin server read it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+
+use crate::config::EngineConfig;
+use crate::invoker::Invoker;
+use crate::kafka::{self, TopicSpec};
+use crate::metrics::Metrics;
+use crate::module::Module;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionPhase {
+    Restoring,
+    Running,
+}
+
+/// What every partition task of this worker shares.
+pub struct Shared {
+    pub cfg: EngineConfig,
+    /// An `Arc`: a partition task can hold the module without the rest of `Shared`.
+    pub module: Arc<Module>,
+    /// The one Kafka cluster of this engine (transactions cannot span clusters).
+    pub bootstrap: String,
+    pub invoker: Invoker,
+    pub metrics: Metrics,
+    /// For at-least-once and fire-and-forget egress.
+    pub plain: FutureProducer,
+    pub db: sled::Db,
+    /// TLS for the HTTP listeners (`--tls-cert`, `--tls-key`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `transaction.timeout.ms` of the processors' producers.
+    pub txn_timeout: Duration,
+    pub(crate) known_topics: tokio::sync::Mutex<HashSet<String>>,
+    pub(crate) phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
+    /// When the group last changed this worker's partitions (`None`: not yet).
+    pub(crate) assigned_at: Mutex<Option<std::time::Instant>>,
+}
+
+const EMPTY_ASSIGNMENT_SETTLES: Duration = Duration::from_secs(3);
+
+impl Shared {
+    pub fn set_phase(&self, topic: &str, p: i32, phase: PartitionPhase) {
+        self.phases
+            .lock()
+            .unwrap()
+            .insert((topic.to_string(), p), phase);
+    }
+
+    pub fn clear_phase(&self, topic: &str, p: i32) {
+        self.phases.lock().unwrap().remove(&(topic.to_string(), p));
+    }
+
+    /// Ready: the group assigned this worker its partitions and each one is restored. An
+    /// empty assignment counts only once it has lasted a few seconds: with cooperative
+    /// rebalancing a joining worker first gets nothing, then its share.
+    pub fn is_ready(&self) -> bool {
+        let Some(assigned_at) = *self.assigned_at.lock().unwrap() else {
+            return false;
+        };
+        let phases = self.phases.lock().unwrap();
+        phases.values().all(|p| *p == PartitionPhase::Running)
+            && (!phases.is_empty() || assigned_at.elapsed() > EMPTY_ASSIGNMENT_SETTLES)
+    }
+
+    /// (topic, partition, phase) of every partition this worker owns.
+    pub fn partitions(&self) -> Vec<(String, i32, PartitionPhase)> {
+        let mut v: Vec<_> = self
+            .phases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|((t, p), ph)| (t.clone(), *p, *ph))
+            .collect();
+        v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        v
+    }
+
+    /// Creates an egress topic on first use (an existing one is left as it is).
+    pub async fn ensure_topic(&self, topic: &str) -> Result<(), kafka::TopicError> {
+        let mut known = self.known_topics.lock().await;
+        if known.contains(topic) {
+            return Ok(());
+        }
+        let spec = TopicSpec {
+            name: topic.to_string(),
+            partitions: self.cfg.topic_partitions.get() as i32,
+            compacted: false,
+            exact_partitions: false,
+        };
+        kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
+        known.insert(topic.to_string());
+        Ok(())
+    }
+}

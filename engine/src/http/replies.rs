@@ -1,0 +1,283 @@
+//! Replies to HTTP requests: every worker reads `<cluster>-replies` (read_committed, from its
+//! end at start) into [`Replies`], which completes this worker's waiting requests and keeps
+//! recent replies for `GET /replies/<message-id>` on any worker.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keyflow_protocol::{Message, TypedValue};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{json, Ingress};
+use crate::context::Shared;
+use crate::envelope::IngressCaller;
+use crate::kafka::{self, blocking};
+
+/// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
+const SEEN_MAX: usize = 10_000;
+const SEEN_FOR: Duration = Duration::from_secs(600);
+
+/// A function's reply to an HTTP request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub typename: String,
+    pub value: Bytes,
+}
+
+#[derive(Default)]
+struct Seen {
+    map: HashMap<String, (Instant, Reply)>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Seen {
+    fn insert(&mut self, id: String, reply: Reply, now: Instant) {
+        if self.map.contains_key(&id) {
+            return;
+        }
+        self.map.insert(id.clone(), (now, reply));
+        self.order.push_back((now, id));
+        while let Some((at, _)) = self.order.front() {
+            if self.order.len() > SEEN_MAX || now.duration_since(*at) > SEEN_FOR {
+                let (_, old) = self.order.pop_front().expect("front exists");
+                self.map.remove(&old);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// Replies this worker waits for, and those it has seen.
+#[derive(Default)]
+pub struct Replies {
+    waiting: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    seen: Mutex<Seen>,
+    /// The replies consumer is positioned: a reply produced from now on will be seen.
+    ready: AtomicBool,
+    positioned: tokio::sync::Notify,
+}
+
+impl Replies {
+    /// Records a reply read from `<cluster>-replies` under its caller id
+    /// (`<worker-id>~<message-id>`) and completes the request waiting for it, if any.
+    /// A caller id is `<worker>~<request>` or, for a request with an idempotency key,
+    /// `<worker>~<request>~<message>` (repeats share the message id, not the request).
+    pub fn received(&self, caller_id: &str, reply: Reply) {
+        let (request, message) = match IngressCaller::parse_id(caller_id) {
+            Some(c) => (c.request.clone(), c.message_id().to_string()),
+            None => (caller_id.to_string(), caller_id.to_string()),
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .insert(message, reply.clone(), Instant::now());
+        if let Some(tx) = self.waiting.lock().unwrap().remove(&request) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    pub fn get(&self, message_id: &str) -> Option<Reply> {
+        let seen = self.seen.lock().unwrap();
+        let (at, reply) = seen.map.get(message_id)?;
+        (at.elapsed() <= SEEN_FOR).then(|| reply.clone())
+    }
+
+    pub(super) fn wait_for(&self, message_id: &str) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap()
+            .insert(message_id.to_string(), tx);
+        rx
+    }
+
+    /// Waits (at most `limit`) until the replies consumer is positioned.
+    pub(super) async fn until_ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.positioned.notified();
+            if self.ready.load(Ordering::Acquire) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.ready.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    fn forget(&self, message_id: &str) {
+        self.waiting.lock().unwrap().remove(message_id);
+    }
+}
+
+/// Removes a waiting request's entry however its handler ends (answered, timed out, or the
+/// client went away).
+pub(super) struct WaitGuard<'a> {
+    pub(super) replies: &'a Replies,
+    pub(super) id: String,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.replies.forget(&self.id);
+    }
+}
+
+/// Reads `<cluster>-replies` (read_committed) from its end at start, for as long as the worker
+/// runs. Nothing is committed: a restarted worker has no requests waiting.
+pub(super) async fn consume_replies(
+    shared: Arc<Shared>,
+    replies: Arc<Replies>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let consumer = match open_replies_consumer(&shared).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("HTTP ingress: cannot read the replies topic (retrying): {e}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        replies.ready.store(true, Ordering::Release);
+        replies.positioned.notify_waiters();
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            match m {
+                Ok(m) => {
+                    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                        continue;
+                    };
+                    match TypedValue::decode(m.payload().unwrap_or_default()) {
+                        Ok(v) => replies.received(
+                            key,
+                            Reply {
+                                typename: v.typename,
+                                value: v.value,
+                            },
+                        ),
+                        Err(e) => tracing::warn!(key, "HTTP ingress: undecodable reply: {e}"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("HTTP ingress: reading replies: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        break;
+    }
+    // Requests still waiting are answered now (503: ask another worker for the reply).
+    replies.waiting.lock().unwrap().clear();
+}
+
+async fn open_replies_consumer(
+    shared: &Shared,
+) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let topic = shared.cfg.topic_replies();
+    // Start at the high watermark as it is now: a reply to any request accepted from here on
+    // is produced later, so it lies at or past this offset.
+    let high = {
+        let bootstrap = shared.bootstrap.clone();
+        let topic = topic.clone();
+        blocking(move || {
+            let c: BaseConsumer = kafka::client_config(&bootstrap).create()?;
+            c.fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        })
+        .await?
+        .1
+    };
+    let consumer: StreamConsumer = kafka::client_config(&shared.bootstrap)
+        .set(
+            "group.id",
+            format!("{}-replies-{}", shared.cfg.cluster, shared.cfg.worker_id()),
+        )
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(high))?;
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+pub(super) fn reply_response(message_id: &str, reply: Reply) -> Response {
+    let ct = HeaderValue::from_str(&format!("application/vnd.{}", reply.typename))
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let mut resp = (StatusCode::OK, reply.value).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    if let Ok(v) = HeaderValue::from_str(message_id) {
+        resp.headers_mut().insert("x-keyflow-message-id", v);
+    }
+    resp
+}
+
+pub(super) async fn get_reply(
+    State(ing): State<Arc<Ingress>>,
+    Path(message_id): Path<String>,
+) -> Response {
+    match ing.replies.get(&message_id) {
+        Some(reply) => reply_response(&message_id, reply),
+        None => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({
+                "messageId": message_id,
+                "error": "no reply to this message (yet); replies are kept for 10 minutes",
+            }),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_complete_waiters_and_are_remembered() {
+        let r = Replies::default();
+        let mut rx = r.wait_for("m1");
+        r.received(
+            "w1~m1",
+            Reply {
+                typename: "io.statefun.types/string".into(),
+                value: Bytes::from_static(b"x"),
+            },
+        );
+        assert_eq!(rx.try_recv().unwrap().value, Bytes::from_static(b"x"));
+        assert!(r.get("m1").is_some());
+        assert!(r.get("m2").is_none());
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        for i in 0..SEEN_MAX + 5 {
+            seen.insert(
+                i.to_string(),
+                Reply {
+                    typename: "t/t".into(),
+                    value: Bytes::new(),
+                },
+                t0,
+            );
+        }
+        assert_eq!(seen.map.len(), SEEN_MAX);
+        assert!(!seen.map.contains_key("0"));
+    }
+}

@@ -1,0 +1,290 @@
+//! One worker process: owns the partitions the consumer group gives it. [`run`] creates the
+//! topics, opens the local store, starts the admin and HTTP listeners, and then follows the
+//! group's assignments, starting and stopping one task per owned partition.
+//!
+//! Ownership comes from a "membership" consumer (membership.rs) in group `<cluster>-members`,
+//! subscribed to `<cluster>-messages` and every ingress topic with cooperative-sticky
+//! assignment. It never reads records (its partitions are paused at once); it only tells the
+//! worker which partitions are its own. For each owned partition the worker runs one task with
+//! its own consumer and transactional producer: a [`partition`] task for `<cluster>-messages`
+//! partitions, a [`router`] for ingress partitions. On revocation the task finishes or aborts
+//! its epoch before the partition is given up; a worker that misses that (a stall, a crash) is
+//! fenced by the next owner's `init_transactions` on the same transactional id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EngineConfig, IngressAddr};
+use crate::context::Shared;
+use crate::invoker::Invoker;
+use crate::kafka::{self, TopicSpec};
+use crate::metrics::Metrics;
+use crate::module::{DeliverySemantic, Module};
+use crate::{admin, http, partition, router};
+
+mod membership;
+
+use membership::{Change, Membership};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Topic(#[from] kafka::TopicError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("opening the local state store at {path}: {err}")]
+    Store { path: String, err: sled::Error },
+    #[error("admin server on {addr}: {err}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
+    #[error("HTTP ingress on {addr}: {err} (choose another --ingress-addr, or `off`)")]
+    Ingress {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::TlsError),
+    #[error("creating the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Runs a worker until `shutdown` fires; then finishes or aborts every open epoch, leaves the
+/// group and returns.
+pub async fn run(
+    cfg: EngineConfig,
+    module: Module,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let bootstrap = cfg
+        .bootstrap
+        .clone()
+        .or_else(|| module.ingresses.first().map(|i| i.address.clone()))
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+    for addr in module
+        .ingresses
+        .iter()
+        .map(|i| &i.address)
+        .chain(module.egresses.iter().map(|e| &e.address))
+    {
+        if addr != &bootstrap {
+            tracing::warn!("module.yaml names Kafka at `{addr}` but the engine uses `{bootstrap}` for everything: one engine, one Kafka cluster (transactions cannot span clusters)");
+        }
+    }
+    let worker_id = cfg.worker_id();
+    let n = cfg.partition_count();
+
+    let mut topics = vec![
+        TopicSpec {
+            name: cfg.topic_messages(),
+            partitions: n,
+            compacted: false,
+            exact_partitions: true,
+        },
+        TopicSpec {
+            name: cfg.topic_state(),
+            partitions: n,
+            compacted: true,
+            exact_partitions: true,
+        },
+        TopicSpec {
+            name: cfg.topic_dead_letters(),
+            partitions: 1,
+            compacted: false,
+            exact_partitions: false,
+        },
+        TopicSpec {
+            name: cfg.topic_replies(),
+            partitions: 1,
+            compacted: false,
+            exact_partitions: false,
+        },
+    ];
+    // Ingress topic -> its ingress in module.yaml (`None`: the built-in callbacks topic).
+    let mut routes: HashMap<String, Option<usize>> = HashMap::new();
+    routes.insert(cfg.topic_callbacks(), None);
+    topics.push(TopicSpec {
+        name: cfg.topic_callbacks(),
+        partitions: cfg.topic_partitions.get() as i32,
+        compacted: false,
+        exact_partitions: false,
+    });
+    for (i, ing) in module.ingresses.iter().enumerate() {
+        for t in &ing.topics {
+            routes.insert(t.topic.clone(), Some(i));
+            topics.push(TopicSpec {
+                name: t.topic.clone(),
+                partitions: cfg.topic_partitions.get() as i32,
+                compacted: false,
+                exact_partitions: false,
+            });
+        }
+    }
+    kafka::ensure_topics(&bootstrap, &topics, cfg.replication_factor).await?;
+
+    let data = cfg.data_dir.join(&worker_id);
+    let db = sled::Config::new()
+        .path(&data)
+        .flush_every_ms(Some(200))
+        .open()
+        .map_err(|err| WorkerError::Store {
+            path: data.display().to_string(),
+            err,
+        })?;
+    let txn_timeout = module
+        .egresses
+        .iter()
+        .filter_map(|e| match e.delivery {
+            DeliverySemantic::ExactlyOnce {
+                transaction_timeout,
+            } => Some(transaction_timeout),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(Duration::from_secs(60));
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared {
+        tls,
+        invoker: Invoker::new(&module, metrics.invocation_retries.clone())?,
+        plain: kafka::plain_producer(&bootstrap)?,
+        metrics,
+        db,
+        txn_timeout,
+        known_topics: Default::default(),
+        phases: Default::default(),
+        assigned_at: Mutex::new(None),
+        bootstrap,
+        module: Arc::new(module),
+        cfg,
+    });
+
+    let admin_addr = shared.cfg.admin_addr;
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|err| WorkerError::Admin {
+            addr: admin_addr,
+            err,
+        })?;
+    let admin_task = tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
+    let ingress_task = bind_ingress(shared.cfg.ingress_addr)
+        .await?
+        .map(|listener| tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone())));
+    tracing::info!(worker = %worker_id, cluster = %shared.cfg.cluster, partitions = n, admin = %admin_addr, "worker starting");
+
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
+    let mut subscribe: Vec<String> = vec![shared.cfg.topic_messages()];
+    subscribe.extend(routes.keys().cloned());
+    let membership = Membership::start(&shared, &worker_id, &subscribe, changes_tx)?;
+
+    let mut tasks: HashMap<(String, i32), (CancellationToken, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = changes.recv() => match c { Some(c) => c, None => break },
+        };
+        match change {
+            Change::Assigned(list) => {
+                for (topic, p) in list {
+                    let stop = shutdown.child_token();
+                    let handle = if topic == shared.cfg.topic_messages() {
+                        shared.metrics.partitions_owned.inc();
+                        tokio::spawn(partition::run(shared.clone(), p, stop.clone()))
+                    } else if let Some(&ing) = routes.get(&topic) {
+                        tokio::spawn(router::run(
+                            shared.clone(),
+                            ing,
+                            topic.clone(),
+                            p,
+                            stop.clone(),
+                        ))
+                    } else {
+                        continue;
+                    };
+                    tracing::info!(topic = %topic, partition = p, "partition assigned");
+                    if let Some((old_stop, old)) = tasks.insert((topic, p), (stop, handle)) {
+                        old_stop.cancel();
+                        let _ = old.await;
+                    }
+                }
+                *shared.assigned_at.lock().unwrap() = Some(std::time::Instant::now());
+            }
+            Change::Revoked(list, ack) => {
+                let mut stopping = Vec::new();
+                for key in list {
+                    if let Some((stop, handle)) = tasks.remove(&key) {
+                        tracing::info!(topic = %key.0, partition = key.1, "partition revoked");
+                        if key.0 == shared.cfg.topic_messages() {
+                            shared.metrics.partitions_owned.dec();
+                        }
+                        stop.cancel();
+                        stopping.push(handle);
+                    }
+                }
+                for h in stopping {
+                    let _ = h.await;
+                }
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    tracing::info!("shutting down: closing open epochs");
+    for (stop, _) in tasks.values() {
+        stop.cancel();
+    }
+    for (_, (_, handle)) in tasks {
+        let _ = handle.await;
+    }
+    // No one listens for revocations any more: leaving the group must not wait for acks.
+    drop(changes);
+    membership.close().await;
+    let _ = shared.db.flush_async().await;
+    let _ = admin_task.await;
+    if let Some(t) = ingress_task {
+        let _ = t.await;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The HTTP ingress's listener: an address given must be free; the default is taken only
+/// when it is (two workers on one machine must not fail over a port they did not ask for).
+async fn bind_ingress(
+    addr: Option<IngressAddr>,
+) -> Result<Option<tokio::net::TcpListener>, WorkerError> {
+    match addr {
+        Some(IngressAddr::Off) => Ok(None),
+        Some(IngressAddr::At(addr)) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(|l| {
+                tracing::info!(%addr, "HTTP ingress listening");
+                Some(l)
+            })
+            .map_err(|err| WorkerError::Ingress { addr, err }),
+        None => {
+            let addr: std::net::SocketAddr = crate::config::DEFAULT_INGRESS_ADDR
+                .parse()
+                .expect("a valid default address");
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "HTTP ingress listening");
+                    Ok(Some(l))
+                }
+                Err(err) => {
+                    tracing::warn!(%addr, "HTTP ingress disabled: the default address is taken ({err}); set --ingress-addr");
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
