@@ -49,8 +49,13 @@ struct Router {
     shared: Arc<Shared>,
     topic: String,
     /// The topic's route in module.yaml; `None` for the callbacks topic.
-    route: Option<IngressTopic>,
+    route: Option<Arc<IngressTopic>>,
     p: i32,
+    /// `<cluster>-messages` and `<cluster>-deadletters`, and this topic's counters: made once.
+    messages: String,
+    dead_letters: String,
+    records_routed: prometheus::IntCounter,
+    bytes_routed: prometheus::IntCounter,
     producer: FutureProducer,
     consumer: StreamConsumer<kafka::LagContext>,
     last_offset: Option<i64>,
@@ -77,6 +82,7 @@ impl Router {
                 .expect("the worker routes only declared topics")
                 .clone()
         });
+        let route = route.map(Arc::new);
         let txn_id = format!("{}-ingress-{topic}-{p}", shared.cfg.cluster);
         let producer =
             kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
@@ -111,7 +117,12 @@ impl Router {
         tpl.add_partition_offset(topic, p, start)?;
         consumer.assign(&tpl)?;
         tracing::info!(topic, partition = p, ?start, "ingress router started");
+        let metrics = &shared.metrics;
         Ok(Router {
+            messages: shared.cfg.topic_messages(),
+            dead_letters: shared.cfg.topic_dead_letters(),
+            records_routed: metrics.ingress_records.with_label_values(&[topic]),
+            bytes_routed: metrics.ingress_bytes.with_label_values(&[topic]),
             shared,
             topic: topic.to_string(),
             route,
@@ -153,7 +164,6 @@ impl Router {
             }
         };
         let partitions = self.shared.cfg.partition_count();
-        let messages = self.shared.cfg.topic_messages();
         let argument = TypedValue {
             typename: route.value_type.to_string(),
             has_value: m.payload().is_some(),
@@ -178,7 +188,7 @@ impl Router {
             let payload = env.encode_to_vec();
             kafka::send(
                 &self.producer,
-                &messages,
+                &self.messages,
                 Some(partition_for(&id, partitions)),
                 Some(id.as_bytes()),
                 Some(&payload),
@@ -207,8 +217,8 @@ impl Router {
             reason,
             headers: vec![("keyflow.origin", origin), ("keyflow.typename", &typename)],
         };
-        let topic = self.shared.cfg.topic_dead_letters();
-        kafka::send_dead_letter(&self.producer, &topic, m.key(), m.payload(), dl).await?;
+        kafka::send_dead_letter(&self.producer, &self.dead_letters, m.key(), m.payload(), dl)
+            .await?;
         self.shared
             .metrics
             .dead_letters
@@ -221,16 +231,9 @@ impl Router {
     fn take(&mut self, m: &rdkafka::message::OwnedMessage) -> String {
         self.last_offset = Some(m.offset());
         self.records += 1;
-        let metrics = &self.shared.metrics;
-        metrics
-            .ingress_records
-            .with_label_values(&[&self.topic])
-            .inc();
-        let bytes = m.payload().map_or(0, <[u8]>::len) as u64;
-        metrics
-            .ingress_bytes
-            .with_label_values(&[&self.topic])
-            .inc_by(bytes);
+        self.records_routed.inc();
+        self.bytes_routed
+            .inc_by(m.payload().map_or(0, <[u8]>::len) as u64);
         format!("{}/{}/{}", self.topic, self.p, m.offset())
     }
 
@@ -287,10 +290,9 @@ impl Router {
         };
         let partition = partition_for(&id, self.shared.cfg.partition_count());
         let payload = env.encode_to_vec();
-        let topic = self.shared.cfg.topic_messages();
         kafka::send(
             &self.producer,
-            &topic,
+            &self.messages,
             Some(partition),
             Some(id.as_bytes()),
             Some(&payload),
