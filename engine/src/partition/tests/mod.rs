@@ -569,15 +569,20 @@ pub fn garbage() -> InvokeError {
 
 // ---- outputs ---------------------------------------------------------------------------------
 
-/// `(partition, key, envelope)` of every `Output::Message`.
+/// `(partition, key, envelope)` of every `Output::Message` (the envelope may be boxed).
 pub fn messages(out: &[Output]) -> Vec<(i32, &str, &Envelope)> {
+    use std::borrow::Borrow;
     out.iter()
         .filter_map(|o| match o {
             Output::Message {
                 partition,
                 key,
                 envelope,
-            } => Some((*partition, key.as_str(), envelope)),
+            } => Some((
+                *partition,
+                key.as_str(),
+                Borrow::<Envelope>::borrow(envelope),
+            )),
             _ => None,
         })
         .collect()
