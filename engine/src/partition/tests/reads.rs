@@ -1,0 +1,239 @@
+//! Forwarded reads (`introspect`): the owner answers the caller with JSON instead of
+//! invoking the function. And state expiry: an expired value is never sent, and the sweep
+//! purges it.
+
+use keyflow_protocol::builtin;
+use keyflow_protocol::from_function::expiration_spec::ExpireMode;
+
+use super::*;
+use crate::envelope::READ_ANSWER;
+use crate::now_ms;
+
+fn read(id: &str, kind: &str, request: &str) -> Envelope {
+    Envelope {
+        introspect: kind.into(),
+        caller: Some(http_caller(request)),
+        argument: None,
+        ..msg(id, "")
+    }
+}
+
+/// The JSON answer to `request` among `out`.
+fn answer(out: &[Output], request: &str) -> serde_json::Value {
+    let caller = http_caller(request);
+    let r = replies(out);
+    let (_, v) = r
+        .iter()
+        .find(|(id, _)| *id == caller.id)
+        .unwrap_or_else(|| panic!("no answer to {request}"));
+    assert_eq!(v.typename, READ_ANSWER);
+    serde_json::from_slice(&v.value).unwrap()
+}
+
+#[test]
+fn a_state_read_answers_the_state_as_json_without_invoking() {
+    let mut h = Harness::new();
+    h.register_specs(vec![spec("n", builtin::INT), spec("s", builtin::STRING)]);
+    h.deliver(msg("a", "x"));
+    h.answer_next(|_| {
+        mutating(vec![
+            modify("n", builtin::encode_int(42)),
+            modify("s", text("hi")),
+        ])
+    });
+    h.deliver(read("a", "state", "r1"));
+    assert!(h.pending.is_empty(), "a read never reaches the function");
+    let doc = answer(&h.take_outputs(), "r1");
+    assert_eq!(doc["address"], "test/greeter/a");
+    assert_eq!(doc["partition"], 0);
+    assert_eq!(doc["values"]["n"]["value"], 42);
+    assert_eq!(doc["values"]["n"]["typename"], builtin::INT);
+    assert_eq!(doc["values"]["s"]["value"], "hi");
+    assert!(doc["values"]["n"]["expiresAtMs"].is_null());
+}
+
+#[test]
+fn a_state_read_of_a_busy_address_is_answered_at_once() {
+    let mut h = Harness::new();
+    h.deliver(msg("a", "x"));
+    h.deliver(read("a", "state", "r1"));
+    let doc = answer(&h.take_outputs(), "r1");
+    assert_eq!(doc["values"], serde_json::json!({}));
+    h.answer_next(|_| ok());
+    assert!(h.pending.is_empty(), "the read was not queued");
+}
+
+#[test]
+fn a_read_without_a_caller_is_dropped() {
+    let mut h = Harness::new();
+    let read = Envelope {
+        caller: None,
+        ..read("a", "state", "r1")
+    };
+    h.core.deliver(read).unwrap();
+    assert!(h.core.take_outbox().is_empty(), "no answer, no invocation");
+}
+
+#[test]
+fn a_timers_read_lists_pending_delayed_messages_and_not_ones_fired_in_this_epoch() {
+    let mut h = Harness::new();
+    h.deliver(msg("a", "schedule"));
+    h.answer_next(|_| {
+        delaying(vec![
+            send_after(1_000, addr("b"), text("soon"), ""),
+            send_after(3_600_000, addr("b"), text("later"), "tok"),
+        ])
+    });
+    h.deliver(msg("c", "schedule"));
+    h.answer_next(|_| delaying(vec![send_after(1_000, addr("b"), text("c's"), "")]));
+    h.commit();
+    h.fire(now_ms() + 10_000);
+    assert_eq!(messages(&h.take_outputs()).len(), 2);
+    h.deliver(read("a", "timers", "r1"));
+    let doc = answer(&h.take_outputs(), "r1");
+    assert_eq!(doc["address"], "test/greeter/a");
+    let timers = doc["timers"].as_array().unwrap();
+    assert_eq!(timers.len(), 1, "{doc}");
+    assert_eq!(timers[0]["value"], "later");
+    assert_eq!(timers[0]["target"], "test/greeter/b");
+    assert_eq!(timers[0]["cancellationToken"], "tok");
+}
+
+#[test]
+fn a_timers_read_leaves_out_a_delayed_message_cancelled_in_this_epoch() {
+    let mut h = Harness::new();
+    h.deliver(msg("a", "schedule"));
+    h.answer_next(|_| delaying(vec![send_after(3_600_000, addr("b"), text("x"), "tok")]));
+    h.commit();
+    h.deliver(msg("a", "cancel"));
+    h.answer_next(|_| delaying(vec![cancel("tok")]));
+    h.deliver(read("a", "timers", "r1"));
+    let doc = answer(&h.take_outputs(), "r1");
+    assert_eq!(doc["timers"], serde_json::json!([]));
+}
+
+/// BUG: the answer is what "this epoch will have committed when the answer becomes
+/// visible" (admission.rs), and a state read does include this epoch's writes; but a timers
+/// read lists only committed delayed messages (`all_delayed` scans the checkpoint; the timer
+/// index only filters it), so one set earlier in the same epoch is missing from an answer
+/// that becomes visible together with it.
+#[test]
+#[ignore = "bug: answer_read(Timers) reads store.all_delayed(), which scans only the checkpoint: delayed messages set in this epoch (overlay) are left out (admission.rs)"]
+fn a_timers_read_lists_a_delayed_message_set_in_this_epoch() {
+    let mut h = Harness::new();
+    h.deliver(msg("a", "schedule"));
+    h.answer_next(|_| delaying(vec![send_after(3_600_000, addr("b"), text("new"), "")]));
+    h.deliver(read("a", "timers", "r1"));
+    let doc = answer(&h.take_outputs(), "r1");
+    assert_eq!(doc["timers"].as_array().unwrap().len(), 1, "{doc}");
+}
+
+#[test]
+fn an_after_write_value_is_not_sent_once_expired() {
+    let mut h = Harness::new();
+    h.register_specs(vec![
+        spec_expiring("brief", builtin::INT, ExpireMode::AfterWrite, 1),
+        spec("kept", builtin::INT),
+    ]);
+    h.deliver(msg("a", "write"));
+    h.answer_next(|_| {
+        mutating(vec![
+            modify("brief", builtin::encode_int(1)),
+            modify("kept", builtin::encode_int(2)),
+        ])
+    });
+    h.commit();
+    std::thread::sleep(Duration::from_millis(5));
+    h.deliver(msg("a", "read"));
+    let req = h.answer_next(|_| ok());
+    assert_eq!(req.state_value("brief"), Some(None), "expired: not sent");
+    assert_eq!(req.state_value("kept"), Some(Some(builtin::encode_int(2))));
+    assert_eq!(
+        h.state("a", "brief"),
+        None,
+        "dropped from the store at the invocation"
+    );
+}
+
+#[test]
+fn an_after_write_value_is_sent_until_it_expires_and_a_read_leaves_it_out_after() {
+    let mut h = Harness::new();
+    h.register_specs(vec![spec_expiring(
+        "v",
+        builtin::INT,
+        ExpireMode::AfterWrite,
+        3_600_000,
+    )]);
+    h.deliver(msg("a", "write"));
+    h.answer_next(|_| mutating(vec![modify("v", builtin::encode_int(1))]));
+    h.deliver(msg("a", "read"));
+    let req = h.answer_next(|_| ok());
+    assert_eq!(req.state_value("v"), Some(Some(builtin::encode_int(1))));
+    h.deliver(read("a", "state", "r1"));
+    let doc = answer(&h.take_outputs(), "r1");
+    let expires = doc["values"]["v"]["expiresAtMs"].as_i64().unwrap();
+    assert!(expires > now_ms() + 3_000_000);
+}
+
+#[test]
+fn the_sweep_purges_expired_values_and_keeps_live_ones() {
+    let mut h = Harness::new();
+    h.register_specs(vec![
+        spec_expiring("brief", builtin::INT, ExpireMode::AfterWrite, 10_000),
+        spec("kept", builtin::INT),
+    ]);
+    h.deliver(msg("a", "write"));
+    h.answer_next(|_| {
+        mutating(vec![
+            modify("brief", builtin::encode_int(1)),
+            modify("kept", builtin::encode_int(2)),
+        ])
+    });
+    h.deliver(msg("b", "write"));
+    h.answer_next(|_| mutating(vec![modify("brief", builtin::encode_int(3))]));
+    h.commit();
+    h.sweep(now_ms() + 1_000);
+    assert!(h.core.store().overlay().is_empty(), "nothing expired yet");
+    h.sweep(now_ms() + 20_000);
+    assert_eq!(h.state("a", "brief"), None);
+    assert_eq!(h.state("a", "kept"), Some(builtin::encode_int(2)));
+    assert_eq!(
+        h.core.store().overlay().get(&address_key(&addr("b"))),
+        Some(&None),
+        "an address left without values is deleted"
+    );
+    h.commit();
+    assert_eq!(h.state("b", "brief"), None);
+}
+
+/// BUG: the sweep reads the checkpoint (`scan_addresses`) and writes each purged state
+/// back over the overlay, so a value this epoch wrote to an address whose checkpointed state
+/// holds an expired value is lost: the epoch commits the old value. The task sweeps right
+/// after an epoch's first event, which may be the response of a parked address.
+#[test]
+#[ignore = "bug: sweep_expired purges the checkpointed state and put_raw_address_state()s it over the overlay, losing this epoch's writes to that address (core.rs)"]
+fn the_sweep_keeps_this_epochs_writes() {
+    let mut h = Harness::new();
+    h.register_specs(vec![
+        spec_expiring("brief", builtin::INT, ExpireMode::AfterWrite, 1),
+        spec("n", builtin::INT),
+    ]);
+    h.deliver(msg("a", "write"));
+    h.answer_next(|_| {
+        mutating(vec![
+            modify("brief", builtin::encode_int(1)),
+            modify("n", builtin::encode_int(1)),
+        ])
+    });
+    h.commit();
+    std::thread::sleep(Duration::from_millis(5));
+    h.deliver(msg("a", "increment"));
+    h.answer_next(|_| mutating(vec![modify("n", builtin::encode_int(2))]));
+    assert_eq!(h.state("a", "n"), Some(builtin::encode_int(2)));
+    h.sweep(now_ms());
+    assert_eq!(
+        h.state("a", "n"),
+        Some(builtin::encode_int(2)),
+        "this epoch's write"
+    );
+}
