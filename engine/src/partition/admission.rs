@@ -130,9 +130,14 @@ impl PartitionCore {
                 introspect::state_json(&target, p, self.store.address_state(&target)?, now_ms())
             }
             ReadKind::Timers => {
-                let mut delayed = self.store.all_delayed()?;
-                // The overlay may hold this epoch's new or fired ones: trust the timer index.
-                delayed.retain(|(id, _)| self.timers.contains(*id));
+                // The timer index knows this epoch's new, fired and cancelled ones; the store
+                // (overlay first) holds their messages.
+                let mut delayed = Vec::new();
+                for id in self.timers.ids() {
+                    if let Some(msg) = self.store.delayed(id)? {
+                        delayed.push((id, msg));
+                    }
+                }
                 introspect::timers_json(&target, p, delayed)
             }
         };

@@ -254,11 +254,17 @@ impl PartitionCore {
     }
 
     /// Drops state values whose expiry passed (never served anyway), idempotency records and
-    /// used callback tokens past the retention, and changelogs the purge.
+    /// used callback tokens past the retention, and changelogs the purge. It reads the
+    /// checkpoint: a key this epoch changed already is left to the next sweep (purging its
+    /// committed value would overwrite the epoch's change).
     pub fn sweep_expired(&mut self, now_ms: i64) -> Result<()> {
+        let changed = |store: &PartitionStore, key: &[u8]| store.overlay().contains_key(key);
         let mut purged = Vec::new();
         for kv in self.store.scan_addresses() {
             let (key, mut st) = kv?;
+            if changed(&self.store, &key) {
+                continue;
+            }
             if effects::purge_expired(&mut st, now_ms) {
                 purged.push((key, st));
             }
@@ -270,7 +276,7 @@ impl PartitionCore {
         let mut forgotten = Vec::new();
         for kv in self.store.scan_dedup() {
             let (key, record) = kv?;
-            if dedup::expired(&record, now_ms, retention) {
+            if !changed(&self.store, &key) && dedup::expired(&record, now_ms, retention) {
                 forgotten.push(key);
             }
         }
@@ -281,7 +287,8 @@ impl PartitionCore {
         let mut used = Vec::new();
         for kv in self.store.scan_callbacks() {
             let (key, c) = kv?;
-            if c.used && now_ms.saturating_sub(c.used_at_ms) > retention {
+            let expired = c.used && now_ms.saturating_sub(c.used_at_ms) > retention;
+            if expired && !changed(&self.store, &key) {
                 used.push(key);
             }
         }

@@ -150,36 +150,46 @@ impl PartitionCore {
         Ok(())
     }
 
-    /// Registers the specs a function reported missing. A spec's type never changes. Other
-    /// addresses of the type may have registered them meanwhile (their requests ran
-    /// concurrently); only a state the request really carried is an error to report missing.
+    /// Registers the specs a function reported missing, all or none. A spec's type never
+    /// changes. Other addresses of the type may have registered them meanwhile (their
+    /// requests ran concurrently): then the retry carries them. A state the request really
+    /// carried, or no state at all, is an error to report missing (a retry would be the same
+    /// request).
     fn register_specs(
         &mut self,
         ftype: &str,
         missing: Vec<PersistedValueSpec>,
         sent: &[String],
     ) -> std::result::Result<(), String> {
+        if missing.is_empty() {
+            return Err(format!(
+                "`{ftype}` answered IncompleteInvocationContext without naming a missing state (the same request would be sent again forever)"
+            ));
+        }
         if let Some(m) = missing.iter().find(|m| sent.contains(&m.state_name)) {
             return Err(format!(
                 "`{ftype}` reports state `{}` missing although the request carried it",
                 m.state_name
             ));
         }
+        // All or nothing: a refused registration registers none of its specs.
         let list = self.specs.entry(ftype.to_string()).or_default();
+        for m in &missing {
+            if let Some(s) = list
+                .iter()
+                .find(|s| s.state_name == m.state_name && s.type_typename != m.type_typename)
+            {
+                return Err(format!(
+                    "state `{}` of `{ftype}` is registered with type `{}`; the function now declares `{}` (a state's type cannot change)",
+                    m.state_name, s.type_typename, m.type_typename
+                ));
+            }
+        }
         let mut added = false;
         for m in missing {
-            match list.iter().find(|s| s.state_name == m.state_name) {
-                Some(s) if s.type_typename != m.type_typename => {
-                    return Err(format!(
-                        "state `{}` of `{ftype}` is registered with type `{}`; the function now declares `{}` (a state's type cannot change)",
-                        m.state_name, s.type_typename, m.type_typename
-                    ))
-                }
-                Some(_) => {}
-                None => {
-                    list.push(m);
-                    added = true;
-                }
+            if !list.iter().any(|s| s.state_name == m.state_name) {
+                list.push(m);
+                added = true;
             }
         }
         if !added {

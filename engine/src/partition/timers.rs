@@ -35,8 +35,9 @@ impl Timers {
         Some(id)
     }
 
-    pub fn contains(&self, id: TimerId) -> bool {
-        self.due.contains(&id)
+    /// Every pending delayed message, by fire time.
+    pub fn ids(&self) -> impl Iterator<Item = TimerId> + '_ {
+        self.due.iter().copied()
     }
 
     pub fn is_live(&self, sender: &Address, token: &str) -> bool {

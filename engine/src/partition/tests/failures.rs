@@ -127,14 +127,10 @@ fn a_failed_batch_changes_no_state() {
         .contains_key(&address_key(&addr("a"))));
 }
 
-/// BUG: a function answering IncompleteInvocationContext without naming a missing state
-/// gets the same batch again, forever: nothing is registered, so every retry is the same
-/// request and the address never completes (it is parked each epoch, and its queue grows
-/// into back-pressure). The metrics do not see it either (incomplete answers are not
-/// counted). It should be dead-lettered (StateSpec or BadResponse) like any other
-/// impossible registration.
+/// A function answering IncompleteInvocationContext without naming a missing state would get
+/// the same batch again forever (found by this test, fixed): it is dead-lettered and the
+/// address moves on.
 #[test]
-#[ignore = "bug: IncompleteInvocationContext with no missing_values is re-sent forever (request.rs on_response: register_specs returns Ok when nothing was added, then start() again)"]
 fn incomplete_invocation_context_naming_no_state_is_not_retried_forever() {
     let mut h = Harness::new();
     h.deliver(msg("a", "x"));
