@@ -67,7 +67,8 @@ pub(crate) struct Response {
 }
 
 impl Invocation {
-    /// The response to this invocation (for the task, and for tests' fake invokers).
+    /// The response to this invocation (for tests' fake invokers).
+    #[cfg(test)]
     pub fn respond(self, result: Result<FromFunction, InvokeError>, elapsed: Duration) -> Response {
         Response {
             addr: self.addr,

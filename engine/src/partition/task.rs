@@ -20,7 +20,7 @@ use keyflow_protocol::Message as _;
 
 use super::core::{CoreConfig, CoreMetrics, DecodedEnvelope, PartitionCore};
 use super::epoch::{EpochRule, Now, Step};
-use super::outbox::{Output, Response};
+use super::outbox::{Invocation, Output, Response};
 use super::{EpochError, ErrorClass};
 use crate::context::Shared;
 use crate::internal::Envelope;
@@ -273,17 +273,28 @@ impl Task {
             let shared = self.shared.clone();
             self.inflight.spawn(async move {
                 let started = Instant::now();
+                let Invocation {
+                    addr,
+                    batch,
+                    states_sent,
+                    body,
+                } = inv;
                 let tn = TypeName {
-                    namespace: inv.addr.namespace.clone(),
-                    name: inv.addr.r#type.clone(),
+                    namespace: addr.namespace.clone(),
+                    name: addr.r#type.clone(),
                 };
-                let body = inv.body.clone();
                 let result = shared
                     .invoker
                     .invoke(&shared.module, &tn, body)
                     .await
                     .expect("admission checked the endpoint");
-                inv.respond(result, started.elapsed())
+                Response {
+                    addr,
+                    batch,
+                    states_sent,
+                    result,
+                    elapsed: started.elapsed(),
+                }
             });
         }
         for out in outbox.outputs {
