@@ -64,8 +64,9 @@ pub enum EpochError {
     Restore(#[from] restore::RestoreError),
     #[error("an invocation task panicked: {0}")]
     Panicked(String),
-    #[error("{0}")]
-    Other(String),
+    /// A delivery report never came (the producer was dropped under it).
+    #[error("{0} delivery report lost")]
+    DeliveryLost(&'static str),
 }
 
 /// What a failure means for the partition, decided once, here (rust-rdkafka's

@@ -405,7 +405,7 @@ impl Task {
             match d.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => return Err(e.into()),
-                Err(_) => return Err(EpochError::Other("egress delivery report lost".into())),
+                Err(_) => return Err(EpochError::DeliveryLost("egress")),
             }
         }
         let input = self
@@ -419,7 +419,7 @@ impl Task {
             match d.await {
                 Ok(Ok(d)) => next_offset = next_offset.max(Some(d.offset + 1)),
                 Ok(Err((e, _))) => return Err(e.into()),
-                Err(_) => return Err(EpochError::Other("changelog delivery report lost".into())),
+                Err(_) => return Err(EpochError::DeliveryLost("changelog")),
             }
         }
         self.core.checkpoint(next_offset)?;
