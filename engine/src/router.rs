@@ -28,6 +28,7 @@ use crate::partitioner::partition_for;
 use crate::supervisor::{supervise, PartitionTask};
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
+/// `ingress`: the first ingress in module.yaml naming `topic` (`None`: the callbacks topic).
 pub async fn run(
     shared: Arc<Shared>,
     ingress: Option<usize>,
@@ -75,14 +76,19 @@ impl Router {
             Some(i) => &shared.module.ingresses[i],
             None => &callbacks,
         };
+        // Every ingress and entry naming the topic, merged: each record goes to each target
+        // once; the consumer settings are those of `spec`, the first ingress naming it.
         let route = ingress.map(|_| {
-            spec.topics
-                .iter()
-                .find(|t| t.topic == topic)
-                .expect("the worker routes only declared topics")
-                .clone()
+            let merged = shared
+                .module
+                .route(topic)
+                .expect("the worker routes only declared topics");
+            Arc::new(IngressTopic {
+                topic: topic.to_string(),
+                value_type: merged.value_type.clone(),
+                targets: merged.targets.into_iter().cloned().collect(),
+            })
         });
-        let route = route.map(Arc::new);
         let txn_id = format!("{}-ingress-{topic}-{p}", shared.cfg.cluster);
         let producer =
             kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
