@@ -167,8 +167,9 @@ fn a_state_topic_that_is_not_compacted_is_refused() {
     for want in [
         state.as_str(),
         "delete",
-        "kafka-configs.sh --alter --entity-type topics",
-        "cleanup.policy=compact",
+        "kafka-configs.sh",
+        &format!("--alter --entity-type topics --entity-name {state}"),
+        "--add-config cleanup.policy=compact",
     ] {
         assert!(line.contains(want), "`{want}` missing from: {line}");
     }
