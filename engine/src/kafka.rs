@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -28,6 +28,17 @@ pub enum TopicError {
         topic: String,
         expected: i32,
         actual: i32,
+    },
+    #[error("topic `{topic}` has cleanup.policy={policy} but a state topic must have cleanup.policy=compact exactly (with `delete`, retention truncates the changelog that restore replays); fix it with `kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact`")]
+    NotCompacted {
+        topic: String,
+        policy: String,
+        bootstrap: String,
+    },
+    #[error("reading the config of topic `{topic}` failed: {code}")]
+    DescribeConfig {
+        topic: String,
+        code: RDKafkaErrorCode,
     },
     #[error("creating topic `{topic}` failed: {code}")]
     Create {
@@ -90,7 +101,13 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .expect("a blocking Kafka call panicked")
 }
 
-/// Creates the topics that are missing and checks the partition counts of those that exist.
+/// Kafka's default `delete.retention.ms` (one day), set explicitly on a compacted topic the
+/// engine creates: how long a tombstone stays readable, so a checkpoint older than that may
+/// miss deletions when it replays the changelog (docs/design.md, restore).
+pub const DELETE_RETENTION_MS: &str = "86400000";
+
+/// Creates the topics that are missing and checks the partition counts of those that exist,
+/// and that an existing topic that must be compacted has `cleanup.policy=compact`.
 pub async fn ensure_topics(
     bootstrap: &str,
     topics: &[TopicSpec],
@@ -115,6 +132,7 @@ pub async fn ensure_topics(
         .await?
     };
     let mut missing = Vec::new();
+    let mut compacted = Vec::new();
     for t in topics {
         match existing.iter().find(|(n, _)| n == &t.name) {
             Some((_, actual)) if t.exact_partitions && *actual != t.partitions => {
@@ -124,10 +142,12 @@ pub async fn ensure_topics(
                     actual: *actual,
                 })
             }
+            Some(_) if t.compacted => compacted.push(t.name.as_str()),
             Some(_) => {}
             None => missing.push(t),
         }
     }
+    check_compacted(&admin, bootstrap, &compacted).await?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -137,6 +157,7 @@ pub async fn ensure_topics(
             let nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication));
             if t.compacted {
                 nt.set("cleanup.policy", "compact")
+                    .set("delete.retention.ms", DELETE_RETENTION_MS)
             } else {
                 nt
             }
@@ -153,6 +174,39 @@ pub async fn ensure_topics(
             Ok(name) => tracing::info!(topic = %name, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => return Err(TopicError::Create { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses existing `topics` whose `cleanup.policy` is not exactly `compact`.
+async fn check_compacted(
+    admin: &AdminClient<DefaultClientContext>,
+    bootstrap: &str,
+    topics: &[&str],
+) -> Result<(), TopicError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = admin.describe_configs(&specs, &opts).await?;
+    for (topic, result) in topics.iter().zip(results) {
+        let resource = result.map_err(|code| TopicError::DescribeConfig {
+            topic: topic.to_string(),
+            code,
+        })?;
+        let policy = resource
+            .get("cleanup.policy")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default();
+        if policy.trim() != "compact" {
+            return Err(TopicError::NotCompacted {
+                topic: topic.to_string(),
+                policy,
+                bootstrap: bootstrap.to_string(),
+            });
         }
     }
     Ok(())

@@ -28,6 +28,7 @@ use crate::partitioner::partition_for;
 use crate::supervisor::{supervise, PartitionTask};
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
+/// `ingress`: the first ingress in module.yaml naming `topic` (`None`: the callbacks topic).
 pub async fn run(
     shared: Arc<Shared>,
     ingress: Option<usize>,
@@ -75,14 +76,19 @@ impl Router {
             Some(i) => &shared.module.ingresses[i],
             None => &callbacks,
         };
+        // Every ingress and entry naming the topic, merged: each record goes to each target
+        // once; the consumer settings are those of `spec`, the first ingress naming it.
         let route = ingress.map(|_| {
-            spec.topics
-                .iter()
-                .find(|t| t.topic == topic)
-                .expect("the worker routes only declared topics")
-                .clone()
+            let merged = shared
+                .module
+                .route(topic)
+                .expect("the worker routes only declared topics");
+            Arc::new(IngressTopic {
+                topic: topic.to_string(),
+                value_type: merged.value_type.clone(),
+                targets: merged.targets.into_iter().cloned().collect(),
+            })
         });
-        let route = route.map(Arc::new);
         let txn_id = format!("{}-ingress-{topic}-{p}", shared.cfg.cluster);
         let producer =
             kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
@@ -112,10 +118,25 @@ impl Router {
             .set("fetch.wait.max.ms", "10")
             .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
             .create_with_context(lag)?;
-        let start = start_offset(&consumer, spec, topic, p).await?;
+        let (start, committed) = start_offset(&consumer, spec, topic, p).await?;
+        // `latest` is the end offset now, before the router counts as started (`/ready`), not
+        // at the first fetch: a record produced once the worker is ready is never skipped.
+        let start = match start {
+            Offset::End => {
+                let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+                Offset::Offset(high)
+            }
+            start => start,
+        };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, start)?;
         consumer.assign(&tpl)?;
+        if let (false, Offset::Offset(o)) = (committed, start) {
+            // The group's first position is committed at once: a restart resumes from it
+            // instead of resolving `latest` again and skipping what arrived meanwhile.
+            producer.begin_transaction()?;
+            kafka::commit_with_offsets(&producer, &consumer, Some((topic, p, o))).await?;
+        }
         tracing::info!(topic, partition = p, ?start, "ingress router started");
         let metrics = &shared.metrics;
         Ok(Router {
@@ -381,20 +402,20 @@ fn callbacks_ingress(shared: &Shared) -> KafkaIngress {
 }
 
 /// Where a router starts: the group's committed offset when there is one (that is the
-/// router's own checkpoint), else the ingress's `startupPosition`.
+/// router's own checkpoint; the flag is true), else the ingress's `startupPosition`.
 async fn start_offset(
     consumer: &StreamConsumer<kafka::LagContext>,
     spec: &KafkaIngress,
     topic: &str,
     p: i32,
-) -> Result<Offset, KafkaError> {
+) -> Result<(Offset, bool), KafkaError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, p);
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
     if let Some(Offset::Offset(o)) = committed.find_partition(topic, p).map(|e| e.offset()) {
-        return Ok(Offset::Offset(o));
+        return Ok((Offset::Offset(o), true));
     }
-    Ok(match &spec.startup_position {
+    let start = match &spec.startup_position {
         StartupPosition::Earliest => Offset::Beginning,
         StartupPosition::Latest => Offset::End,
         StartupPosition::GroupOffsets => match spec.auto_offset_reset {
@@ -421,5 +442,6 @@ async fn start_offset(
                 .map(|e| e.offset())
                 .unwrap_or(Offset::End)
         }
-    })
+    };
+    Ok((start, false))
 }

@@ -106,7 +106,9 @@ pub async fn run(
             exact_partitions: false,
         },
     ];
-    // Ingress topic -> its ingress in module.yaml (`None`: the built-in callbacks topic).
+    // Ingress topic -> the first ingress in module.yaml naming it, whose consumer settings
+    // read it (`None`: the built-in callbacks topic); the router sends each record to the
+    // targets of every ingress naming the topic.
     let mut routes: HashMap<String, Option<usize>> = HashMap::new();
     routes.insert(cfg.topic_callbacks(), None);
     topics.push(TopicSpec {
@@ -117,6 +119,9 @@ pub async fn run(
     });
     for (i, ing) in module.ingresses.iter().enumerate() {
         for t in &ing.topics {
+            if routes.contains_key(&t.topic) {
+                continue;
+            }
             routes.insert(t.topic.clone(), Some(i));
             topics.push(TopicSpec {
                 name: t.topic.clone(),

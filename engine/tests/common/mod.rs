@@ -330,6 +330,19 @@ impl Engine {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its exit code (`None`: still
+    /// running at the deadline, or killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
