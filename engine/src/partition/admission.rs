@@ -69,7 +69,7 @@ impl PartitionCore {
                 dedup::Admit::Join => return Ok(()),
                 dedup::Admit::Answer(reply) => {
                     if let (Some(caller), Some(reply)) = (env.caller, reply) {
-                        self.send_reply(&target, caller, reply);
+                        self.send_from(&target, caller, reply);
                     }
                     return Ok(());
                 }
@@ -97,7 +97,7 @@ impl PartitionCore {
             }
         };
         match env.caller.take() {
-            Some(caller) => self.send_reply(target, caller, outcome.to_reply()),
+            Some(caller) => self.send_from(target, caller, outcome.to_reply()),
             None if outcome != CallbackOutcome::Accepted => {
                 let reason = format!("callback token {outcome}: {}", env.callback_token);
                 let kind = if outcome == CallbackOutcome::Used {
@@ -142,7 +142,7 @@ impl PartitionCore {
             }
         };
         let answer = TypedValue::of(READ_ANSWER, doc.to_string().into_bytes());
-        self.send_reply(&target, caller, answer);
+        self.send_from(&target, caller, answer);
         Ok(())
     }
 }

@@ -28,14 +28,7 @@ impl PartitionCore {
             if is_ingress_address(&target) {
                 self.keep_keyed_reply(sender, &target, &argument, batch)?;
             }
-            self.send_envelope(Envelope {
-                target: Some(target),
-                caller: Some(sender.clone()),
-                argument: Some(argument),
-                message_id: new_message_id(),
-                origin: sender.to_string(),
-                ..Default::default()
-            });
+            self.send_from(sender, target, argument);
         }
         for d in fx.delayed {
             match d {
@@ -117,7 +110,7 @@ impl PartitionCore {
             let joined = dedup::replied(&mut record, reply);
             self.store.put_dedup(sender, &key, Some(&record));
             for joiner in joined {
-                self.send_reply(sender, joiner, reply.clone());
+                self.send_from(sender, joiner, reply.clone());
             }
         }
         Ok(())

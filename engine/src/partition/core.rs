@@ -320,12 +320,13 @@ impl PartitionCore {
         });
     }
 
-    /// Sends `reply` from `sender` to an HTTP caller.
-    pub(super) fn send_reply(&mut self, sender: &Address, caller: Address, reply: TypedValue) {
+    /// Sends `argument` from `sender` to `target` in this epoch (a function's message, or a
+    /// reply when `target` is an HTTP caller).
+    pub(super) fn send_from(&mut self, sender: &Address, target: Address, argument: TypedValue) {
         self.send_envelope(Envelope {
-            target: Some(caller),
+            target: Some(target),
             caller: Some(sender.clone()),
-            argument: Some(reply),
+            argument: Some(argument),
             message_id: crate::new_message_id(),
             origin: sender.to_string(),
             ..Default::default()

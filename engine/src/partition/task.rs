@@ -88,9 +88,8 @@ impl Task {
         let pr = producer.clone();
         blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
 
-        let store = PartitionStore::open(&shared.db, p)?;
+        let mut store = PartitionStore::open(&shared.db, p)?;
         let replayed = restore::catch_up(&shared.bootstrap, &cfg.topic_state(), p, &store).await?;
-        let mut store = store;
         shared.metrics.set_state_size(p, store.measure()?);
 
         let label = p.to_string();
