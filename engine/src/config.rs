@@ -3,7 +3,7 @@
 //! laptop and are documented on each field (`keyflow run --help` prints them).
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,6 +65,29 @@ pub struct EngineConfig {
     /// partition's state (the address's inbox) until they complete, so other addresses go on.
     #[arg(long, env = "KEYFLOW_PARK_AFTER", default_value = "500ms", value_parser = parse_duration)]
     pub park_after: Duration,
+
+    /// Most messages one address may hold waiting (its request in flight plus its queue,
+    /// parked or not). A message arriving for an address at this bound is dead-lettered
+    /// (`inbox-full`) instead of queued, so a hot id behind a down endpoint cannot grow
+    /// without bound while the other addresses of its partition go on.
+    #[arg(long, env = "KEYFLOW_MAX_INBOX_MESSAGES", default_value = "100000")]
+    pub max_inbox_messages: NonZeroUsize,
+
+    /// Most bytes (encoded envelopes) one address may hold waiting; past it, as
+    /// `--max-inbox-messages`: the arriving message is dead-lettered (`inbox-full`).
+    /// Default 64 MiB.
+    #[arg(long, env = "KEYFLOW_MAX_INBOX_BYTES", default_value = "67108864")]
+    pub max_inbox_bytes: NonZeroUsize,
+
+    /// Most bytes (encoded envelopes) a partition holds waiting in memory over all its
+    /// addresses. Past it the partition takes no input at all until responses drain it
+    /// (back-pressure). Default 256 MiB.
+    #[arg(
+        long,
+        env = "KEYFLOW_MAX_PARTITION_QUEUED_BYTES",
+        default_value = "268435456"
+    )]
+    pub max_partition_queued_bytes: NonZeroUsize,
 
     /// Bearer token the HTTP ingress requires (`Authorization: Bearer <token>`); without
     /// it every request is served. Prefer the environment variable over the flag (the flag

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub epoch_failures: IntCounterVec,
     /// Delayed messages waiting, by partition.
     pub delayed_pending: IntGaugeVec,
+    /// Messages parked in inboxes (committed with the last epoch), by partition.
+    pub parked_messages: IntGaugeVec,
     /// Addresses with committed state, by partition.
     pub state_entries: IntGaugeVec,
     /// Bytes of committed address state (keys and values in the store), by partition.
@@ -171,6 +173,14 @@ impl Metrics {
                 &["partition"],
             )
             .unwrap(),
+            parked_messages: IntGaugeVec::new(
+                Opts::new(
+                    "parked_messages",
+                    "Messages parked in the inboxes of addresses whose request outlived an epoch",
+                ),
+                &["partition"],
+            )
+            .unwrap(),
             state_entries: IntGaugeVec::new(
                 Opts::new(
                     "state_entries",
@@ -218,6 +228,7 @@ impl Metrics {
         r.register(Box::new(m.epoch_records.clone())).unwrap();
         r.register(Box::new(m.epoch_failures.clone())).unwrap();
         r.register(Box::new(m.delayed_pending.clone())).unwrap();
+        r.register(Box::new(m.parked_messages.clone())).unwrap();
         r.register(Box::new(m.state_entries.clone())).unwrap();
         r.register(Box::new(m.state_bytes.clone())).unwrap();
         r.register(Box::new(m.restore_seconds.clone())).unwrap();

@@ -46,6 +46,12 @@ pub(crate) struct CoreConfig {
     pub module: Arc<Module>,
     /// How long completed idempotency records and used callback tokens are kept.
     pub idempotency_retention: Duration,
+    /// Most messages one address holds waiting (in flight + queued); more: `inbox-full`.
+    pub max_inbox_messages: usize,
+    /// Most bytes of envelopes one address holds waiting; more: `inbox-full`.
+    pub max_inbox_bytes: usize,
+    /// Most bytes of envelopes the partition holds waiting; past it no input is taken.
+    pub max_partition_queued_bytes: usize,
 }
 
 /// The metrics the core updates, bound to its partition once.

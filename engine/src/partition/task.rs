@@ -125,6 +125,9 @@ impl Task {
             messages_topic: bound.messages.clone(),
             module: shared.module.clone(),
             idempotency_retention: cfg.idempotency_retention,
+            max_inbox_messages: cfg.max_inbox_messages.get(),
+            max_inbox_bytes: cfg.max_inbox_bytes.get(),
+            max_partition_queued_bytes: cfg.max_partition_queued_bytes.get(),
         };
         let core = PartitionCore::restore(core_cfg, CoreMetrics::bind(m, p), store)?;
         let secs = started.elapsed().as_secs_f64();

@@ -40,6 +40,7 @@ mod delayed;
 mod epoch_rule;
 mod failures;
 mod idempotency;
+mod inboxes;
 mod parking;
 mod reads;
 mod requests;
@@ -61,6 +62,9 @@ pub struct Setup {
     /// The endpoint's `maxNumBatchRequests`.
     pub max_batch: usize,
     pub retention: Duration,
+    pub max_inbox_messages: usize,
+    pub max_inbox_bytes: usize,
+    pub max_partition_queued_bytes: usize,
 }
 
 impl Default for Setup {
@@ -70,6 +74,9 @@ impl Default for Setup {
             partitions: 1,
             max_batch: 100,
             retention: Duration::from_secs(60),
+            max_inbox_messages: 100_000,
+            max_inbox_bytes: 64 << 20,
+            max_partition_queued_bytes: 256 << 20,
         }
     }
 }
@@ -113,6 +120,9 @@ impl Harness {
             messages_topic: "t-messages".into(),
             module: Arc::new(module),
             idempotency_retention: setup.retention,
+            max_inbox_messages: setup.max_inbox_messages,
+            max_inbox_bytes: setup.max_inbox_bytes,
+            max_partition_queued_bytes: setup.max_partition_queued_bytes,
         };
         let metrics = Metrics::new();
         let core = Self::open_core(&db, &cfg, &metrics);
