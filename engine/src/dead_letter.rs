@@ -32,11 +32,14 @@ pub enum DeadLetterKind {
     /// The function's state specs cannot be registered (a type changed, a carried state
     /// reported missing).
     StateSpec,
+    /// The target address already holds `--max-inbox-messages` or `--max-inbox-bytes` of
+    /// messages waiting (its function is slow or down).
+    InboxFull,
 }
 
 impl DeadLetterKind {
     /// Every kind, in the README's order.
-    pub const ALL: [DeadLetterKind; 13] = [
+    pub const ALL: [DeadLetterKind; 14] = [
         DeadLetterKind::NoKey,
         DeadLetterKind::KeyNotUtf8,
         DeadLetterKind::CallbackContentType,
@@ -50,6 +53,7 @@ impl DeadLetterKind {
         DeadLetterKind::FunctionGarbage,
         DeadLetterKind::BadResponse,
         DeadLetterKind::StateSpec,
+        DeadLetterKind::InboxFull,
     ];
 
     /// The header value and metric label.
@@ -68,6 +72,7 @@ impl DeadLetterKind {
             DeadLetterKind::FunctionGarbage => "function-garbage",
             DeadLetterKind::BadResponse => "bad-response",
             DeadLetterKind::StateSpec => "state-spec",
+            DeadLetterKind::InboxFull => "inbox-full",
         }
     }
 }

@@ -12,14 +12,19 @@
 //! - `t` + fire time (8 bytes BE) + id (8 bytes BE): a [`DelayedMessage`].
 //! - `c` + callback token: a registered [`CallbackToken`].
 //! - `d` + address + idempotency key: a [`Dedup`] record.
-//! - `i` + address: the [`Inbox`] of an address whose request outlived an epoch.
+//! - `i` + address + sequence (8 bytes BE): one message waiting in the inbox of an address
+//!   whose request outlived an epoch (`store/inbox.rs`; earlier versions kept the whole
+//!   [`Inbox`](crate::internal::Inbox) under `i` + address, which is still read).
 //! - `m` + name: local metadata (the checkpointed changelog offset); never changelogged.
 
 use std::collections::BTreeMap;
 
 use keyflow_protocol::{Address, Message};
 
-use crate::internal::{AddressState, CallbackToken, Dedup, DelayedMessage, Inbox, RegisteredSpecs};
+use crate::internal::{AddressState, CallbackToken, Dedup, DelayedMessage, RegisteredSpecs};
+
+mod inbox;
+pub use inbox::InboxEntry;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
 
@@ -204,34 +209,6 @@ impl PartitionStore {
             let d = Self::decode::<Dedup>(&k, Some(v.to_vec()))?.unwrap_or_default();
             Ok((k.to_vec(), d))
         })
-    }
-
-    pub fn put_inbox(&mut self, addr: &Address, inbox: Option<&Inbox>) {
-        self.put_inbox_encoded(addr, inbox.map(Message::encode_to_vec));
-    }
-
-    /// As [`put_inbox`](Self::put_inbox), with the `Inbox` already encoded.
-    pub fn put_inbox_encoded(&mut self, addr: &Address, inbox: Option<Vec<u8>>) {
-        let mut key = address_key(addr);
-        key[0] = b'i';
-        self.overlay.insert(key, inbox);
-    }
-
-    /// Every committed inbox: (address, its pending messages).
-    pub fn all_inboxes(&self) -> Result<Vec<(Address, Inbox)>> {
-        let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"i") {
-            let (k, v) = kv?;
-            let mut akey = k.to_vec();
-            akey[0] = b'a';
-            if let (Some(addr), Some(inbox)) = (
-                parse_address_key(&akey),
-                Self::decode::<Inbox>(&k, Some(v.to_vec()))?,
-            ) {
-                out.push((addr, inbox));
-            }
-        }
-        Ok(out)
     }
 
     /// Every committed registered-specs record: (function type, specs).
@@ -502,27 +479,6 @@ mod tests {
             one,
             "a recount agrees with the running count"
         );
-    }
-
-    #[test]
-    fn inboxes_round_trip() {
-        let db = temp_db();
-        let mut s = PartitionStore::open(&db, 0).unwrap();
-        let a = Address::new("ns", "f", "1");
-        let inbox = Inbox {
-            messages: vec![Default::default()],
-        };
-        s.put_inbox(&a, Some(&inbox));
-        s.checkpoint(None).unwrap();
-        assert_eq!(s.all_inboxes().unwrap(), vec![(a.clone(), inbox)]);
-        assert_eq!(
-            s.address_state(&a).unwrap(),
-            AddressState::default(),
-            "an inbox is not state"
-        );
-        s.put_inbox(&a, None);
-        s.checkpoint(None).unwrap();
-        assert!(s.all_inboxes().unwrap().is_empty());
     }
 
     #[test]

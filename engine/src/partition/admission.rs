@@ -56,6 +56,14 @@ impl PartitionCore {
         if let Some(kind) = ReadKind::of(&env.introspect) {
             return self.answer_read(target, kind, env.caller);
         }
+        // Bounded before the callback and idempotency admission, which record what they
+        // admit: a message dead-lettered here can be replayed as it was.
+        if admit {
+            if let Some(reason) = self.inbox_full(&target, &env) {
+                self.reject_inbox_full(&env, &reason);
+                return Ok(());
+            }
+        }
         if admit && !env.callback_token.is_empty() && !self.admit_callback(&target, &mut env)? {
             return Ok(());
         }
@@ -75,6 +83,7 @@ impl PartitionCore {
                 }
             }
         }
+        self.hold(&target, &env);
         if let Some(batch) = self.dispatcher.enqueue(target.clone(), env, max_batch) {
             self.start(target, batch)?;
         }

@@ -24,6 +24,7 @@ use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 use super::dedup;
 use super::dispatch::Dispatcher;
 use super::effects::{self, EgressRecord};
+use super::inbox::{Held, StoredInbox};
 use super::outbox::{DeadLetter, Outbox, Output};
 use super::timers::Timers;
 use crate::dead_letter::DeadLetterKind;
@@ -63,6 +64,7 @@ pub(crate) struct CoreMetrics {
     dead_letters: IntCounterVec,
     egress_records: IntCounterVec,
     pub(super) delayed_pending: IntGauge,
+    pub(super) parked_messages: IntGauge,
 }
 
 impl CoreMetrics {
@@ -75,6 +77,9 @@ impl CoreMetrics {
             egress_records: m.egress_records.clone(),
             delayed_pending: m
                 .delayed_pending
+                .with_label_values(&[&partition.to_string()]),
+            parked_messages: m
+                .parked_messages
                 .with_label_values(&[&partition.to_string()]),
         }
     }
@@ -111,10 +116,13 @@ pub(crate) struct PartitionCore {
     pub(super) specs: HashMap<String, Vec<PersistedValueSpec>>,
     /// The batch each busy address has in flight.
     pub(super) sent: HashMap<Address, Vec<Envelope>>,
-    /// Addresses with an inbox in the partition state, with the message ids it holds.
-    pub(super) parked: HashMap<Address, Vec<String>>,
+    /// Addresses with an inbox in the partition state, with what the store holds of it.
+    pub(super) parked: HashMap<Address, StoredInbox>,
     /// The parked addresses that still have a request in flight.
     pub(super) parked_busy: HashSet<Address>,
+    /// What each busy address holds waiting (its bounds), and the sum of their bytes.
+    pub(super) held: HashMap<Address, Held>,
+    pub(super) held_bytes: usize,
     pub(super) outbox: Outbox,
 }
 
@@ -147,22 +155,20 @@ impl PartitionCore {
             sent: HashMap::new(),
             parked: HashMap::new(),
             parked_busy: HashSet::new(),
+            held: HashMap::new(),
+            held_bytes: 0,
             outbox: Outbox::default(),
         };
         core.metrics.delayed_pending.set(core.timers.len() as i64);
-        for (addr, inbox) in inboxes {
-            core.parked.insert(
-                addr,
-                inbox
-                    .messages
-                    .iter()
-                    .map(|m| m.message_id.clone())
-                    .collect(),
-            );
-            for env in inbox.messages {
-                core.deliver_as(env, false)?;
+        let mut parked_messages = 0;
+        for (addr, entries) in inboxes {
+            parked_messages += entries.len();
+            core.parked.insert(addr, StoredInbox::restored(&entries));
+            for e in entries {
+                core.deliver_as(e.envelope, false)?;
             }
         }
+        core.metrics.parked_messages.set(parked_messages as i64);
         let busy: Vec<Address> = core
             .parked
             .keys()
@@ -194,9 +200,10 @@ impl PartitionCore {
         self.dispatcher.in_flight() == self.parked_busy.len()
     }
 
-    /// True when some address's queue is full: the task stops taking input.
+    /// True when some address's queue is full, or the partition holds its bound of bytes
+    /// waiting: the task stops taking input.
     pub fn is_backpressured(&self) -> bool {
-        self.dispatcher.is_backpressured()
+        self.dispatcher.is_backpressured() || self.is_over_queued_bytes()
     }
 
     /// Wall-clock ms of the next delayed message, if any.

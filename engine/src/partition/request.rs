@@ -132,6 +132,7 @@ impl PartitionCore {
                 }
             }
         }
+        self.release(&addr, &batch);
         for env in batch.iter().filter(|e| !e.idempotency_key.is_empty()) {
             let mut record = self
                 .store

@@ -170,11 +170,13 @@ impl Task {
             // inboxes inside one.)
             if !self.in_txn {
                 let timer_at = self.next_timer_instant();
+                // A partition holding its bound of bytes waits for responses to drain it.
+                let take = !self.core.is_over_queued_bytes();
                 let first = tokio::select! {
                     biased;
                     _ = stop.cancelled() => return Ok(()),
                     Some(done) = self.inflight.join_next() => Event::Done(done),
-                    m = self.consumer.recv() => Event::Record(m.map(read)),
+                    m = self.consumer.recv(), if take => Event::Record(m.map(read)),
                     _ = sleep_until_opt(timer_at) => Event::WindowClosed,
                     _ = tokio::time::sleep_until(next_sweep.into()) => Event::WindowClosed,
                 };
@@ -224,8 +226,14 @@ impl Task {
                     deadline,
                 } => {
                     // A record that is ready is taken even by a back-pressured partition
-                    // (its in-flight requests are all parked).
-                    match self.consumer.recv().now_or_never() {
+                    // (its in-flight requests are all parked), unless it holds its bound
+                    // of bytes waiting: then nothing is taken until responses drain it.
+                    let ready = if self.core.is_over_queued_bytes() {
+                        None
+                    } else {
+                        self.consumer.recv().now_or_never()
+                    };
+                    match ready {
                         Some(m) => {
                             self.on_record(m.map(read))?;
                             continue;

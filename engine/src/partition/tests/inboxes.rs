@@ -242,4 +242,21 @@ fn past_its_queued_bytes_the_partition_takes_no_input_until_it_drains() {
     );
     h.answer_for("a0", |_| ok());
     assert!(!h.core.is_backpressured(), "drained below the bound");
+    assert!(!h.core.is_over_queued_bytes());
+}
+
+#[test]
+fn a_queue_at_its_batch_cap_still_back_pressures_without_the_byte_bound() {
+    let mut h = Harness::with(Setup {
+        max_batch: 2,
+        ..Default::default()
+    });
+    for i in 0..3 {
+        h.deliver(msg("a", &i.to_string()));
+    }
+    assert!(h.core.is_backpressured(), "two queued, cap two");
+    assert!(
+        !h.core.is_over_queued_bytes(),
+        "a parked partition may still take input for its other addresses"
+    );
 }

@@ -301,15 +301,23 @@ impl Harness {
             .and_then(|v| v.value.clone())
     }
 
-    /// The overlay's entry for the inbox of `a`: `None` untouched, `Some(None)` deleted.
-    pub fn inbox_in_overlay(&self, a: &Address) -> Option<Option<Inbox>> {
-        let mut key = address_key(a);
-        key[0] = b'i';
-        self.core
-            .store()
-            .overlay()
-            .get(&key)
-            .map(|v| v.as_ref().map(|b| Inbox::decode(b.as_slice()).unwrap()))
+    /// The overlay's changes to the inbox records of `a`: `None` when it has none.
+    pub fn inbox_in_overlay(&self, a: &Address) -> Option<InboxChanges> {
+        let mut prefix = address_key(a);
+        prefix[0] = b'i';
+        let mut changes = InboxChanges::default();
+        for (k, v) in self.core.store().overlay().range(prefix.clone()..) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            match v {
+                Some(v) => changes
+                    .written
+                    .push(Envelope::decode(v.as_slice()).unwrap()),
+                None => changes.deleted += 1,
+            }
+        }
+        (changes != InboxChanges::default()).then_some(changes)
     }
 
     /// `keyflow_dead_letters_total{reason=kind}`.
@@ -319,6 +327,14 @@ impl Harness {
             .with_label_values(&[kind.as_str()])
             .get()
     }
+}
+
+/// What an epoch changes of one inbox: the messages it writes, in order, and how many
+/// records it deletes.
+#[derive(Debug, Default, PartialEq)]
+pub struct InboxChanges {
+    pub written: Vec<Envelope>,
+    pub deleted: usize,
 }
 
 /// An invocation's `ToFunction`, decoded: what the function would see.
