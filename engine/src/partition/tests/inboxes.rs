@@ -7,8 +7,11 @@
 
 use super::*;
 
-/// The overlay's changes to the inbox records of `a`: (written (key, value), tombstoned keys).
-fn inbox_changes(h: &Harness, a: &Address) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>) {
+/// Raw overlay changes: (written (key, value), tombstoned keys).
+type RawChanges = (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>);
+
+/// The overlay's changes to the inbox records of `a`.
+fn inbox_changes(h: &Harness, a: &Address) -> RawChanges {
     let prefix = inbox_prefix(a);
     let mut puts = Vec::new();
     let mut tombstones = Vec::new();
