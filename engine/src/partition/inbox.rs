@@ -182,9 +182,17 @@ impl PartitionCore {
     /// `env` now waits for `addr` (in flight or queued).
     pub(super) fn hold(&mut self, addr: &Address, env: &Envelope) {
         let bytes = env.encoded_len();
-        let held = self.held.entry(addr.clone()).or_default();
-        held.messages += 1;
-        held.bytes += bytes;
+        // Looked up before inserting: a busy address (the common case under load) then
+        // costs no clone of its address per message.
+        match self.held.get_mut(addr) {
+            Some(held) => {
+                held.messages += 1;
+                held.bytes += bytes;
+            }
+            None => {
+                self.held.insert(addr.clone(), Held { messages: 1, bytes });
+            }
+        }
         self.held_bytes += bytes;
     }
 

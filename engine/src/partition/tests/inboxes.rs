@@ -150,6 +150,35 @@ fn inbox_records_restore_in_order_across_epochs_of_appends_and_deliveries() {
 }
 
 #[test]
+fn a_restored_message_dead_lettered_again_rewrites_its_inbox_in_order() {
+    let mut h = Harness::new();
+    let tree = h.db.open_tree("partition-0").unwrap();
+    let no_target = Envelope {
+        target: None,
+        ..msg("a", "lost")
+    };
+    for (seq, env) in [(0u64, msg("a", "1")), (1, no_target), (2, msg("a", "3"))] {
+        let mut key = inbox_prefix(&addr("a"));
+        key.extend_from_slice(&seq.to_be_bytes());
+        tree.insert(key, env.encode_to_vec()).unwrap();
+    }
+    h.restore();
+    assert_eq!(kinds(&h.take_outputs()), [DeadLetterKind::Envelope]);
+    h.core.write_inboxes();
+    let (puts, tombstones) = inbox_changes(&h, &addr("a"));
+    assert_eq!(tombstones.len(), 3, "the stored records go");
+    assert_eq!(puts.len(), 2, "the waiting ones are written again");
+    assert!(
+        puts.iter().all(|(k, _)| k > &tombstones[2]),
+        "with fresh sequences"
+    );
+    h.commit();
+    h.restore();
+    let seen = h.answer_until_idle(|_| ok());
+    assert_eq!(texts_of(&seen, "a"), ["1", "3"]);
+}
+
+#[test]
 fn an_address_at_its_message_bound_dead_letters_inbox_full_while_others_flow() {
     let mut h = Harness::with(Setup {
         max_inbox_messages: 5,
