@@ -49,7 +49,8 @@ pub(crate) struct Now {
     pub stopping: bool,
     /// Every request in flight belongs to an already parked address.
     pub settled: bool,
-    /// An address's queue is full: no more input.
+    /// An address's queue is full, or the partition holds its bound of bytes waiting: no
+    /// more input.
     pub backpressured: bool,
 }
 
