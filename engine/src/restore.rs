@@ -38,13 +38,23 @@ pub enum RestoreError {
     Store(#[from] StoreError),
 }
 
-/// Replays the changelog tail into `store`. Returns how many records were applied.
+/// What a restore did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// The changelog offset the replay started at: the checkpoint's, or the changelog's start
+    /// when there was no usable checkpoint.
+    pub from: i64,
+    /// Changelog records applied.
+    pub replayed: u64,
+}
+
+/// Replays the changelog tail into `store`.
 pub async fn catch_up(
     bootstrap: &str,
     topic: &str,
     partition: i32,
     store: &PartitionStore,
-) -> Result<u64, RestoreError> {
+) -> Result<Restored, RestoreError> {
     let from = store.changelog_offset()?;
     let (bootstrap, topic_owned) = (bootstrap.to_string(), topic.to_string());
     // sled trees are cheap handles onto the same data; the blocking task gets its own.
@@ -58,7 +68,7 @@ fn replay(
     partition: i32,
     from: i64,
     store: &PartitionStore,
-) -> Result<u64, RestoreError> {
+) -> Result<Restored, RestoreError> {
     let kerr = |err| RestoreError::Kafka {
         topic: topic.to_string(),
         partition,
@@ -92,7 +102,7 @@ fn replay(
         from
     };
     if from >= high {
-        return Ok(0);
+        return Ok(Restored { from, replayed: 0 });
     }
     let start = from;
     let mut tpl = TopicPartitionList::new();
@@ -144,7 +154,10 @@ fn replay(
         .filter(|o| *o >= next)
         .unwrap_or(next);
     store.apply_changelog(batch, end)?;
-    Ok(applied)
+    Ok(Restored {
+        from: start,
+        replayed: applied,
+    })
 }
 
 /// Reaching the end of the changelog is how restore knows it is done, not an error to log.
