@@ -179,6 +179,34 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// The `delete.retention.ms` of a compacted `topic`: how long its tombstones stay readable,
+/// which bounds how old a local checkpoint of it may be (`restore::stale_checkpoint`).
+pub async fn delete_retention(bootstrap: &str, topic: &str) -> Result<Duration, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+        .await?;
+    let describe_error = |code| TopicError::DescribeConfig {
+        topic: topic.to_string(),
+        code,
+    };
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or(describe_error(RDKafkaErrorCode::UnknownTopic))?
+        .map_err(describe_error)?;
+    let value = resource
+        .get("delete.retention.ms")
+        .and_then(|e| e.value.clone())
+        .unwrap_or_else(|| DELETE_RETENTION_MS.to_string());
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| describe_error(RDKafkaErrorCode::InvalidConfig))
+}
+
 /// Refuses existing `topics` whose `cleanup.policy` is not exactly `compact`.
 async fn check_compacted(
     admin: &AdminClient<DefaultClientContext>,

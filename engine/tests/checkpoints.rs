@@ -8,6 +8,8 @@
 //! takes minutes at the broker's default `log.cleaner.backoff.ms`; this test checks the
 //! observable cause instead: after a partition went away and came back, its restore replays
 //! the changelog from its start (the log line's `from=0`), not from the old checkpoint.
+//! Likewise for a checkpoint older than the state topic's `delete.retention.ms`: a state topic
+//! created beforehand with a tiny one makes every restart replay from the start.
 
 mod common;
 
@@ -37,6 +39,31 @@ fn counter(ctx: &mut Context, msg: Message) -> Result<(), Error> {
         n
     };
     ctx.reply(Message::string(n.to_string()))
+}
+
+/// Creates `topic` with `partitions` partitions and `config` on the test broker.
+fn create_topic(topic: &str, partitions: i32, config: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .unwrap();
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (k, v) in config {
+            new = new.set(k, v);
+        }
+        let res = admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .unwrap();
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    });
 }
 
 /// Sends `body` to the counter `id` through `port` and returns the count it replies.
@@ -192,5 +219,60 @@ fn a_partition_given_up_and_regained_replays_its_changelog_from_the_start() {
         restores[1], 0,
         "a partition given up and regained must not restore from the checkpoint it left behind \
          (the changelog may have lost tombstones since): restores of partition {moved} started at {restores:?}"
+    );
+}
+
+#[test]
+fn a_checkpoint_older_than_the_tombstone_retention_is_replayed_from_the_start() {
+    let cluster = unique("ckpt-age");
+    // Tombstones kept 100 ms: every checkpoint is too old by the time the worker restarts.
+    create_topic(
+        &format!("{cluster}-state"),
+        PARTITIONS,
+        &[
+            ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "100"),
+        ],
+    );
+    let functions = FunctionServer::start(
+        StatefulFunctions::new().with(FunctionSpec::new(COUNTER).with_state(&COUNT), counter),
+        0,
+    );
+    let dir = temp_dir(&cluster);
+    let module = write_module(&dir, &endpoint_yaml("test/*", functions.port));
+    let partitions = PARTITIONS.to_string();
+    let mut w1 = Engine::start(
+        &module,
+        &cluster,
+        "w1",
+        &dir,
+        &["--partitions", &partitions],
+    );
+    w1.wait_ready(Duration::from_secs(90));
+    let id = "aged";
+    let p = partition_for(id, PARTITIONS);
+    for round in 1..=3 {
+        assert_eq!(count(w1.ingress_port, id, "+"), round);
+    }
+
+    w1.restart();
+    w1.wait_ready(Duration::from_secs(90));
+    assert_eq!(
+        count(w1.ingress_port, id, "+"),
+        4,
+        "the replay restores the state"
+    );
+    let log = w1.log();
+    assert_eq!(
+        restores_from(&log, p),
+        vec![0, 0],
+        "the restart refuses the old checkpoint\n{}",
+        w1.log_tail(40)
+    );
+    assert!(
+        log.contains("discarding the local checkpoint")
+            && log.contains("delete.retention.ms=100ms"),
+        "the refusal is logged with its reason\n{}",
+        w1.log_tail(40)
     );
 }
