@@ -96,6 +96,7 @@ impl Shared {
             partitions: self.cfg.topic_partitions.get() as i32,
             compacted: false,
             exact_partitions: false,
+            retention: None,
         };
         kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
         known.insert(topic.to_string());

@@ -11,13 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{blocking, client_config};
+use crate::kafka::{blocking, client_config, QuietEof};
 use crate::store::{PartitionStore, StoreError};
 
 /// Replay batches: bounded memory, and a checkpoint every this many records.
@@ -221,19 +220,6 @@ fn replay(
         replayed: applied,
     })
 }
-
-/// Reaching the end of the changelog is how restore knows it is done, not an error to log.
-struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
 
 #[cfg(test)]
 mod tests {

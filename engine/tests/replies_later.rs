@@ -33,6 +33,31 @@ fn reply_string(r: &HttpResponse) -> String {
     builtin::decode_string(&TypedValue::of(builtin::STRING, r.body.clone())).unwrap()
 }
 
+/// A config value of `topic` on the test broker.
+fn topic_config(topic: &str, key: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .unwrap();
+        let res = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await
+            .unwrap();
+        res.into_iter()
+            .next()?
+            .ok()?
+            .get(key)
+            .and_then(|e| e.value.clone())
+    })
+}
+
 #[test]
 fn a_late_reply_is_fetched_with_the_504s_url_from_a_fresh_worker_process() {
     let cluster = unique("later");
@@ -42,8 +67,13 @@ fn a_late_reply_is_fetched_with_the_504s_url_from_a_fresh_worker_process() {
     );
     let dir = temp_dir(&cluster);
     let module = write_module(&dir, &endpoint_yaml("test/*", functions.port));
-    let mut w1 = Engine::start(&module, &cluster, "w1", &dir, &[]);
+    let mut w1 = Engine::start(&module, &cluster, "w1", &dir, &["--reply-retention", "2h"]);
     w1.wait_ready(Duration::from_secs(90));
+    assert_eq!(
+        topic_config(&format!("{cluster}-replies"), "retention.ms").as_deref(),
+        Some("7200000"),
+        "--reply-retention is the replies topic's retention"
+    );
 
     // Some replies before ours, so that the URL's offset matters.
     for i in 0..3 {
@@ -99,4 +129,10 @@ fn a_late_reply_is_fetched_with_the_504s_url_from_a_fresh_worker_process() {
     let r = get(w2.ingress_port, "/replies/no-such-message?from=0");
     assert_eq!(r.status, 404, "{}", r.body_str());
     assert!(json(&r)["error"].is_string(), "{}", r.body_str());
+    // Without `from`, only the worker's memory is searched.
+    let r = get(w2.ingress_port, &format!("/replies/{mid}"));
+    assert_eq!(
+        r.status, 200,
+        "the reply found through the topic is remembered"
+    );
 }

@@ -86,24 +86,29 @@ pub async fn run(
             partitions: n,
             compacted: false,
             exact_partitions: true,
+            retention: None,
         },
         TopicSpec {
             name: cfg.topic_state(),
             partitions: n,
             compacted: true,
             exact_partitions: true,
+            retention: None,
         },
         TopicSpec {
             name: cfg.topic_dead_letters(),
             partitions: 1,
             compacted: false,
             exact_partitions: false,
+            retention: None,
         },
         TopicSpec {
             name: cfg.topic_replies(),
             partitions: 1,
             compacted: false,
             exact_partitions: false,
+            // How long `GET /replies/<id>?from=..` finds a late reply (docs/design.md).
+            retention: Some(cfg.reply_retention),
         },
     ];
     // Ingress topic -> the first ingress in module.yaml naming it, whose consumer settings
@@ -116,6 +121,7 @@ pub async fn run(
         partitions: cfg.topic_partitions.get() as i32,
         compacted: false,
         exact_partitions: false,
+        retention: None,
     });
     for (i, ing) in module.ingresses.iter().enumerate() {
         for t in &ing.topics {
@@ -128,6 +134,7 @@ pub async fn run(
                 partitions: cfg.topic_partitions.get() as i32,
                 compacted: false,
                 exact_partitions: false,
+                retention: None,
             });
         }
     }
