@@ -292,8 +292,8 @@ pub(super) async fn get_reply(
     let Some(from) = query.from else {
         return not_found(format!(
             "no reply to this message among this worker's recent replies; the URL of a 504 \
-             (`{}`) also searches the replies topic, where replies are kept {}",
-            reply_url(&message_id, 0).replace("=0", "=<offset>"),
+             (`/replies/{message_id}?from=<offset>`) also searches the replies topic, where \
+             replies are kept {}",
             format_duration(ing.shared.cfg.reply_retention)
         ));
     };
