@@ -1,6 +1,8 @@
 //! A reply that comes after its request's timeout: the 504 names a URL where it can be
 //! fetched later, and that URL works on any worker, also on a worker process started after
 //! the reply was written (it reads `<cluster>-replies` from the offset the URL carries).
+//! Once the topic no longer holds that offset (retention; here `DeleteRecords`), the answer
+//! is a 404 that says the reply expired.
 
 mod common;
 
@@ -56,6 +58,30 @@ fn topic_config(topic: &str, key: &str) -> Option<String> {
             .get(key)
             .and_then(|e| e.value.clone())
     })
+}
+
+/// Deletes every record of partition 0 of `topic` (as retention would, only now).
+fn delete_all_records(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::End)
+            .unwrap();
+        let res = admin
+            .delete_records(&tpl, &AdminOptions::new())
+            .await
+            .unwrap();
+        assert!(res.elements().iter().all(|e| e.error().is_ok()), "{res:?}");
+    });
 }
 
 #[test]
@@ -134,5 +160,17 @@ fn a_late_reply_is_fetched_with_the_504s_url_from_a_fresh_worker_process() {
     assert_eq!(
         r.status, 200,
         "the reply found through the topic is remembered"
+    );
+
+    // Once retention deleted the replies, a fresh process says the reply expired.
+    delete_all_records(&format!("{cluster}-replies"));
+    w2.restart();
+    w2.wait_ready(Duration::from_secs(90));
+    let r = get(w2.ingress_port, &url);
+    assert_eq!(r.status, 404, "{}", r.body_str());
+    assert!(
+        json(&r)["error"].as_str().unwrap().contains("expired"),
+        "{}",
+        r.body_str()
     );
 }
