@@ -125,6 +125,13 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_REPLY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub reply_timeout: Duration,
 
+    /// How long replies to HTTP requests stay in `<cluster>-replies` (its `retention.ms`, set
+    /// when the engine creates the topic): a 504's `replyUrl` finds a late reply, on any
+    /// worker and after restarts, for about this long. For an outcome kept reliably, send an
+    /// `Idempotency-Key` (kept `--idempotency-retention`).
+    #[arg(long, env = "KEYFLOW_REPLY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub reply_retention: Duration,
+
     /// Largest HTTP ingress request body, in bytes (larger: 413).
     #[arg(long, env = "KEYFLOW_MAX_REQUEST_BYTES", default_value = "1048576")]
     pub max_request_bytes: usize,
@@ -308,6 +315,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A duration as `parse_duration` reads it, in the largest unit that divides it (`24h`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0ms".to_string(),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}min", ms / 60_000),
+        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +386,8 @@ mod tests {
             .unwrap_err()
             .contains("not a duration"));
         assert!(parse_duration("3weeks").unwrap_err().contains("unit"));
+        for d in ["24h", "90min", "2s", "250ms", "0ms"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
     }
 }

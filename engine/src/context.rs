@@ -37,6 +37,9 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `transaction.timeout.ms` of the processors' producers.
     pub txn_timeout: Duration,
+    /// `delete.retention.ms` of `<cluster>-state`, read at start: how old a local checkpoint
+    /// may be and still be replayed from (`restore::stale_checkpoint`).
+    pub state_delete_retention: Duration,
     pub(crate) known_topics: tokio::sync::Mutex<HashSet<String>>,
     pub(crate) phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
     /// When the group last changed this worker's partitions (`None`: not yet).
@@ -93,6 +96,7 @@ impl Shared {
             partitions: self.cfg.topic_partitions.get() as i32,
             compacted: false,
             exact_partitions: false,
+            retention: None,
         };
         kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
         known.insert(topic.to_string());

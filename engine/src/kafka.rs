@@ -19,6 +19,9 @@ pub struct TopicSpec {
     pub compacted: bool,
     /// When the topic exists already, must it have exactly `partitions` partitions?
     pub exact_partitions: bool,
+    /// `retention.ms` set when the engine creates the topic (`None`: the broker's default).
+    /// An existing topic keeps its own.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,10 +154,18 @@ pub async fn ensure_topics(
     if missing.is_empty() {
         return Ok(());
     }
+    let retention_ms: Vec<Option<String>> = missing
+        .iter()
+        .map(|t| t.retention.map(|r| r.as_millis().to_string()))
+        .collect();
     let new: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|t| {
-            let nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication));
+        .zip(&retention_ms)
+        .map(|(t, retention_ms)| {
+            let mut nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication));
+            if let Some(ms) = retention_ms {
+                nt = nt.set("retention.ms", ms);
+            }
             if t.compacted {
                 nt.set("cleanup.policy", "compact")
                     .set("delete.retention.ms", DELETE_RETENTION_MS)
@@ -177,6 +188,34 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// The `delete.retention.ms` of a compacted `topic`: how long its tombstones stay readable,
+/// which bounds how old a local checkpoint of it may be (`restore::stale_checkpoint`).
+pub async fn delete_retention(bootstrap: &str, topic: &str) -> Result<Duration, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+        .await?;
+    let describe_error = |code| TopicError::DescribeConfig {
+        topic: topic.to_string(),
+        code,
+    };
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or(describe_error(RDKafkaErrorCode::UnknownTopic))?
+        .map_err(describe_error)?;
+    let value = resource
+        .get("delete.retention.ms")
+        .and_then(|e| e.value.clone())
+        .unwrap_or_else(|| DELETE_RETENTION_MS.to_string());
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| describe_error(RDKafkaErrorCode::InvalidConfig))
 }
 
 /// Refuses existing `topics` whose `cleanup.policy` is not exactly `compact`.
@@ -355,6 +394,20 @@ impl rdkafka::ClientContext for LagContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for LagContext {}
+
+/// A consumer context for readers that stop at a partition's end (`enable.partition.eof`):
+/// reaching the end is how they know they are done, not an error to log.
+pub struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
 /// How often a partition task's consumer refreshes its lag.
 pub const STATISTICS_INTERVAL_MS: &str = "5000";

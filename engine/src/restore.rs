@@ -2,16 +2,21 @@
 //! (`<cluster>-state`, partition p, read_committed) before the partition processes anything.
 //! A worker that kept its data folder replays only the tail; one that never had the
 //! partition replays from the beginning (compaction keeps that bounded).
+//!
+//! A checkpoint is replayed from only while it is younger than the state topic's
+//! `delete.retention.ms` (less a margin, [`max_checkpoint_age`]): a deletion written to the
+//! changelog after the checkpoint is a tombstone that compaction removes after that long, and
+//! a replay that misses it would bring the deleted state, timer or inbox back. An older
+//! checkpoint is wiped and the changelog replayed from its start (docs/design.md, "Restore").
 
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{blocking, client_config};
+use crate::kafka::{blocking, client_config, QuietEof};
 use crate::store::{PartitionStore, StoreError};
 
 /// Replay batches: bounded memory, and a checkpoint every this many records.
@@ -38,14 +43,80 @@ pub enum RestoreError {
     Store(#[from] StoreError),
 }
 
-/// Replays the changelog tail into `store`. Returns how many records were applied.
+/// What a restore did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// The changelog offset the replay started at: the checkpoint's, or the changelog's start
+    /// when there was no usable checkpoint.
+    pub from: i64,
+    /// Changelog records applied.
+    pub replayed: u64,
+}
+
+/// The oldest a checkpoint may be to replay the changelog from it, given the state topic's
+/// `delete.retention.ms`: less a tenth of it, and at least a minute, for clock differences
+/// between this host and the broker and for the time the replay itself takes.
+pub fn max_checkpoint_age(delete_retention: Duration) -> Duration {
+    delete_retention.saturating_sub((delete_retention / 10).max(Duration::from_secs(60)))
+}
+
+/// Why a checkpoint must not be replayed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// The checkpoint has no recorded time (written before checkpoints recorded it).
+    UnknownAge,
+    /// Older than [`max_checkpoint_age`] allows.
+    TooOld { age: Duration, limit: Duration },
+}
+
+/// Whether a checkpoint made at `checkpoint_at_ms` may still be replayed from at `now_ms`. A
+/// checkpoint "from the future" (the clock went back) counts as new.
+pub fn stale_checkpoint(
+    checkpoint_at_ms: Option<i64>,
+    now_ms: i64,
+    delete_retention: Duration,
+) -> Option<Stale> {
+    let Some(at) = checkpoint_at_ms else {
+        return Some(Stale::UnknownAge);
+    };
+    let age = Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64);
+    let limit = max_checkpoint_age(delete_retention);
+    (age >= limit).then_some(Stale::TooOld { age, limit })
+}
+
+/// Replays the changelog tail into `store`; `delete_retention` is the changelog topic's
+/// `delete.retention.ms` (see [`stale_checkpoint`]).
 pub async fn catch_up(
     bootstrap: &str,
     topic: &str,
     partition: i32,
     store: &PartitionStore,
-) -> Result<u64, RestoreError> {
-    let from = store.changelog_offset()?;
+    delete_retention: Duration,
+) -> Result<Restored, RestoreError> {
+    let mut from = store.changelog_offset()?;
+    if from > 0 {
+        if let Some(stale) =
+            stale_checkpoint(store.checkpoint_at_ms()?, crate::now_ms(), delete_retention)
+        {
+            let why = match stale {
+                Stale::UnknownAge => "it records no time".to_string(),
+                Stale::TooOld { age, limit } => format!(
+                    "it is {}s old, and the changelog keeps tombstones only for delete.retention.ms={}ms (checkpoints older than {}s may have missed deletions)",
+                    age.as_secs(),
+                    delete_retention.as_millis(),
+                    limit.as_secs()
+                ),
+            };
+            tracing::warn!(
+                topic,
+                partition,
+                checkpoint = from,
+                "discarding the local checkpoint and replaying the changelog from its start: {why}"
+            );
+            store.clear()?;
+            from = 0;
+        }
+    }
     let (bootstrap, topic_owned) = (bootstrap.to_string(), topic.to_string());
     // sled trees are cheap handles onto the same data; the blocking task gets its own.
     let tree_store = store.handle();
@@ -58,7 +129,7 @@ fn replay(
     partition: i32,
     from: i64,
     store: &PartitionStore,
-) -> Result<u64, RestoreError> {
+) -> Result<Restored, RestoreError> {
     let kerr = |err| RestoreError::Kafka {
         topic: topic.to_string(),
         partition,
@@ -92,7 +163,10 @@ fn replay(
         from
     };
     if from >= high {
-        return Ok(0);
+        // Nothing to replay: the tree matches the changelog as of now, which is the time
+        // the next restore measures its age from.
+        store.apply_changelog(Vec::new(), from)?;
+        return Ok(Restored { from, replayed: 0 });
     }
     let start = from;
     let mut tpl = TopicPartitionList::new();
@@ -144,18 +218,71 @@ fn replay(
         .filter(|o| *o >= next)
         .unwrap_or(next);
     store.apply_changelog(batch, end)?;
-    Ok(applied)
+    Ok(Restored {
+        from: start,
+        replayed: applied,
+    })
 }
 
-/// Reaching the end of the changelog is how restore knows it is done, not an error to log.
-struct QuietEof;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
+    const DAY: Duration = Duration::from_secs(86_400);
+    const HOUR_MS: i64 = 3_600_000;
+
+    #[test]
+    fn a_checkpoint_younger_than_the_tombstone_retention_less_a_margin_is_replayed_from() {
+        let now = 1_000 * DAY.as_millis() as i64;
+        assert_eq!(stale_checkpoint(Some(now - HOUR_MS), now, DAY), None);
+        assert_eq!(stale_checkpoint(Some(now), now, DAY), None);
+    }
+
+    #[test]
+    fn a_checkpoint_older_than_the_tombstone_retention_is_refused() {
+        let now = 1_000 * DAY.as_millis() as i64;
+        assert!(matches!(
+            stale_checkpoint(Some(now - 25 * HOUR_MS), now, DAY),
+            Some(Stale::TooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn the_margin_is_a_tenth_of_the_retention_and_at_least_a_minute() {
+        assert_eq!(max_checkpoint_age(DAY), DAY - DAY / 10);
+        assert_eq!(
+            max_checkpoint_age(Duration::from_secs(300)),
+            Duration::from_secs(240)
+        );
+        assert_eq!(
+            max_checkpoint_age(Duration::from_millis(100)),
+            Duration::ZERO
+        );
+        let now = 1_000 * DAY.as_millis() as i64;
+        // 23 h is within the day's retention, but not within its margin.
+        assert_eq!(
+            stale_checkpoint(Some(now - 23 * HOUR_MS), now, DAY),
+            Some(Stale::TooOld {
+                age: Duration::from_secs(23 * 3600),
+                limit: DAY - DAY / 10
+            })
+        );
+    }
+
+    #[test]
+    fn a_tiny_retention_refuses_every_checkpoint() {
+        let now = 5_000;
+        assert!(stale_checkpoint(Some(now), now, Duration::from_millis(100)).is_some());
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_time_is_refused() {
+        assert_eq!(stale_checkpoint(None, 5_000, DAY), Some(Stale::UnknownAge));
+    }
+
+    #[test]
+    fn a_checkpoint_from_the_future_counts_as_new() {
+        let now = 1_000 * DAY.as_millis() as i64;
+        assert_eq!(stale_checkpoint(Some(now + HOUR_MS), now, DAY), None);
     }
 }
-
-impl ConsumerContext for QuietEof {}

@@ -15,7 +15,13 @@
 //! - `i` + address + sequence (8 bytes BE): one message waiting in the inbox of an address
 //!   whose request outlived an epoch (`store/inbox.rs`; earlier versions kept the whole
 //!   [`Inbox`](crate::internal::Inbox) under `i` + address, which is still read).
-//! - `m` + name: local metadata (the checkpointed changelog offset); never changelogged.
+//! - `m` + name: local metadata (the checkpointed changelog offset and the wall-clock time of
+//!   the last checkpoint); never changelogged.
+//!
+//! A worker that gives a partition up drops its tree ([`drop_partition`]): the next owner's
+//! changes may reach the changelog only as tombstones that compaction removes later, so a
+//! checkpoint left behind cannot be trusted once the partition comes back (docs/design.md,
+//! "Restore").
 
 use std::collections::BTreeMap;
 
@@ -27,6 +33,8 @@ mod inbox;
 pub use inbox::InboxEntry;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
+/// When the tree was last known to match the changelog (ms since the epoch, this host's clock).
+const CHECKPOINT_AT_KEY: &[u8] = b"m/checkpoint-at-ms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,10 +70,20 @@ pub struct StateSize {
     pub bytes: u64,
 }
 
+fn tree_name(partition: i32) -> String {
+    format!("partition-{partition}")
+}
+
+/// Drops the local checkpoint of a partition this worker gave up. Returns whether there was
+/// one. No [`PartitionStore`] of the partition may be in use.
+pub fn drop_partition(db: &sled::Db, partition: i32) -> Result<bool> {
+    Ok(db.drop_tree(tree_name(partition))?)
+}
+
 impl PartitionStore {
     pub fn open(db: &sled::Db, partition: i32) -> Result<Self> {
         Ok(PartitionStore {
-            tree: db.open_tree(format!("partition-{partition}"))?,
+            tree: db.open_tree(tree_name(partition))?,
             overlay: Overlay::new(),
             size: StateSize::default(),
         })
@@ -96,6 +114,14 @@ impl PartitionStore {
             .unwrap_or(0))
     }
 
+    /// When the tree last matched the changelog (ms since the epoch); `None`: never recorded.
+    pub fn checkpoint_at_ms(&self) -> Result<Option<i64>> {
+        Ok(self
+            .tree
+            .get(CHECKPOINT_AT_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+    }
+
     /// Applies changelog records read during restore, up to `next_offset`.
     pub fn apply_changelog(
         &self,
@@ -113,6 +139,7 @@ impl PartitionStore {
             }
         }
         batch.insert(OFFSET_KEY, &next_offset.to_be_bytes());
+        batch.insert(CHECKPOINT_AT_KEY, &crate::now_ms().to_be_bytes());
         self.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -299,6 +326,8 @@ impl PartitionStore {
         if let Some(off) = next_changelog_offset {
             batch.insert(OFFSET_KEY, &off.to_be_bytes());
         }
+        // Committed: the tree matches the changelog now, whether or not this epoch wrote to it.
+        batch.insert(CHECKPOINT_AT_KEY, &crate::now_ms().to_be_bytes());
         self.tree.apply_batch(batch)?;
         self.size = StateSize {
             entries: entries.max(0) as u64,
@@ -497,5 +526,31 @@ mod tests {
         s.apply_changelog(vec![(timer_key(id), None)], 6).unwrap();
         assert!(s.all_delayed().unwrap().is_empty());
         assert_eq!(s.changelog_offset().unwrap(), 6);
+    }
+
+    #[test]
+    fn checkpoints_record_their_time_and_a_dropped_partition_starts_empty() {
+        let db = temp_db();
+        let mut s = PartitionStore::open(&db, 2).unwrap();
+        assert_eq!(
+            s.checkpoint_at_ms().unwrap(),
+            None,
+            "a new tree has no checkpoint"
+        );
+        let before = crate::now_ms();
+        s.put_delayed((1, 1), &DelayedMessage::default());
+        s.checkpoint(Some(7)).unwrap();
+        let at = s
+            .checkpoint_at_ms()
+            .unwrap()
+            .expect("a checkpoint records its time");
+        assert!(at >= before && at <= crate::now_ms());
+        drop(s);
+        assert!(drop_partition(&db, 2).unwrap());
+        let reopened = PartitionStore::open(&db, 2).unwrap();
+        assert_eq!(reopened.changelog_offset().unwrap(), 0);
+        assert_eq!(reopened.checkpoint_at_ms().unwrap(), None);
+        assert!(reopened.all_delayed().unwrap().is_empty());
+        assert!(!drop_partition(&db, 5).unwrap(), "nothing to drop");
     }
 }

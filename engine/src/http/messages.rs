@@ -13,9 +13,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use keyflow_protocol::{Address, Message, TypedValue};
 
-use super::replies::{reply_response, Reply, WaitGuard};
+use super::replies::{reply_response, reply_url, Reply, WaitGuard};
 use super::{error, json, Ingress, Rejection};
-use crate::config::parse_duration;
+use crate::config::{format_duration, parse_duration};
 use crate::envelope::{keyed_message_id, typename_of, CallbackOutcome, IngressCaller};
 use crate::internal::Envelope;
 use crate::kafka;
@@ -221,7 +221,9 @@ pub(super) async fn send_and_wait(
         .as_ref()
         .map(|t| t.id.clone())
         .unwrap_or_default();
-    // Registered before the message exists, so that no reply can come too early.
+    // Registered before the message exists, so that no reply can come too early; the reply
+    // will lie at or past the replies consumer's position (the URL of a later 504).
+    let reply_from = ing.replies.position();
     let (rx, _guard) = if wants_reply {
         let rx = ing.replies.wait_for(&request_id);
         (
@@ -271,19 +273,27 @@ pub(super) async fn send_and_wait(
             tracing::debug!(%message_id, ?acked, replied = ?started.elapsed(), "HTTP request answered");
             Ok((message_id, Some(reply)))
         }
-        Ok(Err(_)) => Err(Box::new(json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({
-                "messageId": message_id,
-                "error": "this worker is shutting down; the message was delivered: fetch the reply from another worker at /replies/<messageId>",
-            }),
-        ))),
-        Err(_) => Err(Box::new(json(
-            StatusCode::GATEWAY_TIMEOUT,
-            serde_json::json!({
-                "messageId": message_id,
-                "error": format!("no reply within {timeout:?}; the message was delivered: fetch the reply later at /replies/{message_id}"),
-            }),
-        ))),
+        Ok(Err(_)) => {
+            let url = reply_url(&message_id, reply_from);
+            Err(Box::new(json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "messageId": message_id,
+                    "replyUrl": url,
+                    "error": format!("this worker is shutting down; the message was delivered: fetch the reply from another worker at {url}"),
+                }),
+            )))
+        }
+        Err(_) => {
+            let url = reply_url(&message_id, reply_from);
+            Err(Box::new(json(
+                StatusCode::GATEWAY_TIMEOUT,
+                serde_json::json!({
+                    "messageId": message_id,
+                    "replyUrl": url,
+                    "error": format!("no reply within {timeout:?}; the message was delivered: fetch the reply later at {url} (any worker; kept {})", format_duration(shared.cfg.reply_retention)),
+                }),
+            )))
+        }
     }
 }

@@ -1,24 +1,33 @@
 //! Replies to HTTP requests: every worker reads `<cluster>-replies` (read_committed, from its
 //! end at start) into [`Replies`], which completes this worker's waiting requests and keeps
 //! recent replies for `GET /replies/<message-id>` on any worker.
+//!
+//! A reply that outlives that memory (a restart, a busy worker) is found in the topic itself:
+//! a request notes the replies consumer's position when it starts waiting ([`Replies::position`],
+//! an atomic load: nothing extra for requests answered in time), and its 504 names the URL
+//! `/replies/<message-id>?from=<that offset>`. The reply is written after the request's message,
+//! so it lies at or past that offset; `GET` with `from` reads the topic from there to its end
+//! ([`find_reply`]), for as long as the topic keeps it (`--reply-retention`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keyflow_protocol::{Message, TypedValue};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{json, Ingress};
+use crate::config::format_duration;
 use crate::context::Shared;
 use crate::envelope::IngressCaller;
 use crate::kafka::{self, blocking};
@@ -26,6 +35,8 @@ use crate::kafka::{self, blocking};
 /// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
 const SEEN_MAX: usize = 10_000;
 const SEEN_FOR: Duration = Duration::from_secs(600);
+/// Longest a `GET /replies/<id>?from=..` reads `<cluster>-replies` looking for the reply.
+const SCAN_LIMIT: Duration = Duration::from_secs(30);
 
 /// A function's reply to an HTTP request.
 #[derive(Debug, Clone)]
@@ -66,6 +77,9 @@ pub struct Replies {
     /// The replies consumer is positioned: a reply produced from now on will be seen.
     ready: AtomicBool,
     positioned: tokio::sync::Notify,
+    /// The offset of `<cluster>-replies` the consumer reads next: every reply not yet received
+    /// lies at or past it.
+    position: AtomicI64,
 }
 
 impl Replies {
@@ -74,10 +88,10 @@ impl Replies {
     /// A caller id is `<worker>~<request>` or, for a request with an idempotency key,
     /// `<worker>~<request>~<message>` (repeats share the message id, not the request).
     pub fn received(&self, caller_id: &str, reply: Reply) {
-        let (request, message) = match IngressCaller::parse_id(caller_id) {
-            Some(c) => (c.request.clone(), c.message_id().to_string()),
-            None => (caller_id.to_string(), caller_id.to_string()),
-        };
+        let request = IngressCaller::parse_id(caller_id)
+            .map(|c| c.request)
+            .unwrap_or_else(|| caller_id.to_string());
+        let message = reply_message_id(caller_id);
         self.seen
             .lock()
             .unwrap()
@@ -85,6 +99,20 @@ impl Replies {
         if let Some(tx) = self.waiting.lock().unwrap().remove(&request) {
             let _ = tx.send(reply);
         }
+    }
+
+    /// Where a reply to a request registered now will be found in `<cluster>-replies`: at
+    /// this offset or later (the request's message, and so its reply, is written after).
+    pub(super) fn position(&self) -> i64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// Remembers a reply found by [`find_reply`], for the next `GET`.
+    fn remember(&self, message_id: &str, reply: Reply) {
+        self.seen
+            .lock()
+            .unwrap()
+            .insert(message_id.to_string(), reply, Instant::now());
     }
 
     pub fn get(&self, message_id: &str) -> Option<Reply> {
@@ -143,7 +171,10 @@ pub(super) async fn consume_replies(
 ) {
     loop {
         let consumer = match open_replies_consumer(&shared).await {
-            Ok(c) => c,
+            Ok((c, high)) => {
+                replies.position.store(high, Ordering::Release);
+                c
+            }
             Err(e) => {
                 tracing::warn!("HTTP ingress: cannot read the replies topic (retrying): {e}");
                 tokio::select! {
@@ -161,6 +192,7 @@ pub(super) async fn consume_replies(
             };
             match m {
                 Ok(m) => {
+                    replies.position.store(m.offset() + 1, Ordering::Release);
                     let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                         continue;
                     };
@@ -187,9 +219,8 @@ pub(super) async fn consume_replies(
     replies.waiting.lock().unwrap().clear();
 }
 
-async fn open_replies_consumer(
-    shared: &Shared,
-) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+/// The replies consumer, positioned at the topic's end (returned too).
+async fn open_replies_consumer(shared: &Shared) -> Result<(StreamConsumer, i64), KafkaError> {
     let topic = shared.cfg.topic_replies();
     // Start at the high watermark as it is now: a reply to any request accepted from here on
     // is produced later, so it lies at or past this offset.
@@ -217,7 +248,7 @@ async fn open_replies_consumer(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(high))?;
     consumer.assign(&tpl)?;
-    Ok(consumer)
+    Ok((consumer, high))
 }
 
 pub(super) fn reply_response(message_id: &str, reply: Reply) -> Response {
@@ -231,19 +262,157 @@ pub(super) fn reply_response(message_id: &str, reply: Reply) -> Response {
     resp
 }
 
+/// `GET /replies/<id>`'s query: `from`, the offset of `<cluster>-replies` to search from
+/// (the 504's `replyUrl` carries it).
+#[derive(serde::Deserialize)]
+pub(super) struct ReplyQuery {
+    from: Option<i64>,
+}
+
+/// The URL where the reply to `message_id` can be fetched later, `from` the offset of
+/// `<cluster>-replies` noted when the request started waiting ([`Replies::position`]).
+pub(super) fn reply_url(message_id: &str, from: i64) -> String {
+    format!("/replies/{message_id}?from={from}")
+}
+
 pub(super) async fn get_reply(
     State(ing): State<Arc<Ingress>>,
     Path(message_id): Path<String>,
+    Query(query): Query<ReplyQuery>,
 ) -> Response {
-    match ing.replies.get(&message_id) {
-        Some(reply) => reply_response(&message_id, reply),
-        None => json(
+    if let Some(reply) = ing.replies.get(&message_id) {
+        return reply_response(&message_id, reply);
+    }
+    let not_found = |why: String| {
+        json(
             StatusCode::NOT_FOUND,
+            serde_json::json!({ "messageId": message_id, "error": why }),
+        )
+    };
+    let Some(from) = query.from else {
+        return not_found(format!(
+            "no reply to this message among this worker's recent replies; the URL of a 504 \
+             (`/replies/{message_id}?from=<offset>`) also searches the replies topic, where \
+             replies are kept {}",
+            format_duration(ing.shared.cfg.reply_retention)
+        ));
+    };
+    if from < 0 {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "messageId": message_id, "error": "`from` must be an offset (0 or more)" }),
+        );
+    }
+    let (bootstrap, topic) = (ing.shared.bootstrap.clone(), ing.shared.cfg.topic_replies());
+    let group = format!("{}-replies-lookup", ing.shared.cfg.cluster);
+    let id = message_id.clone();
+    match blocking(move || find_reply(&bootstrap, &topic, &group, &id, from)).await {
+        Ok(Lookup::Found(reply)) => {
+            ing.replies.remember(&message_id, reply.clone());
+            reply_response(&message_id, reply)
+        }
+        Ok(Lookup::NotYet) => not_found(
+            "no reply to this message yet (or the function sent none); retry later".into(),
+        ),
+        Ok(Lookup::Expired { log_start }) => not_found(format!(
+            "no reply found: the replies topic no longer holds offsets before {log_start} \
+             (--reply-retention {}), so a reply there has expired",
+            format_duration(ing.shared.cfg.reply_retention)
+        )),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({
                 "messageId": message_id,
-                "error": "no reply to this message (yet); replies are kept for 10 minutes",
+                "error": format!("searching the replies topic failed: {e}; retry shortly"),
             }),
         ),
+    }
+}
+
+/// What reading `<cluster>-replies` for one reply found.
+#[derive(Debug)]
+enum Lookup {
+    Found(Reply),
+    /// Not between `from` and the topic's end: not written yet, or never.
+    NotYet,
+    /// Not found, and the topic no longer holds offsets from `from` on: it may have been
+    /// deleted by retention.
+    Expired {
+        log_start: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the topic could not be read to its end within {SCAN_LIMIT:?}")]
+    TooSlow,
+}
+
+/// Reads partition 0 of `topic` (read_committed) from `from` to its end, looking for the reply
+/// to `message_id`. Blocking: run it via [`blocking`].
+fn find_reply(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    message_id: &str,
+    from: i64,
+) -> Result<Lookup, LookupError> {
+    let consumer: BaseConsumer<kafka::QuietEof> = kafka::client_config(bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create_with_context(kafka::QuietEof)?;
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    let missing = || {
+        if from < low {
+            Lookup::Expired { log_start: low }
+        } else {
+            Lookup::NotYet
+        }
+    };
+    let start = from.max(low);
+    if start >= high {
+        return Ok(missing());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(start))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + SCAN_LIMIT;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                if reply_message_id(key) != message_id {
+                    continue;
+                }
+                if let Ok(v) = TypedValue::decode(m.payload().unwrap_or_default()) {
+                    return Ok(Lookup::Found(Reply {
+                        typename: v.typename,
+                        value: v.value,
+                    }));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(missing()),
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                return Ok(missing())
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Err(LookupError::TooSlow)
+}
+
+/// The message id a reply record's key (its caller id) answers.
+fn reply_message_id(caller_id: &str) -> String {
+    match IngressCaller::parse_id(caller_id) {
+        Some(c) => c.message_id().to_string(),
+        None => caller_id.to_string(),
     }
 }
 
@@ -279,5 +448,12 @@ mod tests {
         }
         assert_eq!(seen.map.len(), SEEN_MAX);
         assert!(!seen.map.contains_key("0"));
+    }
+
+    #[test]
+    fn a_reply_record_answers_the_message_its_caller_id_names() {
+        assert_eq!(reply_message_id("w1~m1"), "m1");
+        assert_eq!(reply_message_id("no-caller-id"), "no-caller-id");
+        assert_eq!(reply_url("m1", 42), "/replies/m1?from=42");
     }
 }

@@ -89,7 +89,14 @@ impl Task {
         blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
 
         let mut store = PartitionStore::open(&shared.db, p)?;
-        let replayed = restore::catch_up(&shared.bootstrap, &cfg.topic_state(), p, &store).await?;
+        let restored = restore::catch_up(
+            &shared.bootstrap,
+            &cfg.topic_state(),
+            p,
+            &store,
+            shared.state_delete_retention,
+        )
+        .await?;
         shared.metrics.set_state_size(p, store.measure()?);
 
         let label = p.to_string();
@@ -134,7 +141,8 @@ impl Task {
         m.restore_seconds.with_label_values(&[&label]).set(secs);
         tracing::info!(
             partition = p,
-            replayed,
+            from = restored.from,
+            replayed = restored.replayed,
             delayed = core.delayed(),
             parked = core.parked(),
             "partition restored in {:.3}s",

@@ -86,24 +86,29 @@ pub async fn run(
             partitions: n,
             compacted: false,
             exact_partitions: true,
+            retention: None,
         },
         TopicSpec {
             name: cfg.topic_state(),
             partitions: n,
             compacted: true,
             exact_partitions: true,
+            retention: None,
         },
         TopicSpec {
             name: cfg.topic_dead_letters(),
             partitions: 1,
             compacted: false,
             exact_partitions: false,
+            retention: None,
         },
         TopicSpec {
             name: cfg.topic_replies(),
             partitions: 1,
             compacted: false,
             exact_partitions: false,
+            // How long `GET /replies/<id>?from=..` finds a late reply (docs/design.md).
+            retention: Some(cfg.reply_retention),
         },
     ];
     // Ingress topic -> the first ingress in module.yaml naming it, whose consumer settings
@@ -116,6 +121,7 @@ pub async fn run(
         partitions: cfg.topic_partitions.get() as i32,
         compacted: false,
         exact_partitions: false,
+        retention: None,
     });
     for (i, ing) in module.ingresses.iter().enumerate() {
         for t in &ing.topics {
@@ -128,10 +134,18 @@ pub async fn run(
                 partitions: cfg.topic_partitions.get() as i32,
                 compacted: false,
                 exact_partitions: false,
+                retention: None,
             });
         }
     }
     kafka::ensure_topics(&bootstrap, &topics, cfg.replication_factor).await?;
+    let state_delete_retention = kafka::delete_retention(&bootstrap, &cfg.topic_state()).await?;
+    tracing::info!(
+        topic = %cfg.topic_state(),
+        delete_retention_ms = state_delete_retention.as_millis() as u64,
+        max_checkpoint_age_s = crate::restore::max_checkpoint_age(state_delete_retention).as_secs(),
+        "local checkpoints older than max_checkpoint_age_s are replayed from the changelog's start"
+    );
 
     let data = cfg.data_dir.join(&worker_id);
     let db = sled::Config::new()
@@ -165,6 +179,7 @@ pub async fn run(
         metrics,
         db,
         txn_timeout,
+        state_delete_retention,
         known_topics: Default::default(),
         phases: Default::default(),
         assigned_at: Mutex::new(None),
@@ -232,11 +247,14 @@ pub async fn run(
                             shared.metrics.partitions_owned.dec();
                         }
                         stop.cancel();
-                        stopping.push(handle);
+                        stopping.push((key, handle));
                     }
                 }
-                for h in stopping {
+                for ((topic, p), h) in stopping {
                     let _ = h.await;
+                    if topic == shared.cfg.topic_messages() {
+                        drop_checkpoint(&shared, p).await;
+                    }
                 }
                 let _ = ack.send(());
             }
@@ -260,6 +278,31 @@ pub async fn run(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Drops the local checkpoint of partition `p`, given up to another worker: whatever that
+/// worker deletes may reach the changelog only as tombstones that compaction removes, so this
+/// checkpoint could bring deleted state back if the partition returns (docs/design.md,
+/// "Restore"). Its task has stopped, so nothing else uses the tree; this runs before the
+/// revocation is acknowledged, so a later assignment of `p` opens a new tree. Not on
+/// shutdown or a crash: the worker still owned the partition then.
+async fn drop_checkpoint(shared: &Arc<Shared>, p: i32) {
+    let db = shared.db.clone();
+    match tokio::task::spawn_blocking(move || crate::store::drop_partition(&db, p)).await {
+        Ok(Ok(dropped)) => {
+            tracing::info!(
+                partition = p,
+                dropped,
+                "partition given up: local checkpoint dropped"
+            )
+        }
+        Ok(Err(e)) => tracing::warn!(
+            partition = p,
+            "partition given up, but dropping its local checkpoint failed (a later restore may \
+             still refuse it by age): {e}"
+        ),
+        Err(e) => tracing::warn!(partition = p, "dropping a local checkpoint panicked: {e}"),
+    }
 }
 
 /// The HTTP ingress's listener: an address given must be free; the default is taken only
