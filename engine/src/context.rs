@@ -12,6 +12,7 @@ use rdkafka::producer::FutureProducer;
 use crate::config::EngineConfig;
 use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::module::Module;
 
@@ -37,6 +38,9 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `transaction.timeout.ms` of the processors' producers.
     pub txn_timeout: Duration,
+    /// The largest record each topic we produce to takes (egress topics learned as they are
+    /// ensured).
+    pub(crate) limits: Limits,
     pub(crate) known_topics: tokio::sync::Mutex<HashSet<String>>,
     pub(crate) phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
     /// When the group last changed this worker's partitions (`None`: not yet).
@@ -82,7 +86,9 @@ impl Shared {
         v
     }
 
-    /// Creates an egress topic on first use (an existing one is left as it is).
+    /// Creates an egress topic on first use (an existing one is left as it is) and learns
+    /// its size limit: the records decided before that were checked against the broker's
+    /// default.
     pub async fn ensure_topic(&self, topic: &str) -> Result<(), kafka::TopicError> {
         let mut known = self.known_topics.lock().await;
         if known.contains(topic) {
@@ -95,6 +101,12 @@ impl Shared {
             exact_partitions: false,
         };
         kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
+        if let Some(&max) = kafka::max_message_bytes(&self.bootstrap, &[topic])
+            .await?
+            .first()
+        {
+            self.limits.learn_egress(topic, max);
+        }
         known.insert(topic.to_string());
         Ok(())
     }

@@ -32,11 +32,16 @@ pub enum DeadLetterKind {
     /// The function's state specs cannot be registered (a type changed, a carried state
     /// reported missing).
     StateSpec,
+    /// A record would exceed its topic's size limit (an ingress record's envelope, a
+    /// function's message, reply, delayed message or egress record).
+    TooLarge,
+    /// An address's state would exceed the state topic's size limit after a response.
+    StateTooLarge,
 }
 
 impl DeadLetterKind {
     /// Every kind, in the README's order.
-    pub const ALL: [DeadLetterKind; 13] = [
+    pub const ALL: [DeadLetterKind; 15] = [
         DeadLetterKind::NoKey,
         DeadLetterKind::KeyNotUtf8,
         DeadLetterKind::CallbackContentType,
@@ -50,6 +55,8 @@ impl DeadLetterKind {
         DeadLetterKind::FunctionGarbage,
         DeadLetterKind::BadResponse,
         DeadLetterKind::StateSpec,
+        DeadLetterKind::TooLarge,
+        DeadLetterKind::StateTooLarge,
     ];
 
     /// The header value and metric label.
@@ -68,6 +75,8 @@ impl DeadLetterKind {
             DeadLetterKind::FunctionGarbage => "function-garbage",
             DeadLetterKind::BadResponse => "bad-response",
             DeadLetterKind::StateSpec => "state-spec",
+            DeadLetterKind::TooLarge => "too-large",
+            DeadLetterKind::StateTooLarge => "state-too-large",
         }
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use keyflow_sdk::{
-    Address, Context, Error, FunctionSpec, KafkaRecord, Message, StatefulFunctions, Type,
-    TypeName, ValueSpec,
+    Address, Context, Error, FunctionSpec, KafkaRecord, Message, StatefulFunctions, Type, TypeName,
+    ValueSpec,
 };
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -25,7 +25,8 @@ const BLOB: ValueSpec<String> = ValueSpec::new("blob", Type::string());
 const BROKER_LIMIT: usize = 1_048_588;
 
 /// sizer: `msg:<n>` sends an n-byte message to another address, `egress:<n>` emits an n-byte
-/// egress record, `state:<n>` sets its state to n bytes; anything else emits
+/// egress record, `state:<n>` sets its state to n bytes (and emits `set:<id>:<n>`); anything
+/// else emits
 /// `got:<id>:<value length>:<state length>`.
 fn functions(topic: String) -> StatefulFunctions {
     StatefulFunctions::new().with(
@@ -39,9 +40,18 @@ fn functions(topic: String) -> StatefulFunctions {
                 let to = Address::new("test", "sizer", format!("{id}-sink"));
                 ctx.send(to, Message::string("m".repeat(n)));
             } else if let Some(n) = size("egress:") {
-                ctx.egress(&OUT, KafkaRecord::new(topic.clone()).key(id).value(vec![b'e'; n]));
+                ctx.egress(
+                    &OUT,
+                    KafkaRecord::new(topic.clone()).key(id).value(vec![b'e'; n]),
+                );
             } else if let Some(n) = size("state:") {
                 ctx.storage().set(&BLOB, &"s".repeat(n))?;
+                ctx.egress(
+                    &OUT,
+                    KafkaRecord::new(topic.clone())
+                        .key(id.clone())
+                        .string_value(format!("set:{id}:{n}")),
+                );
             } else {
                 let state = ctx.storage().get(&BLOB)?.unwrap_or_default().len();
                 ctx.egress(
@@ -95,6 +105,21 @@ fn produce_large(topic: &str, records: &[(&str, Vec<u8>)]) {
         // One record per batch: the broker's limit applies to the batch.
         p.flush(Duration::from_secs(30)).expect("acknowledged");
     }
+}
+
+/// Waits until `topic` holds `count` dead letters of `kind` whose key ends with `id`.
+fn wait_dead(topic: &str, kind: &str, id: &str, count: usize) -> Vec<Record> {
+    let matching = |r: &[Record]| {
+        r.iter()
+            .filter(|d| {
+                d.headers.get("keyflow.reason-kind").map(String::as_str) == Some(kind)
+                    && d.key.as_deref().is_some_and(|k| k.ends_with(id))
+            })
+            .count()
+    };
+    let dead = wait_for(topic, Duration::from_secs(60), |r| matching(r) >= count);
+    assert_eq!(matching(&dead), count, "{kind} dead letters for {id}");
+    dead
 }
 
 fn got(out: &[Record], id: &str) -> Option<String> {
@@ -166,15 +191,18 @@ fn oversized_records_are_dead_lettered_and_nothing_stops() {
     );
 
     // (b) A function's message and egress record over the limit; the next input is processed.
+    // (A response answers a whole batch: each oversized input goes alone, so that nothing
+    // else shares its batch's fate.)
     let over = (BROKER_LIMIT + 10_000).to_string();
-    produce_str(
-        &input,
-        &[
-            ("b1", &format!("msg:{over}")),
-            ("b1", &format!("egress:{over}")),
-            ("b1", "after"),
-        ],
+    produce_str(&input, &[("b1", &format!("msg:{over}"))]);
+    wait_dead(&dead_topic, "too-large", "b1", 1);
+    produce_str(&input, &[("b1", &format!("egress:{over}"))]);
+    let dead = wait_dead(&dead_topic, "too-large", "b1", 2);
+    assert!(
+        dead.iter().all(|r| r.value.len() <= 65_536),
+        "dead letters are truncated"
     );
+    produce_str(&input, &[("b1", "after")]);
     let recs = wait_for(&out, Duration::from_secs(60), |r| got(r, "b1").is_some());
     assert_eq!(
         got(&recs, "b1").as_deref(),
@@ -188,14 +216,24 @@ fn oversized_records_are_dead_lettered_and_nothing_stops() {
     );
 
     // (c) State over the state topic's limit: dead-lettered, the state is unchanged.
-    produce_str(
-        &input,
-        &[
-            ("c1", "state:3"),
-            ("c1", &format!("state:{over}")),
-            ("c1", "after"),
-        ],
+    produce_str(&input, &[("c1", "state:3")]);
+    wait_for(&out, Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.value_str() == "set:c1:3")
+    });
+    produce_str(&input, &[("c1", &format!("state:{over}"))]);
+    let dead = wait_dead(&dead_topic, "state-too-large", "c1", 1);
+    let dl = dead
+        .iter()
+        .find(|r| {
+            r.headers.get("keyflow.reason-kind").map(String::as_str) == Some("state-too-large")
+        })
+        .unwrap();
+    assert!(
+        dl.headers["keyflow.reason"].contains("test/sizer/c1"),
+        "{:?}",
+        dl.headers
     );
+    produce_str(&input, &[("c1", "after")]);
     let recs = wait_for(&out, Duration::from_secs(60), |r| got(r, "c1").is_some());
     assert_eq!(
         got(&recs, "c1").as_deref(),
@@ -203,32 +241,7 @@ fn oversized_records_are_dead_lettered_and_nothing_stops() {
         "state over the limit is refused and the earlier state kept:\n{}",
         engine.log_tail(30)
     );
-
-    let dead = wait_for(&dead_topic, Duration::from_secs(30), |r| r.len() >= 4);
-    let kinds: Vec<(String, String)> = dead
-        .iter()
-        .map(|r| {
-            (
-                r.headers
-                    .get("keyflow.reason-kind")
-                    .cloned()
-                    .unwrap_or_default(),
-                r.key.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    let count = |kind: &str, key: &str| {
-        kinds
-            .iter()
-            .filter(|(k, id)| k == kind && id.ends_with(key))
-            .count()
-    };
-    assert_eq!(count("too-large", "b1"), 2, "{kinds:?}");
-    assert_eq!(count("state-too-large", "c1"), 1, "{kinds:?}");
-    assert!(
-        dead.iter().all(|r| r.value.len() <= 65_536),
-        "dead letters are truncated"
-    );
+    assert!(!recs.iter().any(|r| r.value_str().starts_with("set:c1:10")));
 
     // (d) HTTP: a body that fits its envelope is taken (it was 503 above 1,000,000 bytes); a
     // body that cannot fit is 413 with the limit named, not 503.

@@ -125,6 +125,7 @@ impl Task {
             messages_topic: bound.messages.clone(),
             module: shared.module.clone(),
             idempotency_retention: cfg.idempotency_retention,
+            limits: shared.limits.clone(),
         };
         let core = PartitionCore::restore(core_cfg, CoreMetrics::bind(m, p), store)?;
         let secs = started.elapsed().as_secs_f64();

@@ -5,7 +5,8 @@
 //!
 //! The files follow the protocol checklist: `requests.rs` (StateFun's RequestReplyFunction:
 //! batching, state, specs, effects), `delayed.rs` (delayed messages and cancellation),
-//! `failures.rs` (the function failing), `admission.rs` (dead letters before a function sees a
+//! `failures.rs` (the function failing), `limits.rs` (records and state over the topics'
+//! size limits), `admission.rs` (dead letters before a function sees a
 //! message), `callbacks.rs`, `idempotency.rs`, `parking.rs` (inboxes across epochs and
 //! restores), `reads.rs` (forwarded reads, state expiry), `epoch_rule.rs` (when an epoch
 //! closes) and `sdk.rs` (real SDK functions behind the fake transport).
@@ -40,6 +41,7 @@ mod delayed;
 mod epoch_rule;
 mod failures;
 mod idempotency;
+mod limits;
 mod parking;
 mod reads;
 mod requests;
@@ -61,6 +63,8 @@ pub struct Setup {
     /// The endpoint's `maxNumBatchRequests`.
     pub max_batch: usize,
     pub retention: Duration,
+    /// The topics' record limits.
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for Setup {
@@ -70,6 +74,7 @@ impl Default for Setup {
             partitions: 1,
             max_batch: 100,
             retention: Duration::from_secs(60),
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -113,6 +118,7 @@ impl Harness {
             messages_topic: "t-messages".into(),
             module: Arc::new(module),
             idempotency_retention: setup.retention,
+            limits: setup.limits.clone(),
         };
         let metrics = Metrics::new();
         let core = Self::open_core(&db, &cfg, &metrics);
