@@ -104,7 +104,7 @@ pub struct EngineConfig {
 
     /// Largest HTTP ingress request body, in bytes (larger: 413). Default: what fits in a
     /// message envelope on `<cluster>-messages` (its max.message.bytes less record framing
-    /// and 4 KiB for the envelope's other fields; 1,044,236 with Kafka's defaults). A larger
+    /// and 4 KiB for the envelope's other fields; 1,043,980 with Kafka's defaults). A larger
     /// value is lowered to that at startup, with a warning.
     #[arg(long, env = "KEYFLOW_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,

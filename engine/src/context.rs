@@ -101,11 +101,17 @@ impl Shared {
             exact_partitions: false,
         };
         kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
-        if let Some(&max) = kafka::max_message_bytes(&self.bootstrap, &[topic])
-            .await?
-            .first()
-        {
-            self.limits.learn_egress(topic, max);
+        // Best effort: without DescribeConfigs the broker's default stays the limit.
+        match kafka::max_message_bytes(&self.bootstrap, &[topic]).await {
+            Ok(max) => {
+                if let Some(&max) = max.first() {
+                    self.limits.learn_egress(topic, max);
+                }
+            }
+            Err(e) => tracing::warn!(
+                topic,
+                "reading the egress topic's max.message.bytes failed ({e}); its records are checked against the broker's default"
+            ),
         }
         known.insert(topic.to_string());
         Ok(())

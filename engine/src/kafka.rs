@@ -121,9 +121,41 @@ pub async fn max_message_bytes(bootstrap: &str, topics: &[&str]) -> Result<Vec<u
     Ok(out)
 }
 
-/// The broker's `message.max.bytes`: the limit of topics that set none (Kafka's default when
-/// it cannot be read).
-pub async fn broker_max_message_bytes(bootstrap: &str) -> Result<usize, TopicError> {
+/// The names of the cluster's topics (Kafka's internal ones left out).
+pub async fn topic_names(bootstrap: &str) -> Result<Vec<String>, TopicError> {
+    let admin = client_config(bootstrap).create::<AdminClient<DefaultClientContext>>()?;
+    let names = blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(20))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .filter(|n| !n.starts_with("__"))
+                    .collect::<Vec<_>>()
+            })
+    })
+    .await?;
+    Ok(names)
+}
+
+/// The broker's `message.max.bytes`: the limit of topics that set none (Kafka's default, with
+/// a warning, when it cannot be read).
+pub async fn broker_max_message_bytes(bootstrap: &str) -> usize {
+    match read_broker_max_message_bytes(bootstrap).await {
+        Ok(n) => n,
+        Err(e) => {
+            let n = crate::limits::KAFKA_DEFAULT_MAX_MESSAGE_BYTES;
+            tracing::warn!(
+                "reading the broker's message.max.bytes failed ({e}); assuming Kafka's default {n}"
+            );
+            n
+        }
+    }
+}
+
+async fn read_broker_max_message_bytes(bootstrap: &str) -> Result<usize, TopicError> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
     let md_admin = client_config(bootstrap).create::<AdminClient<DefaultClientContext>>()?;
     let broker = blocking(move || {

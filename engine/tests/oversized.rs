@@ -25,7 +25,7 @@ const BLOB: ValueSpec<String> = ValueSpec::new("blob", Type::string());
 const BROKER_LIMIT: usize = 1_048_588;
 
 /// sizer: `msg:<n>` sends an n-byte message to another address, `egress:<n>` emits an n-byte
-/// egress record, `state:<n>` sets its state to n bytes (and emits `set:<id>:<n>`); anything
+/// egress record (`big-egress:<n>`: to `big-<topic>`), `state:<n>` sets its state to n bytes (and emits `set:<id>:<n>`); anything
 /// else emits
 /// `got:<id>:<value length>:<state length>`.
 fn functions(topic: String) -> StatefulFunctions {
@@ -44,6 +44,9 @@ fn functions(topic: String) -> StatefulFunctions {
                     &OUT,
                     KafkaRecord::new(topic.clone()).key(id).value(vec![b'e'; n]),
                 );
+            } else if let Some(n) = size("big-egress:") {
+                let big = format!("big-{topic}");
+                ctx.egress(&OUT, KafkaRecord::new(big).key(id).value(vec![b'g'; n]));
             } else if let Some(n) = size("state:") {
                 ctx.storage().set(&BLOB, &"s".repeat(n))?;
                 ctx.egress(
@@ -122,6 +125,24 @@ fn wait_dead(topic: &str, kind: &str, id: &str, count: usize) -> Vec<Record> {
     dead
 }
 
+/// Creates `topic` with `max.message.bytes` = `max`.
+fn create_topic(topic: &str, max: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let max = max.to_string();
+    let topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", &max);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt
+        .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
 fn got(out: &[Record], id: &str) -> Option<String> {
     let prefix = format!("got:{id}:");
     out.iter()
@@ -137,6 +158,10 @@ fn oversized_records_are_dead_lettered_and_nothing_stops() {
     let server = FunctionServer::start(functions(out.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, server.port));
+    // An egress topic that takes records larger than the broker's default, existing before
+    // the worker starts.
+    let big_topic = format!("big-{out}");
+    create_topic(&big_topic, 3_000_000);
     // One partition: every input below shares the partition of the records before it.
     let mut engine = Engine::start(&module, &run, "w1", &dir, &["--partitions", "1"]);
     engine.wait_ready(Duration::from_secs(90));
@@ -242,6 +267,17 @@ fn oversized_records_are_dead_lettered_and_nothing_stops() {
         engine.log_tail(30)
     );
     assert!(!recs.iter().any(|r| r.value_str().starts_with("set:c1:10")));
+
+    // (e) An egress topic whose own limit is larger takes a record over the broker's default
+    // (our producers' message.max.bytes is not the smaller limit).
+    produce_str(&input, &[("e1", "big-egress:1500000")]);
+    let big = wait_for(&big_topic, Duration::from_secs(60), |r| !r.is_empty());
+    assert_eq!(
+        big.iter().map(|r| r.value.len()).collect::<Vec<_>>(),
+        [1_500_000],
+        "{}",
+        engine.log_tail(30)
+    );
 
     // (d) HTTP: a body that fits its envelope is taken (it was 503 above 1,000,000 bytes); a
     // body that cannot fit is 413 with the limit named, not 503.

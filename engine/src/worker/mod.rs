@@ -268,7 +268,7 @@ pub async fn run(
 /// The largest record each engine topic takes (limits.rs), from the broker's configs, and the
 /// HTTP body limit that follows: `--max-request-bytes` never exceeds what fits an envelope.
 async fn learn_limits(bootstrap: &str, cfg: &EngineConfig) -> Result<Limits, WorkerError> {
-    let broker = kafka::broker_max_message_bytes(bootstrap).await?;
+    let broker = kafka::broker_max_message_bytes(bootstrap).await;
     let names = [
         cfg.topic_messages(),
         cfg.topic_state(),
@@ -282,6 +282,25 @@ async fn learn_limits(bootstrap: &str, cfg: &EngineConfig) -> Result<Limits, Wor
     limits.state = record_limit(max[1]);
     limits.replies = record_limit(max[2]);
     limits.dead_letters = record_limit(max[3]);
+    // Egress topics are named per record; those that exist already are learned now, so a
+    // topic with a larger limit than the broker's default takes its first large record.
+    let known = match kafka::topic_names(bootstrap).await {
+        Ok(all) => {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            kafka::max_message_bytes(bootstrap, &refs)
+                .await
+                .map(|max| all.into_iter().zip(max).collect::<Vec<_>>())
+        }
+        Err(e) => Err(e),
+    };
+    match known {
+        Ok(known) => {
+            for (topic, max) in known {
+                limits.learn_egress(&topic, max);
+            }
+        }
+        Err(e) => tracing::warn!("reading the topics' max.message.bytes failed ({e}); egress records are checked against the broker's default until their topic is first used"),
+    }
     let fits = limits.http_body_fits();
     limits.http_body = match cfg.max_request_bytes {
         None => fits,
