@@ -402,7 +402,7 @@ impl PartitionCore {
 
     /// A dead letter cut to fit `<cluster>-deadletters` (a prefix of its value, with its
     /// size in `keyflow.size`), then into the outbox.
-    pub(super) fn push_dead_letter(&mut self, mut dl: DeadLetter) {
+    fn push_dead_letter(&mut self, mut dl: DeadLetter) {
         self.metrics
             .dead_letters
             .with_label_values(&[dl.kind.as_str()])

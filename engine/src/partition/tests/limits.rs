@@ -216,3 +216,30 @@ fn a_small_dead_letter_is_not_marked_truncated() {
     assert!(dl.headers.iter().all(|(k, _)| *k != "keyflow.truncated"));
     assert_eq!(dl.value.as_deref(), Some(text("v").value.as_ref()));
 }
+
+#[test]
+fn an_answer_the_core_builds_itself_that_would_not_fit_is_dead_lettered_alone() {
+    let mut limits = Limits::uniform(LIMIT + RECORD_OVERHEAD);
+    limits.replies = 1000;
+    let mut h = Harness::with(Setup {
+        limits,
+        ..Setup::default()
+    });
+    h.register_specs(vec![spec("seen", builtin::STRING)]);
+    h.deliver(msg("a", "x"));
+    h.answer_next(|_| mutating(vec![modify("seen", big(2000))]));
+    assert!(h.take_outputs().is_empty(), "the state fits its own topic");
+    // A forwarded read: the owner answers with the state as JSON, over the replies limit.
+    h.deliver(Envelope {
+        introspect: "state".into(),
+        caller: Some(http_caller("r1")),
+        argument: None,
+        ..msg("a", "")
+    });
+    let out = h.take_outputs();
+    assert!(replies(&out).is_empty(), "{out:?}");
+    assert_eq!(kinds(&out), [DeadLetterKind::TooLarge]);
+    assert!(dead_letters(&out)[0].reason.contains("reply"));
+    h.deliver(msg("a", "next"));
+    assert_eq!(h.requests().len(), 1, "the address goes on");
+}
