@@ -132,9 +132,12 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_REPLY_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub reply_retention: Duration,
 
-    /// Largest HTTP ingress request body, in bytes (larger: 413).
-    #[arg(long, env = "KEYFLOW_MAX_REQUEST_BYTES", default_value = "1048576")]
-    pub max_request_bytes: usize,
+    /// Largest HTTP ingress request body, in bytes (larger: 413). Default: what fits in a
+    /// message envelope on `<cluster>-messages` (its max.message.bytes less record framing
+    /// and 4 KiB for the envelope's other fields; 1,043,980 with Kafka's defaults). A larger
+    /// value is lowered to that at startup, with a warning.
+    #[arg(long, env = "KEYFLOW_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
 
     /// Replication factor of the topics the engine creates (-1: the broker's default).
     #[arg(long, env = "KEYFLOW_REPLICATION_FACTOR", default_value = "-1")]

@@ -12,6 +12,7 @@ use rdkafka::producer::FutureProducer;
 use crate::config::EngineConfig;
 use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::module::Module;
 
@@ -40,6 +41,9 @@ pub struct Shared {
     /// `delete.retention.ms` of `<cluster>-state`, read at start: how old a local checkpoint
     /// may be and still be replayed from (`restore::stale_checkpoint`).
     pub state_delete_retention: Duration,
+    /// The largest record each topic we produce to takes (egress topics learned as they are
+    /// ensured).
+    pub(crate) limits: Limits,
     pub(crate) known_topics: tokio::sync::Mutex<HashSet<String>>,
     pub(crate) phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
     /// When the group last changed this worker's partitions (`None`: not yet).
@@ -85,7 +89,9 @@ impl Shared {
         v
     }
 
-    /// Creates an egress topic on first use (an existing one is left as it is).
+    /// Creates an egress topic on first use (an existing one is left as it is) and learns
+    /// its size limit: the records decided before that were checked against the broker's
+    /// default.
     pub async fn ensure_topic(&self, topic: &str) -> Result<(), kafka::TopicError> {
         let mut known = self.known_topics.lock().await;
         if known.contains(topic) {
@@ -99,6 +105,18 @@ impl Shared {
             retention: None,
         };
         kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
+        // Best effort: without DescribeConfigs the broker's default stays the limit.
+        match kafka::max_message_bytes(&self.bootstrap, &[topic]).await {
+            Ok(max) => {
+                if let Some(&max) = max.first() {
+                    self.limits.learn_egress(topic, max);
+                }
+            }
+            Err(e) => tracing::warn!(
+                topic,
+                "reading the egress topic's max.message.bytes failed ({e}); its records are checked against the broker's default"
+            ),
+        }
         known.insert(topic.to_string());
         Ok(())
     }

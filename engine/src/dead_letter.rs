@@ -35,11 +35,16 @@ pub enum DeadLetterKind {
     /// The target address already holds `--max-inbox-messages` or `--max-inbox-bytes` of
     /// messages waiting (its function is slow or down).
     InboxFull,
+    /// A record would exceed its topic's size limit (an ingress record's envelope, a
+    /// function's message, reply, delayed message or egress record).
+    TooLarge,
+    /// An address's state would exceed the state topic's size limit after a response.
+    StateTooLarge,
 }
 
 impl DeadLetterKind {
     /// Every kind, in the README's order.
-    pub const ALL: [DeadLetterKind; 14] = [
+    pub const ALL: [DeadLetterKind; 16] = [
         DeadLetterKind::NoKey,
         DeadLetterKind::KeyNotUtf8,
         DeadLetterKind::CallbackContentType,
@@ -54,6 +59,8 @@ impl DeadLetterKind {
         DeadLetterKind::BadResponse,
         DeadLetterKind::StateSpec,
         DeadLetterKind::InboxFull,
+        DeadLetterKind::TooLarge,
+        DeadLetterKind::StateTooLarge,
     ];
 
     /// The header value and metric label.
@@ -73,6 +80,8 @@ impl DeadLetterKind {
             DeadLetterKind::BadResponse => "bad-response",
             DeadLetterKind::StateSpec => "state-spec",
             DeadLetterKind::InboxFull => "inbox-full",
+            DeadLetterKind::TooLarge => "too-large",
+            DeadLetterKind::StateTooLarge => "state-too-large",
         }
     }
 }

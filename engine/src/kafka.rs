@@ -78,6 +78,10 @@ pub fn transactional_producer(
         .set("transaction.timeout.ms", txn_ms.to_string())
         .set("message.timeout.ms", txn_ms.min(300_000).to_string())
         .set("linger.ms", "1")
+        .set(
+            "message.max.bytes",
+            crate::limits::PRODUCER_MESSAGE_MAX_BYTES.to_string(),
+        )
         .set("queue.buffering.max.messages", "1000000")
         // A transaction's first produce to a partition (AddPartitionsToTxn) is refused with
         // CONCURRENT_TRANSACTIONS while the broker still writes the previous commit's
@@ -94,7 +98,95 @@ pub fn plain_producer(bootstrap: &str) -> Result<FutureProducer, KafkaError> {
     client_config(bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "1")
+        .set(
+            "message.max.bytes",
+            crate::limits::PRODUCER_MESSAGE_MAX_BYTES.to_string(),
+        )
         .create()
+}
+
+/// The `max.message.bytes` of each of `topics`, in order (Kafka's default when a topic's
+/// value cannot be read).
+pub async fn max_message_bytes(bootstrap: &str, topics: &[&str]) -> Result<Vec<usize>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = admin.describe_configs(&specs, &opts).await?;
+    let mut out = Vec::with_capacity(topics.len());
+    for (topic, result) in topics.iter().zip(results) {
+        let resource = result.map_err(|code| TopicError::DescribeConfig {
+            topic: topic.to_string(),
+            code,
+        })?;
+        out.push(config_bytes(&resource, "max.message.bytes"));
+    }
+    Ok(out)
+}
+
+/// The names of the cluster's topics (Kafka's internal ones left out).
+pub async fn topic_names(bootstrap: &str) -> Result<Vec<String>, TopicError> {
+    let admin = client_config(bootstrap).create::<AdminClient<DefaultClientContext>>()?;
+    let names = blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(20))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .filter(|n| !n.starts_with("__"))
+                    .collect::<Vec<_>>()
+            })
+    })
+    .await?;
+    Ok(names)
+}
+
+/// The broker's `message.max.bytes`: the limit of topics that set none (Kafka's default, with
+/// a warning, when it cannot be read).
+pub async fn broker_max_message_bytes(bootstrap: &str) -> usize {
+    match read_broker_max_message_bytes(bootstrap).await {
+        Ok(n) => n,
+        Err(e) => {
+            let n = crate::limits::KAFKA_DEFAULT_MAX_MESSAGE_BYTES;
+            tracing::warn!(
+                "reading the broker's message.max.bytes failed ({e}); assuming Kafka's default {n}"
+            );
+            n
+        }
+    }
+}
+
+async fn read_broker_max_message_bytes(bootstrap: &str) -> Result<usize, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let md_admin = client_config(bootstrap).create::<AdminClient<DefaultClientContext>>()?;
+    let broker = blocking(move || {
+        md_admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(20))
+            .map(|md| md.brokers().first().map(|b| b.id()))
+    })
+    .await?;
+    let Some(broker) = broker else {
+        return Ok(crate::limits::KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
+    };
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .describe_configs(&[ResourceSpecifier::Broker(broker)], &opts)
+        .await?;
+    Ok(match results.into_iter().next() {
+        Some(Ok(resource)) => config_bytes(&resource, "message.max.bytes"),
+        _ => crate::limits::KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+    })
+}
+
+fn config_bytes(resource: &rdkafka::admin::ConfigResource, name: &str) -> usize {
+    resource
+        .get(name)
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(crate::limits::KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
 }
 
 /// Runs a blocking Kafka call off the async threads.

@@ -17,6 +17,7 @@
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`kafka`]: client settings, transactional producers, topics.
+//! - [`limits`]: how large a record each topic takes (checked before anything is produced).
 //! - [`dead_letter`]: why a record was dead-lettered (`DeadLetterKind`).
 //! - [`envelope`]: the engine's addressing inside envelopes (HTTP callers, callbacks, reads).
 //! - [`introspect`]: an address's state and pending delayed messages as JSON (pure).
@@ -42,6 +43,7 @@ pub(crate) mod http;
 pub(crate) mod introspect;
 pub(crate) mod invoker;
 pub mod kafka;
+pub(crate) mod limits;
 pub(crate) mod metrics;
 pub mod module;
 pub(crate) mod partition;

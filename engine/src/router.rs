@@ -4,8 +4,9 @@
 //! them to `<cluster>-messages` at the target's partition, and commits the ingress offset in
 //! the same transaction (`transactional.id = <cluster>-ingress-<topic>-<partition>`).
 //!
-//! A record with no key, or a key that is not UTF-8, cannot name a function: it goes to the
-//! dead-letter topic with the reason, and routing goes on.
+//! A record with no key, or a key that is not UTF-8, cannot name a function, and a record
+//! whose envelope would not fit `<cluster>-messages` cannot be routed: it goes to the
+//! dead-letter topic with the reason (its value cut to fit, `limits.rs`), and routing goes on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use crate::context::Shared;
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::Envelope;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
+use crate::limits;
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partitioner::partition_for;
 use crate::supervisor::{supervise, PartitionTask};
@@ -193,8 +195,11 @@ impl Router {
                 .map(bytes::Bytes::copy_from_slice)
                 .unwrap_or_default(),
         };
-        for (i, target) in route.targets.iter().enumerate() {
-            let env = Envelope {
+        let envelopes: Vec<Envelope> = route
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, target)| Envelope {
                 target: Some(Address::new(
                     target.namespace.clone(),
                     target.name.clone(),
@@ -205,7 +210,16 @@ impl Router {
                 message_id: format!("{origin}/{i}"),
                 origin: origin.clone(),
                 ..Default::default()
-            };
+            })
+            .collect();
+        // All targets or none: a record whose envelope would not fit is refused as a whole.
+        let largest = envelopes.iter().map(|e| e.encoded_len()).max().unwrap_or(0);
+        if let Some(reason) = self.too_large(&m, id.len() + largest) {
+            return self
+                .dead_letter(&m, &origin, DeadLetterKind::TooLarge, &reason)
+                .await;
+        }
+        for env in envelopes {
             let payload = env.encode_to_vec();
             kafka::send(
                 &self.producer,
@@ -233,19 +247,55 @@ impl Router {
             .as_ref()
             .map(|r| r.value_type.to_string())
             .unwrap_or_default();
+        let mut reason = reason.to_string();
+        limits::cut_reason(&mut reason);
+        let mut headers = vec![
+            ("keyflow.reason", reason.as_str()),
+            ("keyflow.reason-kind", kind.as_str()),
+            ("keyflow.origin", origin),
+            ("keyflow.typename", &typename),
+        ];
+        // The dead letter must fit its topic too: a prefix of the value, with its size.
+        let fitted = limits::fit_dead_letter(
+            self.shared.limits.dead_letters,
+            m.key(),
+            m.payload(),
+            &headers,
+        );
+        headers.extend(fitted.headers.iter().map(|(k, v)| (*k, v.as_str())));
         let dl = kafka::DeadLetter {
             kind: kind.as_str(),
-            reason,
-            headers: vec![("keyflow.origin", origin), ("keyflow.typename", &typename)],
+            reason: &reason,
+            headers: headers.split_off(2),
         };
-        kafka::send_dead_letter(&self.producer, &self.dead_letters, m.key(), m.payload(), dl)
-            .await?;
+        kafka::send_dead_letter(
+            &self.producer,
+            &self.dead_letters,
+            fitted.key.as_deref(),
+            fitted.value.as_deref(),
+            dl,
+        )
+        .await?;
         self.shared
             .metrics
             .dead_letters
             .with_label_values(&[kind.as_str()])
             .inc();
         Ok(())
+    }
+
+    /// Why record `m` cannot be routed: its envelope record of `size` bytes would exceed
+    /// `<cluster>-messages`' limit (the broker took the record, but the envelope adds the
+    /// target, ids and typename).
+    fn too_large(&self, m: &rdkafka::message::OwnedMessage, size: usize) -> Option<String> {
+        let limit = self.shared.limits.messages;
+        (size > limit).then(|| {
+            format!(
+                "the record's value is {} bytes and its message envelope {size} bytes, over the limit of {limit} bytes of `{}` (its max.message.bytes less record framing); send large data by reference",
+                m.payload().map_or(0, <[u8]>::len),
+                self.messages
+            )
+        })
     }
 
     /// Counts a record into the epoch (its offset is committed with it); returns its origin.
@@ -311,6 +361,11 @@ impl Router {
         };
         let partition = partition_for(&id, self.shared.cfg.partition_count());
         let payload = env.encode_to_vec();
+        if let Some(reason) = self.too_large(&m, id.len() + payload.len()) {
+            return self
+                .dead_letter(&m, &env.origin, DeadLetterKind::TooLarge, &reason)
+                .await;
+        }
         kafka::send(
             &self.producer,
             &self.messages,

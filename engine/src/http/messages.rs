@@ -150,13 +150,14 @@ fn content_typename(headers: &HeaderMap) -> Result<String, Rejection> {
     typename_of(content_type).map_err(|msg| Box::new(error(StatusCode::BAD_REQUEST, msg)))
 }
 
-/// The body, at most `--max-request-bytes` (413 otherwise).
+/// The body, at most `--max-request-bytes` (413 otherwise), which is never more than fits in
+/// a message envelope on `<cluster>-messages`.
 async fn read_body(ing: &Ingress, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
-    let limit = ing.shared.cfg.max_request_bytes;
+    let limit = ing.shared.limits.http_body;
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {limit} bytes (--max-request-bytes)"),
+            format!("the body is larger than {limit} bytes, the largest message this engine takes (--max-request-bytes, at most what fits in a record of the messages topic); send large data by reference"),
         )
     };
     let declared = headers
@@ -237,6 +238,16 @@ pub(super) async fn send_and_wait(
         (None, None)
     };
     let payload = env.encode_to_vec();
+    let limit = shared.limits.messages;
+    if id.len() + payload.len() > limit {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the message's envelope is {} bytes, over the limit of {limit} bytes of the messages topic; shorten the body, id or Content-Type",
+                id.len() + payload.len()
+            ),
+        )));
+    }
     let partition = partition_for(&id, shared.cfg.partition_count());
     let unwritten = |e: String| {
         error(

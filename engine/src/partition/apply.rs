@@ -1,9 +1,10 @@
 //! A validated response's effects ([`effects::Effects`], all or nothing), applied to the
 //! epoch: outgoing messages (callback-token registrations intercepted; replies to keyed HTTP
 //! requests kept for their repeats), delayed messages set and cancelled, egress records, and
-//! the address's new state.
+//! the address's new state. The response was checked against the topics' size limits before
+//! (`size.rs`): nothing here produces a record that would not fit.
 
-use keyflow_protocol::{callback, Address};
+use keyflow_protocol::{callback, Address, TypedValue};
 
 use super::core::{PartitionCore, Result};
 use super::dedup;
@@ -12,6 +13,22 @@ use super::timers::TimerId;
 use crate::envelope::{is_ingress_address, IngressCaller};
 use crate::internal::{CallbackToken, DelayedMessage, Envelope};
 use crate::{new_message_id, now_ms};
+
+/// The envelope a delayed message from `sender` is stored with and sent as.
+pub(super) fn delayed_envelope(
+    sender: &Address,
+    target: Address,
+    argument: TypedValue,
+) -> Envelope {
+    Envelope {
+        target: Some(target),
+        caller: Some(sender.clone()),
+        argument: Some(argument),
+        message_id: new_message_id(),
+        origin: format!("delayed by {sender}"),
+        ..Default::default()
+    }
+}
 
 impl PartitionCore {
     pub(super) fn apply_effects(
@@ -42,14 +59,7 @@ impl PartitionCore {
                     let id: TimerId = (fire_at, rand::random());
                     let msg = DelayedMessage {
                         fire_at_ms: fire_at,
-                        envelope: Some(Envelope {
-                            target: Some(target),
-                            caller: Some(sender.clone()),
-                            argument: Some(argument),
-                            message_id: new_message_id(),
-                            origin: format!("delayed by {sender}"),
-                            ..Default::default()
-                        }),
+                        envelope: Some(delayed_envelope(sender, target, argument)),
                         cancellation_token: token.clone().unwrap_or_default(),
                     };
                     self.store.put_delayed(id, &msg);

@@ -30,6 +30,7 @@ use super::timers::Timers;
 use crate::dead_letter::DeadLetterKind;
 use crate::envelope::is_ingress_address;
 use crate::internal::Envelope;
+use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
 use crate::module::Module;
 use crate::partitioner::partition_for;
@@ -53,6 +54,8 @@ pub(crate) struct CoreConfig {
     pub max_inbox_bytes: usize,
     /// Most bytes of envelopes the partition holds waiting; past it no input is taken.
     pub max_partition_queued_bytes: usize,
+    /// The largest record each produced topic takes: nothing larger enters the outbox.
+    pub limits: Limits,
 }
 
 /// The metrics the core updates, bound to its partition once.
@@ -312,8 +315,14 @@ impl PartitionCore {
     }
 
     /// A message in the epoch: to its target's partition of `<cluster>-messages`, or, for an
-    /// HTTP caller, a reply to `<cluster>-replies`.
+    /// HTTP caller, a reply to `<cluster>-replies`. One that would not fit its topic is
+    /// dead-lettered instead (a response's records were checked as a whole before; this
+    /// catches the core's own answers, such as a read of a large state).
     pub(super) fn send_envelope(&mut self, env: Envelope) {
+        if let Some(reason) = self.envelope_too_large(&env) {
+            self.dead_letter(&env, DeadLetterKind::TooLarge, &reason);
+            return;
+        }
         let target = env
             .target
             .as_ref()
@@ -336,17 +345,21 @@ impl PartitionCore {
     /// Sends `argument` from `sender` to `target` in this epoch (a function's message, or a
     /// reply when `target` is an HTTP caller).
     pub(super) fn send_from(&mut self, sender: &Address, target: Address, argument: TypedValue) {
-        self.send_envelope(Envelope {
-            target: Some(target),
-            caller: Some(sender.clone()),
-            argument: Some(argument),
-            message_id: crate::new_message_id(),
-            origin: sender.to_string(),
-            ..Default::default()
-        });
+        self.send_envelope(envelope_from(sender, target, argument));
     }
 
     pub(super) fn send_egress(&mut self, e: EgressRecord) {
+        if let Some(reason) = self.egress_too_large(&e) {
+            tracing::warn!(partition = self.cfg.partition, topic = %e.topic, "dead letter: {reason}");
+            self.push_dead_letter(DeadLetter {
+                kind: DeadLetterKind::TooLarge,
+                reason,
+                key: e.key,
+                value: Some(e.value.to_vec()),
+                headers: vec![("keyflow.egress", e.egress), ("keyflow.topic", e.topic)],
+            });
+            return;
+        }
         self.metrics
             .egress_records
             .with_label_values(&[&e.topic])
@@ -400,11 +413,40 @@ impl PartitionCore {
         });
     }
 
-    fn push_dead_letter(&mut self, dl: DeadLetter) {
+    /// A dead letter cut to fit `<cluster>-deadletters` (a prefix of its value, with its
+    /// size in `keyflow.size`), then into the outbox.
+    fn push_dead_letter(&mut self, mut dl: DeadLetter) {
         self.metrics
             .dead_letters
             .with_label_values(&[dl.kind.as_str()])
             .inc();
+        limits::cut_reason(&mut dl.reason);
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("keyflow.reason", dl.reason.as_str()),
+            ("keyflow.reason-kind", dl.kind.as_str()),
+        ];
+        headers.extend(dl.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let fitted = limits::fit_dead_letter(
+            self.cfg.limits.dead_letters,
+            dl.key.as_deref(),
+            dl.value.as_deref(),
+            &headers,
+        );
+        dl.key = fitted.key;
+        dl.value = fitted.value;
+        dl.headers.extend(fitted.headers);
         self.outbox.outputs.push(Output::DeadLetter(dl));
+    }
+}
+
+/// The envelope of a function's message (or reply) from `sender`.
+pub(super) fn envelope_from(sender: &Address, target: Address, argument: TypedValue) -> Envelope {
+    Envelope {
+        target: Some(target),
+        caller: Some(sender.clone()),
+        argument: Some(argument),
+        message_id: crate::new_message_id(),
+        origin: sender.to_string(),
+        ..Default::default()
     }
 }

@@ -15,7 +15,8 @@
 //! - `task.rs`: the Kafka shell (consumer, producer, `select!` loop, outbox flush, commit).
 //! - `epoch.rs`: when an epoch closes (pure).
 //! - `core.rs`: the state machine: inputs in, [`outbox`] out, nothing awaited.
-//! - `admission.rs`, `request.rs`, `apply.rs`, `inbox.rs`: the core's inputs by concern.
+//! - `admission.rs`, `request.rs`, `apply.rs`, `inbox.rs`: the core's inputs by concern;
+//!   `size.rs`: records and state checked against the topics' size limits.
 //! - `outbox.rs`: the core's decisions as plain data.
 //! - `dispatch.rs` (one request in flight per address), `effects.rs` (a response validated
 //!   into effects), `dedup.rs` (idempotency keys), `timers.rs` (the delayed-message index):
@@ -31,6 +32,7 @@ pub(crate) mod epoch;
 mod inbox;
 pub(crate) mod outbox;
 mod request;
+mod size;
 mod task;
 pub(crate) mod timers;
 

@@ -125,7 +125,10 @@ impl PartitionCore {
                     )
                 };
                 match outcome {
-                    Ok(fx) => self.apply_effects(&addr, fx, &batch)?,
+                    Ok(fx) => match self.oversized(&addr, &fx) {
+                        None => self.apply_effects(&addr, fx, &batch)?,
+                        Some((kind, reason)) => self.dead_letter_batch(&batch, kind, &reason),
+                    },
                     Err(reason) => {
                         self.dead_letter_batch(&batch, DeadLetterKind::BadResponse, &reason)
                     }

@@ -135,6 +135,7 @@ impl Task {
             max_inbox_messages: cfg.max_inbox_messages.get(),
             max_inbox_bytes: cfg.max_inbox_bytes.get(),
             max_partition_queued_bytes: cfg.max_partition_queued_bytes.get(),
+            limits: shared.limits.clone(),
         };
         let core = PartitionCore::restore(core_cfg, CoreMetrics::bind(m, p), store)?;
         let secs = started.elapsed().as_secs_f64();

@@ -23,6 +23,7 @@ use crate::config::{EngineConfig, IngressAddr};
 use crate::context::Shared;
 use crate::invoker::Invoker;
 use crate::kafka::{self, TopicSpec};
+use crate::limits::{record_limit, Limits};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
 use crate::{admin, http, partition, router};
@@ -146,6 +147,7 @@ pub async fn run(
         max_checkpoint_age_s = crate::restore::max_checkpoint_age(state_delete_retention).as_secs(),
         "local checkpoints older than max_checkpoint_age_s are replayed from the changelog's start"
     );
+    let limits = learn_limits(&bootstrap, &cfg).await?;
 
     let data = cfg.data_dir.join(&worker_id);
     let db = sled::Config::new()
@@ -180,6 +182,7 @@ pub async fn run(
         db,
         txn_timeout,
         state_delete_retention,
+        limits,
         known_topics: Default::default(),
         phases: Default::default(),
         assigned_at: Mutex::new(None),
@@ -303,6 +306,63 @@ async fn drop_checkpoint(shared: &Arc<Shared>, p: i32) {
         ),
         Err(e) => tracing::warn!(partition = p, "dropping a local checkpoint panicked: {e}"),
     }
+}
+
+/// The largest record each engine topic takes (limits.rs), from the broker's configs, and the
+/// HTTP body limit that follows: `--max-request-bytes` never exceeds what fits an envelope.
+async fn learn_limits(bootstrap: &str, cfg: &EngineConfig) -> Result<Limits, WorkerError> {
+    let broker = kafka::broker_max_message_bytes(bootstrap).await;
+    let names = [
+        cfg.topic_messages(),
+        cfg.topic_state(),
+        cfg.topic_replies(),
+        cfg.topic_dead_letters(),
+    ];
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let max = kafka::max_message_bytes(bootstrap, &refs).await?;
+    let mut limits = Limits::uniform(broker);
+    limits.messages = record_limit(max[0]);
+    limits.state = record_limit(max[1]);
+    limits.replies = record_limit(max[2]);
+    limits.dead_letters = record_limit(max[3]);
+    // Egress topics are named per record; those that exist already are learned now, so a
+    // topic with a larger limit than the broker's default takes its first large record.
+    let known = match kafka::topic_names(bootstrap).await {
+        Ok(all) => {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            kafka::max_message_bytes(bootstrap, &refs)
+                .await
+                .map(|max| all.into_iter().zip(max).collect::<Vec<_>>())
+        }
+        Err(e) => Err(e),
+    };
+    match known {
+        Ok(known) => {
+            for (topic, max) in known {
+                limits.learn_egress(&topic, max);
+            }
+        }
+        Err(e) => tracing::warn!("reading the topics' max.message.bytes failed ({e}); egress records are checked against the broker's default until their topic is first used"),
+    }
+    let fits = limits.http_body_fits();
+    limits.http_body = match cfg.max_request_bytes {
+        None => fits,
+        Some(n) if n > fits => {
+            tracing::warn!("--max-request-bytes {n} is more than fits in a record of `{}` ({fits} bytes): using {fits} (raise the topic's max.message.bytes to take larger bodies)", names[0]);
+            fits
+        }
+        Some(n) => n,
+    };
+    tracing::info!(
+        messages = limits.messages,
+        state = limits.state,
+        replies = limits.replies,
+        dead_letters = limits.dead_letters,
+        egress_default = limits.egress_default,
+        http_body = limits.http_body,
+        "record size limits (bytes)"
+    );
+    Ok(limits)
 }
 
 /// The HTTP ingress's listener: an address given must be free; the default is taken only

@@ -5,7 +5,8 @@
 //!
 //! The files follow the protocol checklist: `requests.rs` (StateFun's RequestReplyFunction:
 //! batching, state, specs, effects), `delayed.rs` (delayed messages and cancellation),
-//! `failures.rs` (the function failing), `admission.rs` (dead letters before a function sees a
+//! `failures.rs` (the function failing), `limits.rs` (records and state over the topics'
+//! size limits), `admission.rs` (dead letters before a function sees a
 //! message), `callbacks.rs`, `idempotency.rs`, `parking.rs` (inboxes across epochs and
 //! restores), `reads.rs` (forwarded reads, state expiry), `epoch_rule.rs` (when an epoch
 //! closes) and `sdk.rs` (real SDK functions behind the fake transport).
@@ -41,6 +42,7 @@ mod epoch_rule;
 mod failures;
 mod idempotency;
 mod inboxes;
+mod limits;
 mod parking;
 mod reads;
 mod requests;
@@ -65,6 +67,8 @@ pub struct Setup {
     pub max_inbox_messages: usize,
     pub max_inbox_bytes: usize,
     pub max_partition_queued_bytes: usize,
+    /// The topics' record limits.
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for Setup {
@@ -77,6 +81,7 @@ impl Default for Setup {
             max_inbox_messages: 100_000,
             max_inbox_bytes: 64 << 20,
             max_partition_queued_bytes: 256 << 20,
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -123,6 +128,7 @@ impl Harness {
             max_inbox_messages: setup.max_inbox_messages,
             max_inbox_bytes: setup.max_inbox_bytes,
             max_partition_queued_bytes: setup.max_partition_queued_bytes,
+            limits: setup.limits.clone(),
         };
         let metrics = Metrics::new();
         let core = Self::open_core(&db, &cfg, &metrics);
