@@ -32,11 +32,18 @@ pub enum DeadLetterKind {
     /// The function's state specs cannot be registered (a type changed, a carried state
     /// reported missing).
     StateSpec,
+    /// A response's egress record names a topic Kafka can never accept (illegal characters,
+    /// empty, longer than 249, `.` or `..`): its batch is refused as a whole.
+    EgressRefused,
+    /// Kafka kept refusing a record produced while processing this message (or this parked
+    /// batch, this fired delayed message, this routed ingress record) even in an epoch of its
+    /// own: it is skipped so that the partition goes on (docs/design.md, error policy).
+    RecordRefused,
 }
 
 impl DeadLetterKind {
     /// Every kind, in the README's order.
-    pub const ALL: [DeadLetterKind; 13] = [
+    pub const ALL: [DeadLetterKind; 15] = [
         DeadLetterKind::NoKey,
         DeadLetterKind::KeyNotUtf8,
         DeadLetterKind::CallbackContentType,
@@ -50,6 +57,8 @@ impl DeadLetterKind {
         DeadLetterKind::FunctionGarbage,
         DeadLetterKind::BadResponse,
         DeadLetterKind::StateSpec,
+        DeadLetterKind::EgressRefused,
+        DeadLetterKind::RecordRefused,
     ];
 
     /// The header value and metric label.
@@ -68,6 +77,8 @@ impl DeadLetterKind {
             DeadLetterKind::FunctionGarbage => "function-garbage",
             DeadLetterKind::BadResponse => "bad-response",
             DeadLetterKind::StateSpec => "state-spec",
+            DeadLetterKind::EgressRefused => "egress-refused",
+            DeadLetterKind::RecordRefused => "record-refused",
         }
     }
 }

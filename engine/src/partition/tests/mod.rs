@@ -42,6 +42,7 @@ mod failures;
 mod idempotency;
 mod parking;
 mod reads;
+mod refused;
 mod requests;
 mod sdk;
 
