@@ -126,9 +126,7 @@ impl PartitionCore {
                 };
                 match outcome {
                     Ok(fx) => self.apply_effects(&addr, fx, &batch)?,
-                    Err(reason) => {
-                        self.dead_letter_batch(&batch, DeadLetterKind::BadResponse, &reason)
-                    }
+                    Err(r) => self.dead_letter_batch(&batch, r.kind, &r.reason),
                 }
             }
         }

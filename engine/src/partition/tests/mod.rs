@@ -40,6 +40,7 @@ mod delayed;
 mod epoch_rule;
 mod failures;
 mod idempotency;
+mod isolation;
 mod parking;
 mod reads;
 mod refused;
@@ -133,7 +134,7 @@ impl Harness {
     fn open_core(db: &sled::Db, cfg: &CoreConfig, metrics: &Metrics) -> PartitionCore {
         let store = PartitionStore::open(db, cfg.partition).unwrap();
         let m = CoreMetrics::bind(metrics, cfg.partition);
-        PartitionCore::restore(cfg.clone(), m, store).unwrap()
+        PartitionCore::restore(cfg.clone(), m, store, None).unwrap()
     }
 
     /// Moves what the core decided into `outputs` and `pending`.

@@ -24,7 +24,8 @@ fn answer_with_egress_to(h: &mut Harness, topic: &str) -> Vec<Output> {
 #[test]
 fn an_egress_to_a_topic_name_kafka_never_accepts_refuses_the_batch() {
     let long = "x".repeat(250);
-    for bad in ["bad topic!", "", ".", "..", "a/b", "ü", long.as_str()] {
+    // (An empty topic is a `bad-response` already: the record names no topic.)
+    for bad in ["bad topic!", ".", "..", "a/b", "ü", long.as_str()] {
         let mut h = Harness::new();
         let out = answer_with_egress_to(&mut h, bad);
         assert_eq!(
