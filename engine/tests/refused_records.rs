@@ -2,7 +2,8 @@
 //! Kafka can never accept is refused up front (`egress-refused`), and any other record Kafka
 //! keeps refusing (a keyless record to a compacted topic, a routed message larger than the
 //! messages topic takes) is isolated and dead-lettered (`record-refused`) by the safety net.
-//! Every other input, of the same epoch and after it, is processed exactly once.
+//! Every other input, of the same epoch and after it, is processed exactly once. A parked
+//! request whose outcome Kafka keeps refusing is dead-lettered too, from its inbox.
 
 mod common;
 
@@ -17,16 +18,20 @@ const ECHO: TypeName = TypeName::new("test", "echo");
 const OUT: TypeName = TypeName::new("test", "out");
 
 /// echo: `bad-topic` emits to `bad topic!`, `keyless` emits a keyless record to `compacted`,
-/// anything else emits `echo:<value>` keyed by the id to `out`.
+/// `slow-keyless` does the same after 1.5 s (past `--park-after`), anything else emits
+/// `echo:<value>` keyed by the id to `out`.
 fn functions(out: String, compacted: String) -> StatefulFunctions {
     StatefulFunctions::new().with(
         FunctionSpec::new(ECHO),
         move |ctx: &mut Context, msg: Message| -> Result<(), Error> {
             let v = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
             let id = ctx.self_address().id.clone();
+            if v == "slow-keyless" {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
             let record = match v.as_str() {
                 "bad-topic" => KafkaRecord::new("bad topic!").key(id).string_value(v),
-                "keyless" => KafkaRecord::new(compacted.clone()).string_value(v),
+                "keyless" | "slow-keyless" => KafkaRecord::new(compacted.clone()).string_value(v),
                 _ => KafkaRecord::new(out.clone())
                     .key(id)
                     .string_value(format!("echo:{v}")),
@@ -103,7 +108,7 @@ struct Setup {
     _functions: FunctionServer,
 }
 
-fn setup(prefix: &str, before_start: impl FnOnce(&str)) -> Setup {
+fn setup(prefix: &str, extra: &[&str], before_start: impl FnOnce(&str)) -> Setup {
     let run = unique(prefix);
     let out = format!("out-{run}");
     let compacted = format!("compacted-{run}");
@@ -114,7 +119,9 @@ fn setup(prefix: &str, before_start: impl FnOnce(&str)) -> Setup {
     let functions = FunctionServer::start(functions(out.clone(), compacted.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, functions.port));
-    let mut engine = Engine::start(&module, &run, "w1", &dir, &["--partitions", "1"]);
+    let mut args = vec!["--partitions", "1"];
+    args.extend(extra);
+    let mut engine = Engine::start(&module, &run, "w1", &dir, &args);
     engine.wait_ready(Duration::from_secs(60));
     Setup {
         run,
@@ -166,7 +173,7 @@ fn assert_exactly_once(s: &Setup, want: &[&str]) {
 
 #[test]
 fn an_egress_to_an_invalid_topic_name_is_refused_and_the_partition_goes_on() {
-    let mut s = setup("badtopic", |_| {});
+    let mut s = setup("badtopic", &[], |_| {});
     let input = format!("in-{}", s.run);
     produce_str(&input, &[("a1", "v1"), ("b", "bad-topic"), ("a2", "v2")]);
     let dead = dead_letters(&s.run, 1);
@@ -185,7 +192,7 @@ fn an_egress_to_an_invalid_topic_name_is_refused_and_the_partition_goes_on() {
 
 #[test]
 fn a_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net() {
-    let mut s = setup("keyless", |_| {});
+    let mut s = setup("keyless", &[], |_| {});
     let input = format!("in-{}", s.run);
     // One produce: the keyless egress shares its epoch with the good inputs around it.
     let mut recs: Vec<(String, String)> = (0..10)
@@ -220,7 +227,7 @@ fn a_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net() {
 fn a_routed_record_the_broker_keeps_refusing_is_dead_lettered_and_the_router_goes_on() {
     // `<cluster>-messages` takes no record over 2000 bytes: a large ingress value cannot be
     // routed, however often the router retries it.
-    let mut s = setup("router", |run| {
+    let mut s = setup("router", &[], |run| {
         create_topic(&format!("{run}-messages"), &[("max.message.bytes", "2000")])
     });
     let input = format!("in-{}", s.run);
@@ -235,6 +242,27 @@ fn a_routed_record_the_broker_keeps_refusing_is_dead_lettered_and_the_router_goe
     assert!(!reason.is_empty());
     produce_str(&input, &[("r2", "v2")]);
     assert_exactly_once(&s, &["echo:v0", "echo:v1", "echo:v2"]);
+    assert!(s.engine.is_running());
+    assert_eq!(s.engine.terminate(), Some(0));
+}
+
+#[test]
+fn a_parked_request_whose_outcome_kafka_keeps_refusing_is_dead_lettered_from_its_inbox() {
+    // The slow call is parked 100 ms past the window; its outcome arrives in epochs of no
+    // input record, after every reopen dispatched the inbox again.
+    let mut s = setup("parked", &["--park-after", "100ms"], |_| {});
+    let input = format!("in-{}", s.run);
+    produce_str(&input, &[("a0", "v0"), ("s", "slow-keyless"), ("a1", "v1")]);
+    let dead = dead_letters(&s.run, 1);
+    assert_eq!(dead.len(), 1, "{dead:#?}\n{}", s.engine.log_tail(30));
+    let (kind, key, reason, value) = &dead[0];
+    assert_eq!(kind, "record-refused", "{dead:#?}");
+    assert_eq!(key, "test/echo/s");
+    assert_eq!(value, "slow-keyless", "the parked message's value");
+    assert!(reason.contains("parked"), "{reason}");
+    produce_str(&input, &[("a2", "v2")]);
+    assert_exactly_once(&s, &["echo:v0", "echo:v1", "echo:v2"]);
+    assert!(read_committed(&s.compacted).is_empty());
     assert!(s.engine.is_running());
     assert_eq!(s.engine.terminate(), Some(0));
 }
