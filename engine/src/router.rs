@@ -391,6 +391,8 @@ impl Router {
             records: self.records,
             first: self.first_offset,
             last: self.last_offset,
+            other: false,
+            parked: false,
         }
     }
 }

@@ -189,6 +189,11 @@ impl PartitionCore {
         self.parked.len()
     }
 
+    /// Whether `addr` was parked with an inbox when the last epoch committed.
+    pub fn is_parked(&self, addr: &Address) -> bool {
+        self.parked.contains_key(addr)
+    }
+
     /// Takes what the inputs so far decided.
     pub fn take_outbox(&mut self) -> Outbox {
         std::mem::take(&mut self.outbox)

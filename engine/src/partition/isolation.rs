@@ -10,12 +10,18 @@
 //! letter instead of processing it (should even that epoch fail Record-class, the dead letter
 //! goes without the original value, which may be what Kafka refuses).
 //!
-//! Inputs that are not records (parked inboxes dispatched at restore, due delayed messages,
-//! late outcomes of parked requests) run in epochs of no record while isolating. Two
-//! Record-class failures in a row of epochs with no record make the next open refuse them:
-//! parked inboxes and the delayed messages due then are dead-lettered `record-refused` instead
-//! of being dispatched or fired. Invariants: every Record-class failure moves the net one step
-//! towards a refusal, so no input fails forever; and normal mode returns once the isolated
+//! Inputs that are not records (parked inboxes dispatched at restore, the late outcomes of
+//! parked requests, due delayed messages) cannot be skipped by offset. An epoch that applied
+//! such input and fails Record-class counts as a *non-record failure* (while isolating, due
+//! delayed messages fire only in epochs of no record, so such epochs are common). The second
+//! non-record failure since the last epoch that applied non-record input and committed with
+//! nothing parked makes the next open refuse them: parked inboxes and the delayed messages due
+//! then are dead-lettered `record-refused` instead of being dispatched or fired. The count
+//! survives commits that leave addresses parked: a slow function whose outcome Kafka refuses
+//! is parked again at each reopen, and its re-parking epoch commits.
+//!
+//! Invariants: every Record-class failure moves the net one step towards a refusal (a record,
+//! or the non-record input), so no input fails forever; normal mode returns once the isolated
 //! records are through.
 
 use crate::kafka::ErrorClass;
@@ -28,6 +34,11 @@ pub(crate) struct Taken {
     pub first: Option<i64>,
     /// Offset of its last input record.
     pub last: Option<i64>,
+    /// It applied input that is not a record: an inbox dispatched at restore, the outcome of
+    /// a parked request, a fired delayed message.
+    pub other: bool,
+    /// Addresses were parked when it committed (meaningless for a failed epoch).
+    pub parked: bool,
 }
 
 /// A record to commit as a dead letter instead of processing it.
@@ -47,15 +58,16 @@ pub(crate) struct Net {
     /// Isolation ends once an epoch commits input up to this offset; `None`: the failure took
     /// no record, and isolation ends at the next commit.
     until: Option<i64>,
-    /// Record-class failures in a row of epochs that took no input record.
+    /// Record-class failures of epochs that applied non-record input, since the last epoch
+    /// without a record that committed with nothing parked.
     no_record_failures: u32,
     refusal: Option<Refusal>,
     /// Set when the non-record inputs are to be refused at the next open (the reason).
     refuse_pending: Option<String>,
 }
 
-/// Record-class failures in a row of epochs without a record before their non-record input
-/// is refused: one to retry it alone (isolated), the next to give up on it.
+/// Non-record failures before the non-record input is refused: one to retry it alone
+/// (isolated), the next to give up on it.
 const NO_RECORD_FAILURES: u32 = 2;
 
 impl Net {
@@ -89,39 +101,36 @@ impl Net {
             // Transient and fenced failures replay the same epoch: nothing learned.
             return;
         }
+        let was_isolating = std::mem::replace(&mut self.isolating, true);
         self.until = self.until.max(taken.last);
-        if !self.isolating {
-            self.isolating = true;
-            self.no_record_failures = u32::from(taken.records == 0);
-            return;
-        }
         match (taken.records, taken.first) {
-            (1, Some(offset)) => {
+            // One record and nothing else: that record is the cause.
+            (1, Some(offset)) if was_isolating && !taken.other => {
                 let bare = self.refusal.as_ref().is_some_and(|r| r.offset == offset);
                 self.refusal = Some(Refusal {
                     offset,
                     reason: reason.to_string(),
                     bare,
                 });
-                self.no_record_failures = 0;
             }
-            (0, _) => {
+            _ if taken.records == 0 || taken.other => {
                 self.no_record_failures += 1;
                 if self.no_record_failures >= NO_RECORD_FAILURES {
                     self.refuse_pending = Some(reason.to_string());
                     self.no_record_failures = 0;
                 }
             }
-            // More than one record while isolating: only if isolation began mid-epoch.
+            // Records only, in normal mode: the isolated replay will tell which.
             _ => {}
         }
     }
 
     /// An epoch committed.
     pub fn committed(&mut self, taken: Taken) {
-        // Only an epoch of no record proves the non-record input good: one-record epochs
-        // between two failing ones must not reset the count, or it would never be refused.
-        if taken.records == 0 {
+        // Only an epoch of no record that leaves nothing parked proves the non-record input
+        // good: one-record epochs in between say nothing about it, and an epoch that parks
+        // the failing request again has not run its outcome.
+        if taken.records == 0 && !taken.parked {
             self.no_record_failures = 0;
         }
         if let (Some(r), Some(last)) = (&self.refusal, taken.last) {

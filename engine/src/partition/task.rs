@@ -73,9 +73,11 @@ pub(crate) struct Task {
     /// Deliveries of this epoch's at-least-once egress records (outside the transaction):
     /// acknowledged before the epoch commits, so that a commit never outruns them.
     at_least_once: Vec<DeliveryFuture>,
-    /// Offsets of the first and the last input record taken in this epoch.
+    /// Offsets of the first and the last input record taken in this epoch, and whether it
+    /// applied input that is not a record (for the safety net, `isolation.rs`).
     first_offset: Option<i64>,
     last_offset: Option<i64>,
+    other_input: bool,
     records: usize,
     /// Input records of the last committed epoch (see `epoch::close_when_idle`).
     previous_epoch_records: usize,
@@ -176,6 +178,7 @@ impl Task {
             at_least_once: Vec::new(),
             first_offset: None,
             last_offset: None,
+            other_input: false,
             records: 0,
             previous_epoch_records: 0,
             in_txn: false,
@@ -192,6 +195,7 @@ impl Task {
         // they were refused at restore, and so are the delayed messages due now.)
         if self.core.parked() > 0 || self.refuse_pending.is_some() {
             self.begin()?;
+            self.other_input = true;
             if let Some(reason) = self.refuse_pending.take() {
                 self.core.refuse_due_timers(now_ms(), &reason)?;
             }
@@ -248,7 +252,9 @@ impl Task {
         );
         loop {
             if fire_timers {
+                let pending = self.core.delayed();
                 self.core.fire_due_timers(now_ms())?;
+                self.other_input |= self.core.delayed() < pending;
             }
             self.flush().await?;
             let now = Now {
@@ -294,6 +300,7 @@ impl Task {
         match ev {
             Event::Done(done) => {
                 let done = done.map_err(|e| EpochError::Panicked(e.to_string()))?;
+                self.other_input |= self.core.is_parked(&done.addr);
                 self.core.on_response(done)?;
             }
             Event::Record(rec) => self.on_record(rec)?,
@@ -450,6 +457,8 @@ impl Task {
             records: self.records,
             first: self.first_offset,
             last: self.last_offset,
+            other: self.other_input,
+            parked: self.core.parked() > 0,
         }
     }
 
@@ -512,6 +521,7 @@ impl Task {
         self.net.lock().expect("net").committed(self.taken());
         self.first_offset = None;
         self.last_offset = None;
+        self.other_input = false;
         self.records = 0;
         self.produced.clear();
         self.deliveries.clear();

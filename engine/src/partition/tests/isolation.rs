@@ -9,13 +9,26 @@ fn records(first: i64, last: i64) -> Taken {
         records: (last - first + 1) as usize,
         first: Some(first),
         last: Some(last),
+        other: false,
+        parked: false,
     }
 }
+
+/// An epoch of no record that applied the outcome of a parked request.
+const PARKED_OUTCOME: Taken = Taken {
+    records: 0,
+    first: None,
+    last: None,
+    other: true,
+    parked: false,
+};
 
 const NONE: Taken = Taken {
     records: 0,
     first: None,
     last: None,
+    other: false,
+    parked: false,
 };
 
 #[test]
@@ -124,4 +137,39 @@ fn a_failure_without_a_record_isolates_until_the_next_commit() {
     assert!(net.isolating());
     net.committed(records(4, 4));
     assert!(!net.isolating());
+}
+
+#[test]
+fn a_parked_outcome_refused_after_every_reparking_is_refused_at_last() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, PARKED_OUTCOME, "refused");
+    // The reopen dispatches the inbox again; the slow request is parked again and commits.
+    net.committed(Taken {
+        parked: true,
+        ..PARKED_OUTCOME
+    });
+    assert!(!net.isolating(), "isolation ended with that commit");
+    net.failed(ErrorClass::Record, PARKED_OUTCOME, "refused again");
+    assert_eq!(
+        net.take_refuse_pending().as_deref(),
+        Some("refused again"),
+        "re-parking proves nothing"
+    );
+}
+
+#[test]
+fn a_one_record_epoch_that_also_ran_other_input_does_not_blame_its_record() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, records(0, 9), "x");
+    net.failed(
+        ErrorClass::Record,
+        Taken {
+            other: true,
+            ..records(0, 0)
+        },
+        "x",
+    );
+    assert_eq!(net.refusal(0), None, "the record is not blamed");
+    net.failed(ErrorClass::Record, PARKED_OUTCOME, "x");
+    assert!(net.take_refuse_pending().is_some(), "the other input is");
 }
