@@ -247,8 +247,8 @@ pub(crate) enum ErrorClass {
     Transient,
     /// One record cannot be written as it is (too large, an invalid topic, no key for a
     /// compacted topic): replaying the epoch fails the same way. The task isolates the input
-    /// that produced it and dead-letters it (`crate::partition::isolation`); the reopen pauses do not
-    /// grow, since each retry narrows the search.
+    /// that produced it and dead-letters it (`partition/isolation.rs`); the reopen pauses do
+    /// not grow, since each retry narrows the search.
     Record,
     /// Another worker took the partition over (this one stalled past its session timeout):
     /// wait for the group to revoke it rather than fence the new owner in turn.
