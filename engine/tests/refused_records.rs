@@ -18,8 +18,8 @@ const ECHO: TypeName = TypeName::new("test", "echo");
 const OUT: TypeName = TypeName::new("test", "out");
 
 /// echo: `bad-topic` emits to `bad topic!`, `keyless` emits a keyless record to `compacted`,
-/// `slow-keyless` does the same after 1.5 s (past `--park-after`), anything else emits
-/// `echo:<value>` keyed by the id to `out`.
+/// `slow-keyless` does the same after 1.5 s (past `--park-after`), `delay-big` sends itself a
+/// 5,000-byte message in 300 ms, anything else emits `echo:<value>` keyed by the id to `out`.
 fn functions(out: String, compacted: String) -> StatefulFunctions {
     StatefulFunctions::new().with(
         FunctionSpec::new(ECHO),
@@ -28,6 +28,12 @@ fn functions(out: String, compacted: String) -> StatefulFunctions {
             let id = ctx.self_address().id.clone();
             if v == "slow-keyless" {
                 std::thread::sleep(Duration::from_millis(1500));
+            }
+            if v == "delay-big" {
+                let me = ctx.self_address().clone();
+                let big = Message::string("x".repeat(5000));
+                ctx.send_after(Duration::from_millis(300), me, big);
+                return Ok(());
             }
             let record = match v.as_str() {
                 "bad-topic" => KafkaRecord::new("bad topic!").key(id).string_value(v),
@@ -263,6 +269,38 @@ fn a_parked_request_whose_outcome_kafka_keeps_refusing_is_dead_lettered_from_its
     produce_str(&input, &[("a2", "v2")]);
     assert_exactly_once(&s, &["echo:v0", "echo:v1", "echo:v2"]);
     assert!(read_committed(&s.compacted).is_empty());
+    assert!(s.engine.is_running());
+    assert_eq!(s.engine.terminate(), Some(0));
+}
+
+#[test]
+fn a_delayed_message_kafka_keeps_refusing_is_dead_lettered_instead_of_fired() {
+    // `<cluster>-messages` takes no record over 2000 bytes: the delayed message can be kept
+    // in state but never fired.
+    let mut s = setup("delayed", &[], |run| {
+        create_topic(&format!("{run}-messages"), &[("max.message.bytes", "2000")])
+    });
+    let input = format!("in-{}", s.run);
+    produce_str(&input, &[("d", "delay-big"), ("a0", "v0")]);
+    let dead = dead_letters(&s.run, 1);
+    assert_eq!(dead.len(), 1, "{dead:#?}\n{}", s.engine.log_tail(30));
+    let (kind, key, reason, value) = &dead[0];
+    assert_eq!(kind, "record-refused", "{dead:#?}");
+    assert_eq!(key, "test/echo/d");
+    assert!(
+        value.contains(&"x".repeat(1000)),
+        "the delayed message's value"
+    );
+    assert!(reason.contains("delayed message"), "{reason}");
+    produce_str(&input, &[("a1", "v1")]);
+    assert_exactly_once(&s, &["echo:v0", "echo:v1"]);
+    let state = wait_for(&format!("{}-state", s.run), Duration::from_secs(5), |_| {
+        false
+    });
+    assert!(
+        !state.is_empty(),
+        "the delayed message was kept in state first"
+    );
     assert!(s.engine.is_running());
     assert_eq!(s.engine.terminate(), Some(0));
 }
