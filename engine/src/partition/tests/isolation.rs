@@ -173,3 +173,38 @@ fn a_one_record_epoch_that_also_ran_other_input_does_not_blame_its_record() {
     net.failed(ErrorClass::Record, PARKED_OUTCOME, "x");
     assert!(net.take_refuse_pending().is_some(), "the other input is");
 }
+
+#[test]
+fn refusals_are_record_class_and_hiccups_transient() {
+    use crate::kafka::TopicError;
+    use crate::partition::EpochError;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    let produce = |c: Code| EpochError::Kafka(KafkaError::MessageProduction(c)).class(None);
+    // A keyless record to a compacted topic (INVALID_RECORD), too large, no such topic.
+    for c in [
+        Code::InvalidRecord,
+        Code::MessageSizeTooLarge,
+        Code::InvalidMessage,
+        Code::UnknownTopic,
+    ] {
+        assert_eq!(produce(c), ErrorClass::Record, "{c:?}");
+    }
+    for c in [
+        Code::BrokerTransportFailure,
+        Code::RequestTimedOut,
+        Code::NotLeaderForPartition,
+        Code::UnknownTopicOrPartition,
+    ] {
+        assert_eq!(produce(c), ErrorClass::Transient, "{c:?}");
+    }
+    let create = |code: Code| {
+        EpochError::Topic(TopicError::Create {
+            topic: "t".into(),
+            code,
+        })
+        .class(None)
+    };
+    assert_eq!(create(Code::InvalidTopic), ErrorClass::Record);
+    assert_eq!(create(Code::PolicyViolation), ErrorClass::Record);
+    assert_eq!(create(Code::RequestTimedOut), ErrorClass::Transient);
+}
