@@ -14,8 +14,8 @@
 //! parked requests, due delayed messages) cannot be skipped by offset. An epoch that applied
 //! such input and fails Record-class counts as a *non-record failure* (while isolating, due
 //! delayed messages fire only in epochs of no record, so such epochs are common). The second
-//! non-record failure since the last epoch that applied non-record input and committed with
-//! nothing parked makes the next open refuse them: parked inboxes and the delayed messages due
+//! non-record failure since the last epoch without a record that committed with nothing
+//! parked makes the next open refuse them: parked inboxes and the delayed messages due
 //! then are dead-lettered `record-refused` instead of being dispatched or fired. The count
 //! survives commits that leave addresses parked: a slow function whose outcome Kafka refuses
 //! is parked again at each reopen, and its re-parking epoch commits.
