@@ -40,11 +40,18 @@ pub enum DeadLetterKind {
     TooLarge,
     /// An address's state would exceed the state topic's size limit after a response.
     StateTooLarge,
+    /// A response's egress record names a topic Kafka can never accept (illegal characters,
+    /// empty, longer than 249, `.` or `..`): its batch is refused as a whole.
+    EgressRefused,
+    /// Kafka kept refusing a record produced while processing this message (or this parked
+    /// batch, this fired delayed message, this routed ingress record) even in an epoch of its
+    /// own: it is skipped so that the partition goes on (docs/design.md, error policy).
+    RecordRefused,
 }
 
 impl DeadLetterKind {
     /// Every kind, in the README's order.
-    pub const ALL: [DeadLetterKind; 16] = [
+    pub const ALL: [DeadLetterKind; 18] = [
         DeadLetterKind::NoKey,
         DeadLetterKind::KeyNotUtf8,
         DeadLetterKind::CallbackContentType,
@@ -61,6 +68,8 @@ impl DeadLetterKind {
         DeadLetterKind::InboxFull,
         DeadLetterKind::TooLarge,
         DeadLetterKind::StateTooLarge,
+        DeadLetterKind::EgressRefused,
+        DeadLetterKind::RecordRefused,
     ];
 
     /// The header value and metric label.
@@ -82,6 +91,8 @@ impl DeadLetterKind {
             DeadLetterKind::InboxFull => "inbox-full",
             DeadLetterKind::TooLarge => "too-large",
             DeadLetterKind::StateTooLarge => "state-too-large",
+            DeadLetterKind::EgressRefused => "egress-refused",
+            DeadLetterKind::RecordRefused => "record-refused",
         }
     }
 }

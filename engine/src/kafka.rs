@@ -369,6 +369,65 @@ pub fn is_fenced(producer: &FutureProducer, err: &KafkaError) -> bool {
             .is_some_and(|(c, _)| fenced(c))
 }
 
+/// What a failure means for the partition, decided once by the task (rust-rdkafka's
+/// `txn_requires_abort` / `is_fatal` classes, from the partition's point of view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    /// Abort, reopen from the last commit (a new producer), replay: a broker or network
+    /// hiccup, an aborted transaction, a producer that must be rebuilt, a store error.
+    Transient,
+    /// One record cannot be written as it is (too large, an invalid topic, no key for a
+    /// compacted topic): replaying the epoch fails the same way. The task isolates the input
+    /// that produced it and dead-letters it (`partition/isolation.rs`); the reopen pauses do
+    /// not grow, since each retry narrows the search.
+    Record,
+    /// Another worker took the partition over (this one stalled past its session timeout):
+    /// wait for the group to revoke it rather than fence the new owner in turn.
+    Fenced,
+}
+
+/// What a Kafka error means for the partition task whose `producer` (if known) saw it.
+pub(crate) fn class_of(producer: Option<&FutureProducer>, err: &KafkaError) -> ErrorClass {
+    if producer.is_some_and(|p| is_fenced(p, err)) {
+        return ErrorClass::Fenced;
+    }
+    match err.rdkafka_error_code() {
+        Some(code) if is_refused_record(code) => ErrorClass::Record,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// Errors with which the broker (or librdkafka, before sending) refuses one record for good:
+/// too large for the producer or the topic, a topic that does not exist or cannot, a record
+/// the broker's validation rejects. A keyless record to a compacted topic is refused with
+/// `INVALID_RECORD` (87; "Compacted topic cannot accept message without key"), which older
+/// protocol versions reported as `CORRUPT_MESSAGE` (2). (librdkafka retries a CRC failure on
+/// the wire internally, so `CORRUPT_MESSAGE` reaching the task is a refusal too.)
+pub(crate) fn is_refused_record(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::InvalidRecord
+    )
+}
+
+/// Errors with which the broker refuses to create a topic for good (`CreateTopics`).
+pub(crate) fn is_refused_topic(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::InvalidPartitions
+            | RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::InvalidConfig
+            | RDKafkaErrorCode::PolicyViolation
+    )
+}
+
 /// Enqueues one record on `producer`, waiting while librdkafka's local queue is full. The
 /// returned future resolves with the record's delivery report.
 pub async fn send(
@@ -439,14 +498,15 @@ pub struct DeadLetter<'a> {
 }
 
 /// Writes the original `key` and `value` to the dead-letter `topic` with the reason in the
-/// headers, through `producer` (inside its open transaction when it is transactional).
+/// headers, through `producer` (inside its open transaction when it is transactional). The
+/// returned future resolves with the record's delivery report.
 pub async fn send_dead_letter(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     dl: DeadLetter<'_>,
-) -> Result<(), KafkaError> {
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
     use rdkafka::message::{Header, OwnedHeaders};
     let headers = [
         ("keyflow.reason", dl.reason),
@@ -460,8 +520,29 @@ pub async fn send_dead_letter(
             value: Some(value),
         })
     });
-    send(producer, topic, None, key, value, Some(headers)).await?;
-    Ok(())
+    send(producer, topic, None, key, value, Some(headers)).await
+}
+
+/// The first of `deliveries` that the broker refused for good, as (topic, error), waiting for
+/// their reports at most `within`. A transaction call after a refused produce often reports
+/// only that the transaction must be aborted (`Local: Erroneous state`): the refusal itself is
+/// in the record's delivery report. Call it after the abort, which settles every report.
+pub async fn first_refused(
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    within: Duration,
+) -> Option<(String, KafkaError)> {
+    use rdkafka::message::Message as _;
+    let deadline = tokio::time::Instant::now() + within;
+    for d in deliveries {
+        match tokio::time::timeout_at(deadline, d).await {
+            Ok(Ok(Err((e, msg)))) if e.rdkafka_error_code().is_some_and(is_refused_record) => {
+                return Some((msg.topic().to_string(), e))
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// A consumer context that reports the consumer's lag (from librdkafka's statistics, every

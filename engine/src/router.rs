@@ -7,8 +7,11 @@
 //! A record with no key, or a key that is not UTF-8, cannot name a function, and a record
 //! whose envelope would not fit `<cluster>-messages` cannot be routed: it goes to the
 //! dead-letter topic with the reason (its value cut to fit, `limits.rs`), and routing goes on.
+//! So does a record whose routed messages Kafka keeps refusing (`record-refused`), found by
+//! the partitions' safety net (`partition::isolation`): after such a failure the router's
+//! epochs take one record each.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -23,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Shared;
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::Envelope;
-use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
+use crate::kafka::{self, blocking, ErrorClass, TXN_CALL_TIMEOUT};
 use crate::limits;
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
+use crate::partition::isolation::{Net, Taken};
 use crate::partitioner::partition_for;
 use crate::supervisor::{supervise, PartitionTask};
 
@@ -38,8 +42,9 @@ pub async fn run(
     p: i32,
     stop: CancellationToken,
 ) {
+    let net = Arc::new(Mutex::new(Net::default()));
     supervise(&shared, &topic, p, &stop, || {
-        Router::open(shared.clone(), ingress, &topic, p)
+        Router::open(shared.clone(), ingress, &topic, p, net.clone())
     })
     .await;
     let _ = shared
@@ -61,9 +66,15 @@ struct Router {
     bytes_routed: prometheus::IntCounter,
     producer: FutureProducer,
     consumer: StreamConsumer<kafka::LagContext>,
+    first_offset: Option<i64>,
     last_offset: Option<i64>,
     records: usize,
     in_txn: bool,
+    /// The safety net for refused records, kept across reopens by [`run`].
+    net: Arc<Mutex<Net>>,
+    /// Deliveries of this epoch's records: after a failure, they tell whether the broker
+    /// refused one of them (`kafka::first_refused`).
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
 }
 
 impl Router {
@@ -72,6 +83,7 @@ impl Router {
         ingress: Option<usize>,
         topic: &str,
         p: i32,
+        net: Arc<Mutex<Net>>,
     ) -> Result<Self, KafkaError> {
         let callbacks = callbacks_ingress(&shared);
         let spec: &KafkaIngress = match ingress {
@@ -152,13 +164,28 @@ impl Router {
             p,
             producer,
             consumer,
+            first_offset: None,
             last_offset: None,
             records: 0,
             in_txn: false,
+            net,
+            deliveries: Vec::new(),
         })
     }
 
     async fn route_record(&mut self, m: rdkafka::message::OwnedMessage) -> Result<(), KafkaError> {
+        let refusal = self.net.lock().expect("net").refusal(m.offset()).cloned();
+        if let Some(r) = refusal {
+            let origin = self.take(&m);
+            let reason = format!(
+                "Kafka kept refusing the messages routed from this record, even in an epoch of its own, so the record was skipped: {}",
+                r.reason
+            );
+            let value = if r.bare { None } else { m.payload() };
+            return self
+                .dead_letter_value(&m, value, &origin, DeadLetterKind::RecordRefused, &reason)
+                .await;
+        }
         let Some(route) = self.route.clone() else {
             return self.route_callback(m).await;
         };
@@ -221,7 +248,7 @@ impl Router {
         }
         for env in envelopes {
             let payload = env.encode_to_vec();
-            kafka::send(
+            let d = kafka::send(
                 &self.producer,
                 &self.messages,
                 Some(partition_for(&id, partitions)),
@@ -230,6 +257,7 @@ impl Router {
                 None,
             )
             .await?;
+            self.deliveries.push(d);
         }
         Ok(())
     }
@@ -237,6 +265,19 @@ impl Router {
     async fn dead_letter(
         &mut self,
         m: &rdkafka::message::OwnedMessage,
+        origin: &str,
+        kind: DeadLetterKind,
+        reason: &str,
+    ) -> Result<(), KafkaError> {
+        self.dead_letter_value(m, m.payload(), origin, kind, reason)
+            .await
+    }
+
+    /// [`Router::dead_letter`] with `value` in place of the record's own.
+    async fn dead_letter_value(
+        &mut self,
+        m: &rdkafka::message::OwnedMessage,
+        value: Option<&[u8]>,
         origin: &str,
         kind: DeadLetterKind,
         reason: &str,
@@ -259,7 +300,7 @@ impl Router {
         let fitted = limits::fit_dead_letter(
             self.shared.limits.dead_letters,
             m.key(),
-            m.payload(),
+            value,
             &headers,
         );
         headers.extend(fitted.headers.iter().map(|(k, v)| (*k, v.as_str())));
@@ -268,7 +309,7 @@ impl Router {
             reason: &reason,
             headers: headers.split_off(2),
         };
-        kafka::send_dead_letter(
+        let d = kafka::send_dead_letter(
             &self.producer,
             &self.dead_letters,
             fitted.key.as_deref(),
@@ -276,6 +317,7 @@ impl Router {
             dl,
         )
         .await?;
+        self.deliveries.push(d);
         self.shared
             .metrics
             .dead_letters
@@ -300,6 +342,7 @@ impl Router {
 
     /// Counts a record into the epoch (its offset is committed with it); returns its origin.
     fn take(&mut self, m: &rdkafka::message::OwnedMessage) -> String {
+        self.first_offset.get_or_insert(m.offset());
         self.last_offset = Some(m.offset());
         self.records += 1;
         self.records_routed.inc();
@@ -366,7 +409,7 @@ impl Router {
                 .dead_letter(&m, &env.origin, DeadLetterKind::TooLarge, &reason)
                 .await;
         }
-        kafka::send(
+        let d = kafka::send(
             &self.producer,
             &self.messages,
             Some(partition),
@@ -375,6 +418,7 @@ impl Router {
             None,
         )
         .await?;
+        self.deliveries.push(d);
         Ok(())
     }
 
@@ -389,9 +433,23 @@ impl Router {
             .metrics
             .epoch_commit_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.net.lock().expect("net").committed(self.taken());
+        self.first_offset = None;
         self.last_offset = None;
         self.records = 0;
+        self.deliveries.clear();
         Ok(())
+    }
+
+    /// What this epoch took of its input.
+    fn taken(&self) -> Taken {
+        Taken {
+            records: self.records,
+            first: self.first_offset,
+            last: self.last_offset,
+            other: false,
+            parked: false,
+        }
     }
 }
 
@@ -409,7 +467,12 @@ impl PartitionTask for Router {
             self.in_txn = true;
             self.route_record(first).await?;
             let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
-            while self.records < self.shared.cfg.max_epoch_records && !stop.is_cancelled() {
+            let max_records = self
+                .net
+                .lock()
+                .expect("net")
+                .max_records(self.shared.cfg.max_epoch_records, true);
+            while self.records < max_records && !stop.is_cancelled() {
                 // Take what is ready; wait for more only while the window is open and the
                 // previous wait found something (an idle topic commits at once).
                 let next = match self.consumer.recv().now_or_never() {
@@ -432,13 +495,26 @@ impl PartitionTask for Router {
         }
     }
 
-    async fn abort(&mut self, err: &KafkaError) -> bool {
-        let fenced = kafka::is_fenced(&self.producer, err);
+    async fn abort(&mut self, err: &KafkaError) -> ErrorClass {
+        let mut class = kafka::class_of(Some(&self.producer), err);
+        let mut reason = format!("{err} (routing to {})", self.messages);
         if self.in_txn {
             let pr = self.producer.clone();
             let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
         }
-        fenced
+        let deliveries = std::mem::take(&mut self.deliveries);
+        if class == ErrorClass::Transient {
+            let within = Duration::from_secs(2);
+            if let Some((topic, e)) = kafka::first_refused(deliveries, within).await {
+                class = ErrorClass::Record;
+                reason = format!("Kafka refused a record to `{topic}`: {e}");
+            }
+        }
+        self.net
+            .lock()
+            .expect("net")
+            .failed(class, self.taken(), &reason);
+        class
     }
 }
 

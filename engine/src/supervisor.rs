@@ -1,7 +1,8 @@
 //! How a partition task lives: [`supervise`] opens it, marks the partition restoring then
 //! running, runs it until the partition is given up, and after a failure aborts what was
 //! open and reopens it from the last commit, pausing as [`Reopen`] says (long after being
-//! fenced). A task is a [`PartitionTask`]; each task the worker spawns for an owned
+//! fenced, short and steady after a refused record, whose task isolates it:
+//! `partition::isolation`). A task is a [`PartitionTask`]; each task the worker spawns for an owned
 //! partition (an ingress router, a processor) is one `supervise` call.
 
 use std::future::Future;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{PartitionPhase, Shared};
+pub(crate) use crate::kafka::ErrorClass;
 
 /// One partition's task, as [`supervise`] drives it: opened by a factory (which fences the
 /// previous owner and restores), then run until it stops or fails.
@@ -23,8 +25,8 @@ pub(crate) trait PartitionTask: Sized + Send {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// After `run` failed with `err`: aborts the open transaction and drops in-flight work.
-    /// Returns whether `err` means this task was fenced (another worker owns the partition).
-    fn abort(&mut self, err: &Self::Error) -> impl Future<Output = bool> + Send;
+    /// Returns what `err` means (fenced: another worker owns the partition).
+    fn abort(&mut self, err: &Self::Error) -> impl Future<Output = ErrorClass> + Send;
 
     /// Called after each failure, of the factory or of `run`, before the pause (failure
     /// metrics). By default nothing.
@@ -48,23 +50,23 @@ pub(crate) async fn supervise<T, F, Fut>(
     let mut reopen = Reopen::new();
     while !stop.is_cancelled() {
         shared.set_phase(topic, p, PartitionPhase::Restoring);
-        let (err, fenced) = match open().await {
+        let (err, class) = match open().await {
             Ok(mut task) => {
                 shared.set_phase(topic, p, PartitionPhase::Running);
                 reopen.opened();
                 match task.run(stop).await {
                     Ok(()) => break,
                     Err(e) => {
-                        let fenced = task.abort(&e).await;
-                        (e, fenced)
+                        let class = task.abort(&e).await;
+                        (e, class)
                     }
                 }
             }
-            Err(e) => (e, false),
+            Err(e) => (e, ErrorClass::Transient),
         };
         T::failed(shared, p);
         if !reopen
-            .after_failure(shared, topic, p, &err, fenced, stop)
+            .after_failure(shared, topic, p, &err, class, stop)
             .await
         {
             break;
@@ -73,8 +75,8 @@ pub(crate) async fn supervise<T, F, Fut>(
     shared.clear_phase(topic, p);
 }
 
-/// How a partition task reopens after a failed epoch: exponential pause, and after being
-/// fenced a long one. Fenced means another worker owns the partition now (this one stalled
+/// How a partition task reopens after a failed epoch: exponential pause, after being
+/// fenced a long one, after a refused record a short one. Fenced means another worker owns the partition now (this one stalled
 /// past its session timeout); reopening at once would fence that owner in turn, so the task
 /// waits for the group to revoke the partition, and reopens only if it still owns it then.
 pub struct Reopen {
@@ -100,10 +102,10 @@ impl Reopen {
         topic: &str,
         p: i32,
         err: &(dyn std::fmt::Display + Sync),
-        fenced: bool,
+        class: ErrorClass,
         stop: &CancellationToken,
     ) -> bool {
-        let wait = if fenced {
+        let wait = if class == ErrorClass::Fenced {
             tracing::warn!(
                 topic,
                 partition = p,
@@ -111,6 +113,15 @@ impl Reopen {
                  nothing of the open epoch was committed; waiting for the group to revoke it: {err}"
             );
             shared.cfg.session_timeout * 2
+        } else if class == ErrorClass::Record {
+            // Kafka refused a record for good: waiting longer cannot help, and the task's
+            // isolation needs a few reopens to find and skip it.
+            tracing::warn!(
+                topic,
+                partition = p,
+                "Kafka refused a record; reopening from the last commit to isolate the input that produced it: {err}"
+            );
+            Duration::from_millis(100)
         } else {
             tracing::warn!(
                 topic,

@@ -134,7 +134,15 @@ impl PartitionCore {
     /// the store, and every parked address's inbox dispatched again ahead of any input (its
     /// messages precede everything still to be read). The epoch that follows holds the
     /// resulting invocations.
-    pub fn restore(cfg: CoreConfig, metrics: CoreMetrics, store: PartitionStore) -> Result<Self> {
+    ///
+    /// With `refuse_parked` (a reason), every parked inbox is dead-lettered `record-refused`
+    /// and deleted instead (the safety net, `isolation.rs`, gave up on it).
+    pub fn restore(
+        cfg: CoreConfig,
+        metrics: CoreMetrics,
+        store: PartitionStore,
+        refuse_parked: Option<&str>,
+    ) -> Result<Self> {
         let mut timers = Timers::default();
         for (id, msg) in store.all_delayed()? {
             let sender = msg.envelope.as_ref().and_then(|e| e.caller.clone());
@@ -165,6 +173,10 @@ impl PartitionCore {
         core.metrics.delayed_pending.set(core.timers.len() as i64);
         let mut parked_messages = 0;
         for (addr, entries) in inboxes {
+            if let Some(reason) = refuse_parked {
+                core.refuse_inbox(&addr, entries, reason);
+                continue;
+            }
             parked_messages += entries.len();
             core.parked.insert(addr, StoredInbox::restored(&entries));
             for e in entries {
@@ -190,6 +202,11 @@ impl PartitionCore {
     /// Addresses parked with an inbox.
     pub fn parked(&self) -> usize {
         self.parked.len()
+    }
+
+    /// Whether `addr` was parked with an inbox when the last epoch committed.
+    pub fn is_parked(&self, addr: &Address) -> bool {
+        self.parked.contains_key(addr)
     }
 
     /// Takes what the inputs so far decided.
@@ -402,7 +419,7 @@ impl PartitionCore {
     }
 
     /// A record that is not even an envelope: dead-lettered with its origin only.
-    fn dead_letter_raw(&mut self, kind: DeadLetterKind, reason: String, origin: &str) {
+    pub(super) fn dead_letter_raw(&mut self, kind: DeadLetterKind, reason: String, origin: &str) {
         tracing::warn!(partition = self.cfg.partition, origin, %kind, "dead letter: {reason}");
         self.push_dead_letter(DeadLetter {
             kind,

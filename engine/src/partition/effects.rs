@@ -4,8 +4,9 @@
 //! The whole response is validated before anything is applied: a response that breaks a rule
 //! (a state it never registered, a typename that differs from the registered one, an unknown
 //! egress, an empty cancellation token, a token that is already live) is rejected as a whole
-//! and its batch goes to the dead-letter topic. Applying half a response would leave state that
-//! no function ever wrote.
+//! and its batch goes to the dead-letter topic (`bad-response`; `egress-refused` for an egress
+//! to a topic name Kafka can never accept). Applying half a response would leave state that no
+//! function ever wrote.
 //!
 //! Pure: the caller passes the clock, the egress catalogue and the live-token check.
 
@@ -17,6 +18,7 @@ use keyflow_protocol::from_function::persisted_value_mutation::MutationType;
 use keyflow_protocol::from_function::{InvocationResponse, PersistedValueSpec};
 use keyflow_protocol::{Address, Message, TypedValue, KAFKA_PRODUCER_RECORD_TYPENAME};
 
+use crate::dead_letter::DeadLetterKind;
 use crate::internal::{AddressState, StoredValue};
 use crate::module::DeliverySemantic;
 
@@ -65,8 +67,59 @@ pub struct Env<'a> {
     pub token_live: &'a dyn Fn(&str) -> bool,
 }
 
+/// Why a response was refused as a whole: the dead-letter kind of its batch and the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub kind: DeadLetterKind,
+    pub reason: String,
+}
+
 /// Validates `resp` and turns it into effects on `state` (the target's current state).
 pub fn apply(
+    resp: InvocationResponse,
+    state: &AddressState,
+    env: &Env<'_>,
+) -> Result<Effects, Rejection> {
+    let fx = validate(resp, state, env).map_err(|reason| Rejection {
+        kind: DeadLetterKind::BadResponse,
+        reason,
+    })?;
+    // Kafka would refuse these records at every replay of the epoch: refused here instead, for
+    // the price of a string check.
+    for e in &fx.egress {
+        if let Err(why) = check_topic_name(&e.topic) {
+            return Err(Rejection {
+                kind: DeadLetterKind::EgressRefused,
+                reason: format!(
+                    "egress `{}`: Kafka can never accept topic `{}`: {why}",
+                    e.egress, e.topic
+                ),
+            });
+        }
+    }
+    Ok(fx)
+}
+
+/// Whether Kafka can accept `topic` as a topic name (its `Topic.validate`): 1 to 249
+/// characters of `[a-zA-Z0-9._-]`, and neither `.` nor `..`.
+pub fn check_topic_name(topic: &str) -> Result<(), &'static str> {
+    if topic.is_empty() {
+        return Err("a topic name cannot be empty");
+    }
+    if topic == "." || topic == ".." {
+        return Err("a topic name cannot be `.` or `..`");
+    }
+    if topic.len() > 249 {
+        return Err("a topic name is at most 249 characters long");
+    }
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if !topic.chars().all(legal) {
+        return Err("a topic name may contain only ASCII letters, digits, `.`, `_` and `-`");
+    }
+    Ok(())
+}
+
+fn validate(
     resp: InvocationResponse,
     state: &AddressState,
     env: &Env<'_>,
@@ -299,6 +352,7 @@ mod tests {
                 token_live: &live,
             },
         )
+        .map_err(|r| r.reason)
     }
 
     fn modify(name: &str, v: TypedValue) -> PersistedValueMutation {

@@ -18,6 +18,8 @@
 //! - `admission.rs`, `request.rs`, `apply.rs`, `inbox.rs`: the core's inputs by concern;
 //!   `size.rs`: records and state checked against the topics' size limits.
 //! - `outbox.rs`: the core's decisions as plain data.
+//! - `isolation.rs` (which input Kafka keeps refusing; routers use it too) and `refusal.rs`
+//!   (the core dead-lettering that input instead of processing it).
 //! - `dispatch.rs` (one request in flight per address), `effects.rs` (a response validated
 //!   into effects), `dedup.rs` (idempotency keys), `timers.rs` (the delayed-message index):
 //!   pure leaves.
@@ -30,7 +32,9 @@ pub(crate) mod dispatch;
 pub(crate) mod effects;
 pub(crate) mod epoch;
 mod inbox;
+pub(crate) mod isolation;
 pub(crate) mod outbox;
+mod refusal;
 mod request;
 mod size;
 mod task;
@@ -41,12 +45,13 @@ mod tests;
 
 use std::sync::Arc;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Shared;
 use crate::kafka;
+pub(crate) use crate::kafka::ErrorClass;
 use crate::restore;
 use crate::store::StoreError;
 use crate::supervisor::supervise;
@@ -71,40 +76,18 @@ pub enum EpochError {
     DeliveryLost(&'static str),
 }
 
-/// What a failure means for the partition, decided once, here (rust-rdkafka's
-/// `txn_requires_abort` / `is_fatal` classes, from the partition's point of view).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorClass {
-    /// Abort, reopen from the last commit (a new producer), replay: a broker or network
-    /// hiccup, an aborted transaction, a producer that must be rebuilt, a store error.
-    Transient,
-    /// One record cannot be written as it is (too large, an invalid topic): replaying the epoch
-    /// fails the same way. Retried like a transient failure, with growing pauses, until the
-    /// reliability work dead-letters such records (issue 14).
-    Record,
-    /// Another worker took the partition over (this one stalled past its session timeout):
-    /// wait for the group to revoke it rather than fence the new owner in turn.
-    Fenced,
-}
-
 impl EpochError {
     /// Classifies the failure; `producer` (the partition's) tells whether it was fenced.
     pub(crate) fn class(&self, producer: Option<&FutureProducer>) -> ErrorClass {
-        let EpochError::Kafka(k) = self else {
-            return ErrorClass::Transient;
-        };
-        if producer.is_some_and(|p| kafka::is_fenced(p, k)) {
-            return ErrorClass::Fenced;
-        }
-        match k.rdkafka_error_code() {
-            Some(
-                RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::MessageBatchTooLarge
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::InvalidRecord,
-            ) => ErrorClass::Record,
+        match self {
+            // An egress topic Kafka will not create (an invalid name, a policy) is refused for
+            // good, like a record it will not take.
+            EpochError::Topic(kafka::TopicError::Create { code, .. })
+                if kafka::is_refused_topic(*code) =>
+            {
+                ErrorClass::Record
+            }
+            EpochError::Kafka(k) => kafka::class_of(producer, k),
             _ => ErrorClass::Transient,
         }
     }
@@ -113,7 +96,12 @@ impl EpochError {
 /// Runs partition `p` until `stop` fires, reopening it after every failed epoch.
 pub(crate) async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
     let topic = shared.cfg.topic_messages();
-    supervise(&shared, &topic, p, &stop, || Task::open(shared.clone(), p)).await;
+    // The safety net's state outlives each opened task: it is what the reopens learn.
+    let net = Arc::new(std::sync::Mutex::new(isolation::Net::default()));
+    supervise(&shared, &topic, p, &stop, || {
+        Task::open(shared.clone(), p, net.clone())
+    })
+    .await;
     // Gauges describe owned partitions only: a partition given up must not keep reporting.
     let label = p.to_string();
     let m = &shared.metrics;

@@ -129,9 +129,7 @@ impl PartitionCore {
                         None => self.apply_effects(&addr, fx, &batch)?,
                         Some((kind, reason)) => self.dead_letter_batch(&batch, kind, &reason),
                     },
-                    Err(reason) => {
-                        self.dead_letter_batch(&batch, DeadLetterKind::BadResponse, &reason)
-                    }
+                    Err(r) => self.dead_letter_batch(&batch, r.kind, &r.reason),
                 }
             }
         }

@@ -3,8 +3,11 @@
 //! producer, runs the `select!` loop, feeds the core its inputs, starts the invocations the
 //! core asks for, drains the core's outbox into the open transaction after every input, and
 //! commits: changelog (the overlay), input offset, transaction; then the sled checkpoint.
+//! While the safety net isolates refused records (`isolation.rs`), its epochs take one input
+//! record, or none and then fire due delayed messages.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -20,6 +23,7 @@ use keyflow_protocol::Message as _;
 
 use super::core::{CoreConfig, CoreMetrics, DecodedEnvelope, PartitionCore};
 use super::epoch::{EpochRule, Now, Step};
+use super::isolation::{Net, Taken};
 use super::outbox::{Invocation, Output, Response};
 use super::{EpochError, ErrorClass};
 use crate::context::Shared;
@@ -63,21 +67,40 @@ pub(crate) struct Task {
     core: PartitionCore,
     bound: Bound,
     inflight: JoinSet<Response>,
+    /// Deliveries of this epoch's records in its transaction: after a failure, they tell
+    /// whether the broker refused one of them (`kafka::first_refused`).
+    deliveries: Vec<DeliveryFuture>,
     /// Deliveries of this epoch's at-least-once egress records (outside the transaction):
     /// acknowledged before the epoch commits, so that a commit never outruns them.
     at_least_once: Vec<DeliveryFuture>,
-    /// Offset of the last input record taken in this epoch.
+    /// Offsets of the first and the last input record taken in this epoch, and whether it
+    /// applied input that is not a record (for the safety net, `isolation.rs`).
+    first_offset: Option<i64>,
     last_offset: Option<i64>,
+    other_input: bool,
     records: usize,
     /// Input records of the last committed epoch (see `epoch::close_when_idle`).
     previous_epoch_records: usize,
     in_txn: bool,
+    /// The safety net for refused records, kept across reopens by [`super::run`].
+    net: Arc<Mutex<Net>>,
+    /// Whether this epoch is isolated (fixed when it begins).
+    isolating: bool,
+    /// Topics this isolated epoch produced to (for a `record-refused` reason).
+    produced: BTreeSet<String>,
+    /// Set when this open refuses the non-record input (the reason): the parked inboxes were
+    /// refused at restore, the due delayed messages are refused in the first epoch.
+    refuse_pending: Option<String>,
 }
 
 impl Task {
     /// Fences the previous owner, restores the partition's state and positions the consumer at
     /// the committed offset. Parked addresses are dispatched again in an epoch of their own.
-    pub(super) async fn open(shared: Arc<Shared>, p: i32) -> Result<Self, EpochError> {
+    pub(super) async fn open(
+        shared: Arc<Shared>,
+        p: i32,
+        net: Arc<Mutex<Net>>,
+    ) -> Result<Self, EpochError> {
         let started = Instant::now();
         let cfg = &shared.cfg;
         let txn_id = format!("{}-p{p}", cfg.cluster);
@@ -137,7 +160,13 @@ impl Task {
             max_partition_queued_bytes: cfg.max_partition_queued_bytes.get(),
             limits: shared.limits.clone(),
         };
-        let core = PartitionCore::restore(core_cfg, CoreMetrics::bind(m, p), store)?;
+        let refuse_pending = net.lock().expect("net").take_refuse_pending();
+        let core = PartitionCore::restore(
+            core_cfg,
+            CoreMetrics::bind(m, p),
+            store,
+            refuse_pending.as_deref(),
+        )?;
         let secs = started.elapsed().as_secs_f64();
         m.restore_seconds.with_label_values(&[&label]).set(secs);
         tracing::info!(
@@ -149,7 +178,7 @@ impl Task {
             "partition restored in {:.3}s",
             secs
         );
-        let mut task = Task {
+        Ok(Task {
             shared,
             p,
             producer,
@@ -157,22 +186,33 @@ impl Task {
             core,
             bound,
             inflight: JoinSet::new(),
+            deliveries: Vec::new(),
             at_least_once: Vec::new(),
+            first_offset: None,
             last_offset: None,
+            other_input: false,
             records: 0,
             previous_epoch_records: 0,
             in_txn: false,
-        };
-        // Parked addresses go first: their messages precede any input still to be read.
-        if task.core.parked() > 0 {
-            task.begin()?;
-            task.flush().await?;
-        }
-        Ok(task)
+            net,
+            isolating: false,
+            produced: BTreeSet::new(),
+            refuse_pending,
+        })
     }
 
     async fn run_epochs(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
         let mut next_sweep = Instant::now() + self.shared.cfg.expiry_sweep;
+        // Parked addresses go first: their messages precede any input still to be read. (Or
+        // they were refused at restore, and so are the delayed messages due now.)
+        if self.core.parked() > 0 || self.refuse_pending.is_some() {
+            self.begin()?;
+            self.other_input = true;
+            if let Some(reason) = self.refuse_pending.take() {
+                self.core.refuse_due_timers(now_ms(), &reason)?;
+            }
+            self.flush().await?;
+        }
         loop {
             // Idle: wait for input, a parked request's outcome, a due delayed message, the
             // expiry sweep, or the stop. (An epoch may already be open: restore dispatches
@@ -208,16 +248,28 @@ impl Task {
     /// open, drive every invocation to completion (or park it), fire due delayed messages.
     async fn epoch(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
         let cfg = &self.shared.cfg;
+        // An isolated epoch takes the one record it began with, or none; delayed messages
+        // fire only in epochs without a record, so that a failure names one kind of input.
+        let max_records = self
+            .net
+            .lock()
+            .expect("net")
+            .max_records(cfg.max_epoch_records, self.records > 0);
+        let fire_timers = !self.isolating || self.records == 0;
         let rule = EpochRule::begin(
             tokio::time::Instant::now(),
             cfg.commit_interval,
             cfg.park_after,
-            cfg.max_epoch_records,
+            max_records,
             self.previous_epoch_records,
             cfg.early_close_below,
         );
         loop {
-            self.core.fire_due_timers(now_ms())?;
+            if fire_timers {
+                let pending = self.core.delayed();
+                self.core.fire_due_timers(now_ms())?;
+                self.other_input |= self.core.delayed() < pending;
+            }
             self.flush().await?;
             let now = Now {
                 at: tokio::time::Instant::now(),
@@ -268,6 +320,7 @@ impl Task {
         match ev {
             Event::Done(done) => {
                 let done = done.map_err(|e| EpochError::Panicked(e.to_string()))?;
+                self.other_input |= self.core.is_parked(&done.addr);
                 self.core.on_response(done)?;
             }
             Event::Record(rec) => self.on_record(rec)?,
@@ -278,9 +331,14 @@ impl Task {
 
     fn on_record(&mut self, rec: Result<Input, KafkaError>) -> Result<(), EpochError> {
         let (offset, payload) = rec?;
+        self.first_offset.get_or_insert(offset);
         self.last_offset = Some(offset);
         self.records += 1;
-        self.core.on_record(offset, payload)?;
+        let refusal = self.net.lock().expect("net").refusal(offset).cloned();
+        match refusal {
+            Some(r) => self.core.refuse_record(offset, payload, &r.reason, r.bare),
+            None => self.core.on_record(offset, payload)?,
+        }
         Ok(())
     }
 
@@ -323,6 +381,17 @@ impl Task {
     }
 
     async fn send(&mut self, out: Output) -> Result<(), EpochError> {
+        if self.isolating {
+            let topic = match &out {
+                Output::Message { .. } => &self.bound.messages,
+                Output::Reply { .. } => &self.bound.replies,
+                Output::Egress(e) => &e.topic,
+                Output::DeadLetter(_) => &self.bound.dead_letters,
+            };
+            if !self.produced.contains(topic) {
+                self.produced.insert(topic.clone());
+            }
+        }
         match out {
             Output::Message {
                 partition,
@@ -332,7 +401,7 @@ impl Task {
                 let payload = envelope.encode_to_vec();
                 let topic = &self.bound.messages;
                 let key = Some(key.as_bytes());
-                kafka::send(
+                let d = kafka::send(
                     &self.producer,
                     topic,
                     Some(partition),
@@ -341,12 +410,15 @@ impl Task {
                     None,
                 )
                 .await?;
+                self.deliveries.push(d);
             }
             Output::Reply { caller_id, value } => {
                 let value = value.encode_to_vec();
                 let topic = &self.bound.replies;
                 let key = Some(caller_id.as_bytes());
-                kafka::send(&self.producer, topic, Some(0), key, Some(&value), None).await?;
+                let d =
+                    kafka::send(&self.producer, topic, Some(0), key, Some(&value), None).await?;
+                self.deliveries.push(d);
             }
             Output::Egress(e) => {
                 self.shared.ensure_topic(&e.topic).await?;
@@ -363,8 +435,10 @@ impl Task {
                     None,
                 )
                 .await?;
-                if matches!(e.delivery, DeliverySemantic::AtLeastOnce) {
-                    self.at_least_once.push(delivery);
+                match e.delivery {
+                    DeliverySemantic::ExactlyOnce { .. } => self.deliveries.push(delivery),
+                    DeliverySemantic::AtLeastOnce => self.at_least_once.push(delivery),
+                    DeliverySemantic::None => {}
                 }
             }
             Output::DeadLetter(dl) => {
@@ -374,7 +448,7 @@ impl Task {
                     reason: &dl.reason,
                     headers,
                 };
-                kafka::send_dead_letter(
+                let d = kafka::send_dead_letter(
                     &self.producer,
                     &self.bound.dead_letters,
                     dl.key.as_deref(),
@@ -382,6 +456,7 @@ impl Task {
                     record,
                 )
                 .await?;
+                self.deliveries.push(d);
             }
         }
         Ok(())
@@ -391,8 +466,20 @@ impl Task {
         if !self.in_txn {
             self.producer.begin_transaction()?;
             self.in_txn = true;
+            self.isolating = self.net.lock().expect("net").isolating();
         }
         Ok(())
+    }
+
+    /// What this epoch took of its input.
+    fn taken(&self) -> Taken {
+        Taken {
+            records: self.records,
+            first: self.first_offset,
+            last: self.last_offset,
+            other: self.other_input,
+            parked: self.core.parked() > 0,
+        }
     }
 
     fn next_timer_instant(&self) -> Option<tokio::time::Instant> {
@@ -451,8 +538,13 @@ impl Task {
         self.bound.records.inc_by(self.records as u64);
         self.bound.epochs.inc();
         self.bound.commit_seconds.inc_by(secs);
+        self.net.lock().expect("net").committed(self.taken());
+        self.first_offset = None;
         self.last_offset = None;
+        self.other_input = false;
         self.records = 0;
+        self.produced.clear();
+        self.deliveries.clear();
         Ok(())
     }
 
@@ -482,10 +574,26 @@ impl PartitionTask for Task {
         self.run_epochs(stop).await
     }
 
-    async fn abort(&mut self, err: &EpochError) -> bool {
-        let fenced = err.class(Some(&self.producer)) == ErrorClass::Fenced;
+    async fn abort(&mut self, err: &EpochError) -> ErrorClass {
+        let mut class = err.class(Some(&self.producer));
+        let mut reason = err.to_string();
+        let deliveries = std::mem::take(&mut self.deliveries);
         self.abort_epoch().await;
-        fenced
+        if class == ErrorClass::Transient {
+            if let Some((topic, e)) = kafka::first_refused(deliveries, REPORTS_WITHIN).await {
+                class = ErrorClass::Record;
+                reason = format!("Kafka refused a record to `{topic}`: {e}");
+            }
+        }
+        if !self.produced.is_empty() {
+            let topics: Vec<&str> = self.produced.iter().map(String::as_str).collect();
+            reason.push_str(&format!(" (the epoch produced to {})", topics.join(", ")));
+        }
+        self.net
+            .lock()
+            .expect("net")
+            .failed(class, self.taken(), &reason);
+        class
     }
 
     fn failed(shared: &Shared, p: i32) {
@@ -496,6 +604,9 @@ impl PartitionTask for Task {
             .inc();
     }
 }
+
+/// How long a failed epoch waits for its delivery reports to find a refused record.
+const REPORTS_WITHIN: Duration = Duration::from_secs(2);
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {

@@ -43,8 +43,10 @@ mod failures;
 mod idempotency;
 mod inboxes;
 mod limits;
+mod isolation;
 mod parking;
 mod reads;
+mod refused;
 mod requests;
 mod sdk;
 
@@ -148,7 +150,7 @@ impl Harness {
     fn open_core(db: &sled::Db, cfg: &CoreConfig, metrics: &Metrics) -> PartitionCore {
         let store = PartitionStore::open(db, cfg.partition).unwrap();
         let m = CoreMetrics::bind(metrics, cfg.partition);
-        PartitionCore::restore(cfg.clone(), m, store).unwrap()
+        PartitionCore::restore(cfg.clone(), m, store, None).unwrap()
     }
 
     /// Moves what the core decided into `outputs` and `pending`.

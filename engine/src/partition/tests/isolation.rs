@@ -1,0 +1,210 @@
+//! The safety net's decisions (`isolation.rs`): which epochs are isolated, which record or
+//! which non-record input is refused, and when normal epochs come back.
+
+use crate::kafka::ErrorClass;
+use crate::partition::isolation::{Net, Taken};
+
+fn records(first: i64, last: i64) -> Taken {
+    Taken {
+        records: (last - first + 1) as usize,
+        first: Some(first),
+        last: Some(last),
+        other: false,
+        parked: false,
+    }
+}
+
+/// An epoch of no record that applied the outcome of a parked request.
+const PARKED_OUTCOME: Taken = Taken {
+    records: 0,
+    first: None,
+    last: None,
+    other: true,
+    parked: false,
+};
+
+const NONE: Taken = Taken {
+    records: 0,
+    first: None,
+    last: None,
+    other: false,
+    parked: false,
+};
+
+#[test]
+fn a_record_failure_isolates_the_epochs_records_one_per_epoch() {
+    let mut net = Net::default();
+    assert!(!net.isolating());
+    assert_eq!(net.max_records(500, true), 500);
+    net.failed(ErrorClass::Record, records(10, 19), "refused");
+    assert!(net.isolating());
+    assert_eq!(net.max_records(500, true), 1, "one record per epoch");
+    assert_eq!(net.max_records(500, false), 0, "no record with other input");
+    assert_eq!(net.refusal(10), None, "a first failure refuses nothing yet");
+    for o in 10..19 {
+        net.committed(records(o, o));
+        assert!(net.isolating(), "still isolating after {o}");
+    }
+    net.committed(records(19, 19));
+    assert!(!net.isolating(), "normal again past the failed epoch");
+    assert_eq!(net.max_records(500, true), 500);
+}
+
+#[test]
+fn transient_and_fenced_failures_change_nothing() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Transient, records(0, 5), "broker down");
+    net.failed(ErrorClass::Fenced, records(0, 5), "fenced");
+    assert!(!net.isolating());
+    net.failed(ErrorClass::Record, records(0, 5), "refused");
+    net.failed(ErrorClass::Transient, records(0, 0), "broker down");
+    assert!(net.isolating());
+    assert_eq!(net.refusal(0), None, "a transient failure names no record");
+}
+
+#[test]
+fn a_one_record_epoch_failing_again_refuses_that_record_once() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, records(10, 19), "first");
+    net.committed(records(10, 10));
+    net.failed(ErrorClass::Record, records(11, 11), "kafka: InvalidRecord");
+    let r = net.refusal(11).expect("record 11 is refused");
+    assert_eq!(r.reason, "kafka: InvalidRecord");
+    assert!(!r.bare, "the dead letter carries the value");
+    assert_eq!(net.refusal(12), None, "only that record");
+    net.committed(records(11, 11));
+    assert_eq!(net.refusal(11), None, "refused once");
+    assert!(
+        net.isolating(),
+        "the rest of the failed epoch is still isolated"
+    );
+    net.committed(records(12, 19));
+    assert!(!net.isolating());
+}
+
+#[test]
+fn a_refusal_that_is_refused_too_drops_the_value() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, records(3, 3), "too large");
+    net.failed(ErrorClass::Record, records(3, 3), "too large");
+    assert!(!net.refusal(3).unwrap().bare);
+    net.failed(ErrorClass::Record, records(3, 3), "dead letter too large");
+    assert!(net.refusal(3).unwrap().bare);
+}
+
+#[test]
+fn repeated_failures_without_a_record_refuse_the_pending_non_record_input() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, NONE, "parked batch refused");
+    assert!(net.isolating());
+    assert_eq!(net.take_refuse_pending(), None, "retried once first");
+    net.failed(ErrorClass::Record, NONE, "parked batch refused");
+    assert_eq!(
+        net.take_refuse_pending().as_deref(),
+        Some("parked batch refused")
+    );
+    assert_eq!(net.take_refuse_pending(), None, "taken once");
+    net.committed(NONE);
+    assert!(!net.isolating(), "the refusing epoch ends isolation");
+}
+
+#[test]
+fn a_failing_delayed_message_is_refused_even_while_records_flow() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, records(0, 9), "timer refused");
+    net.failed(ErrorClass::Record, NONE, "timer refused");
+    // One-record epochs commit in between: they say nothing about the timer.
+    net.committed(records(0, 0));
+    net.committed(records(1, 1));
+    net.failed(ErrorClass::Record, NONE, "timer refused");
+    assert!(net.take_refuse_pending().is_some());
+}
+
+#[test]
+fn an_epoch_without_record_that_commits_clears_the_count() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, records(0, 9), "x");
+    net.failed(ErrorClass::Record, NONE, "x");
+    net.committed(NONE);
+    net.failed(ErrorClass::Record, NONE, "x");
+    assert_eq!(net.take_refuse_pending(), None);
+}
+
+#[test]
+fn a_failure_without_a_record_isolates_until_the_next_commit() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, NONE, "x");
+    assert!(net.isolating());
+    net.committed(records(4, 4));
+    assert!(!net.isolating());
+}
+
+#[test]
+fn a_parked_outcome_refused_after_every_reparking_is_refused_at_last() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, PARKED_OUTCOME, "refused");
+    // The reopen dispatches the inbox again; the slow request is parked again and commits.
+    net.committed(Taken {
+        parked: true,
+        ..PARKED_OUTCOME
+    });
+    assert!(!net.isolating(), "isolation ended with that commit");
+    net.failed(ErrorClass::Record, PARKED_OUTCOME, "refused again");
+    assert_eq!(
+        net.take_refuse_pending().as_deref(),
+        Some("refused again"),
+        "re-parking proves nothing"
+    );
+}
+
+#[test]
+fn a_one_record_epoch_that_also_ran_other_input_does_not_blame_its_record() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, records(0, 9), "x");
+    net.failed(
+        ErrorClass::Record,
+        Taken {
+            other: true,
+            ..records(0, 0)
+        },
+        "x",
+    );
+    assert_eq!(net.refusal(0), None, "the record is not blamed");
+    net.failed(ErrorClass::Record, PARKED_OUTCOME, "x");
+    assert!(net.take_refuse_pending().is_some(), "the other input is");
+}
+
+#[test]
+fn refusals_are_record_class_and_hiccups_transient() {
+    use crate::kafka::TopicError;
+    use crate::partition::EpochError;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    let produce = |c: Code| EpochError::Kafka(KafkaError::MessageProduction(c)).class(None);
+    // A keyless record to a compacted topic (INVALID_RECORD), too large, no such topic.
+    for c in [
+        Code::InvalidRecord,
+        Code::MessageSizeTooLarge,
+        Code::InvalidMessage,
+        Code::UnknownTopic,
+    ] {
+        assert_eq!(produce(c), ErrorClass::Record, "{c:?}");
+    }
+    for c in [
+        Code::BrokerTransportFailure,
+        Code::RequestTimedOut,
+        Code::NotLeaderForPartition,
+        Code::UnknownTopicOrPartition,
+    ] {
+        assert_eq!(produce(c), ErrorClass::Transient, "{c:?}");
+    }
+    let create = |code: Code| {
+        EpochError::Topic(TopicError::Create {
+            topic: "t".into(),
+            code,
+        })
+        .class(None)
+    };
+    assert_eq!(create(Code::InvalidTopic), ErrorClass::Record);
+    assert_eq!(create(Code::PolicyViolation), ErrorClass::Record);
+    assert_eq!(create(Code::RequestTimedOut), ErrorClass::Transient);
+}
