@@ -94,15 +94,24 @@ pub fn transactional_producer(
 }
 
 /// A non-transactional idempotent producer (at-least-once and fire-and-forget egress).
-pub fn plain_producer(bootstrap: &str) -> Result<FutureProducer, KafkaError> {
-    client_config(bootstrap)
-        .set("enable.idempotence", "true")
+/// `txn_timeout` is the partitions' transaction timeout: an epoch awaits its at-least-once
+/// deliveries inside its open transaction.
+pub fn plain_producer(
+    bootstrap: &str,
+    txn_timeout: Duration,
+) -> Result<FutureProducer, KafkaError> {
+    plain_producer_config(bootstrap, txn_timeout).create()
+}
+
+fn plain_producer_config(bootstrap: &str, _txn_timeout: Duration) -> ClientConfig {
+    let mut c = client_config(bootstrap);
+    c.set("enable.idempotence", "true")
         .set("linger.ms", "1")
         .set(
             "message.max.bytes",
             crate::limits::PRODUCER_MESSAGE_MAX_BYTES.to_string(),
-        )
-        .create()
+        );
+    c
 }
 
 /// The `max.message.bytes` of each of `topics`, in order (Kafka's default when a topic's
@@ -386,15 +395,41 @@ pub(crate) enum ErrorClass {
     Fenced,
 }
 
-/// What a Kafka error means for the partition task whose `producer` (if known) saw it.
-pub(crate) fn class_of(producer: Option<&FutureProducer>, err: &KafkaError) -> ErrorClass {
+/// How long the failing task's transaction had been open (`None`: none was), against its
+/// `transaction.timeout.ms`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TxnClock {
+    pub open_for: Option<Duration>,
+    pub timeout: Duration,
+}
+
+impl TxnClock {
+    /// The transaction outlived its timeout: the broker has aborted it (or will).
+    pub fn expired(&self) -> bool {
+        self.open_for
+            .is_some_and(|open| !self.timeout.is_zero() && open >= self.timeout)
+    }
+}
+
+/// What a Kafka error means for the partition task whose `producer` (if known) saw it, its
+/// transaction as `txn` says.
+pub(crate) fn class_of(
+    producer: Option<&FutureProducer>,
+    err: &KafkaError,
+    txn: TxnClock,
+) -> ErrorClass {
     if producer.is_some_and(|p| is_fenced(p, err)) {
-        return ErrorClass::Fenced;
+        return fence_class(txn);
     }
     match err.rdkafka_error_code() {
         Some(code) if is_refused_record(code) => ErrorClass::Record,
         _ => ErrorClass::Transient,
     }
+}
+
+/// A fence-like error of a producer whose transaction is as `txn` says.
+fn fence_class(_txn: TxnClock) -> ErrorClass {
+    ErrorClass::Fenced
 }
 
 /// Errors with which the broker (or librdkafka, before sending) refuses one record for good:
@@ -584,3 +619,44 @@ impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
 /// How often a partition task's consumer refreshes its lag.
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_after_the_transaction_timeout_is_a_timed_out_transaction_not_a_fence() {
+        // The broker bumps the producer epoch when it aborts a transaction past
+        // transaction.timeout.ms: the producer sees the codes of a fence, yet nobody else owns
+        // the partition, so waiting for a revocation would only stall it.
+        let timeout = Duration::from_secs(10);
+        let clock = |open_for: Option<u64>| TxnClock {
+            open_for: open_for.map(Duration::from_secs),
+            timeout,
+        };
+        assert_eq!(fence_class(clock(Some(2))), ErrorClass::Fenced);
+        assert_eq!(fence_class(clock(None)), ErrorClass::Fenced);
+        assert_eq!(fence_class(clock(Some(10))), ErrorClass::Transient);
+        assert_eq!(fence_class(clock(Some(11))), ErrorClass::Transient);
+        assert!(!TxnClock::default().expired());
+    }
+
+    #[test]
+    fn at_least_once_deliveries_give_up_well_within_the_transaction_timeout() {
+        // An epoch awaits them inside its open transaction: librdkafka's default
+        // message.timeout.ms (300 s) would let the broker abort the transaction first.
+        for secs in [10, 60, 900] {
+            let txn = Duration::from_secs(secs);
+            let c = plain_producer_config("127.0.0.1:9092", txn);
+            let ms: u64 = c
+                .get("message.timeout.ms")
+                .unwrap_or("300000")
+                .parse()
+                .unwrap();
+            assert!(
+                Duration::from_millis(ms) <= txn / 2,
+                "message.timeout.ms {ms} for a {txn:?} transaction timeout"
+            );
+        }
+    }
+}

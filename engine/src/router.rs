@@ -69,7 +69,8 @@ struct Router {
     first_offset: Option<i64>,
     last_offset: Option<i64>,
     records: usize,
-    in_txn: bool,
+    /// When the open transaction began (`None`: none is open).
+    txn_began: Option<Instant>,
     /// The safety net for refused records, kept across reopens by [`run`].
     net: Arc<Mutex<Net>>,
     /// Deliveries of this epoch's records: after a failure, they tell whether the broker
@@ -167,7 +168,7 @@ impl Router {
             first_offset: None,
             last_offset: None,
             records: 0,
-            in_txn: false,
+            txn_began: None,
             net,
             deliveries: Vec::new(),
         })
@@ -297,12 +298,8 @@ impl Router {
             ("keyflow.typename", &typename),
         ];
         // The dead letter must fit its topic too: a prefix of the value, with its size.
-        let fitted = limits::fit_dead_letter(
-            self.shared.limits.dead_letters,
-            m.key(),
-            value,
-            &headers,
-        );
+        let fitted =
+            limits::fit_dead_letter(self.shared.limits.dead_letters, m.key(), value, &headers);
         headers.extend(fitted.headers.iter().map(|(k, v)| (*k, v.as_str())));
         let dl = kafka::DeadLetter {
             kind: kind.as_str(),
@@ -428,7 +425,7 @@ impl Router {
             .last_offset
             .map(|last| (self.topic.as_str(), self.p, last + 1));
         kafka::commit_with_offsets(&self.producer, &self.consumer, input).await?;
-        self.in_txn = false;
+        self.txn_began = None;
         self.shared
             .metrics
             .epoch_commit_seconds
@@ -464,7 +461,7 @@ impl PartitionTask for Router {
                 m = self.consumer.recv() => m?.detach(),
             };
             self.producer.begin_transaction()?;
-            self.in_txn = true;
+            self.txn_began = Some(Instant::now());
             self.route_record(first).await?;
             let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
             let max_records = self
@@ -496,9 +493,22 @@ impl PartitionTask for Router {
     }
 
     async fn abort(&mut self, err: &KafkaError) -> ErrorClass {
-        let mut class = kafka::class_of(Some(&self.producer), err);
+        let txn = kafka::TxnClock {
+            open_for: self.txn_began.map(|t| t.elapsed()),
+            timeout: self.shared.txn_timeout,
+        };
+        let mut class = kafka::class_of(Some(&self.producer), err, txn);
+        if txn.expired() && class == ErrorClass::Transient {
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.p,
+                "the routing transaction was open {:?}, past transaction.timeout.ms ({:?}): the broker aborts it; reopening at once",
+                txn.open_for.unwrap_or_default(),
+                txn.timeout
+            );
+        }
         let mut reason = format!("{err} (routing to {})", self.messages);
-        if self.in_txn {
+        if self.txn_began.is_some() {
             let pr = self.producer.clone();
             let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
         }

@@ -77,8 +77,13 @@ pub enum EpochError {
 }
 
 impl EpochError {
-    /// Classifies the failure; `producer` (the partition's) tells whether it was fenced.
-    pub(crate) fn class(&self, producer: Option<&FutureProducer>) -> ErrorClass {
+    /// Classifies the failure; `producer` (the partition's, its transaction as `txn` says)
+    /// tells whether it was fenced.
+    pub(crate) fn class(
+        &self,
+        producer: Option<&FutureProducer>,
+        txn: kafka::TxnClock,
+    ) -> ErrorClass {
         match self {
             // An egress topic Kafka will not create (an invalid name, a policy) is refused for
             // good, like a record it will not take.
@@ -87,7 +92,7 @@ impl EpochError {
             {
                 ErrorClass::Record
             }
-            EpochError::Kafka(k) => kafka::class_of(producer, k),
+            EpochError::Kafka(k) => kafka::class_of(producer, k, txn),
             _ => ErrorClass::Transient,
         }
     }

@@ -81,7 +81,8 @@ pub(crate) struct Task {
     records: usize,
     /// Input records of the last committed epoch (see `epoch::close_when_idle`).
     previous_epoch_records: usize,
-    in_txn: bool,
+    /// When the open transaction began (`None`: none is open).
+    txn_began: Option<Instant>,
     /// The safety net for refused records, kept across reopens by [`super::run`].
     net: Arc<Mutex<Net>>,
     /// Whether this epoch is isolated (fixed when it begins).
@@ -193,7 +194,7 @@ impl Task {
             other_input: false,
             records: 0,
             previous_epoch_records: 0,
-            in_txn: false,
+            txn_began: None,
             net,
             isolating: false,
             produced: BTreeSet::new(),
@@ -217,7 +218,7 @@ impl Task {
             // Idle: wait for input, a parked request's outcome, a due delayed message, the
             // expiry sweep, or the stop. (An epoch may already be open: restore dispatches
             // inboxes inside one.)
-            if !self.in_txn {
+            if self.txn_began.is_none() {
                 let timer_at = self.next_timer_instant();
                 // A partition holding its bound of bytes waits for responses to drain it.
                 let take = !self.core.is_over_queued_bytes();
@@ -463,9 +464,9 @@ impl Task {
     }
 
     fn begin(&mut self) -> Result<(), EpochError> {
-        if !self.in_txn {
+        if self.txn_began.is_none() {
             self.producer.begin_transaction()?;
-            self.in_txn = true;
+            self.txn_began = Some(Instant::now());
             self.isolating = self.net.lock().expect("net").isolating();
         }
         Ok(())
@@ -518,7 +519,7 @@ impl Task {
             .last_offset
             .map(|last| (self.bound.messages.as_str(), self.p, last + 1));
         kafka::commit_with_offsets(&self.producer, &self.consumer, input).await?;
-        self.in_txn = false;
+        self.txn_began = None;
         // Committed: every changelog record is delivered; the checkpoint may move to the end.
         let mut next_offset = None;
         for d in deliveries {
@@ -550,11 +551,18 @@ impl Task {
 
     /// Abandons the epoch after a failure: the transaction aborts (if the producer can), the
     /// overlay and in-flight calls are dropped.
+    fn txn_clock(&self) -> kafka::TxnClock {
+        kafka::TxnClock {
+            open_for: self.txn_began.map(|t| t.elapsed()),
+            timeout: self.shared.txn_timeout,
+        }
+    }
+
     async fn abort_epoch(&mut self) {
         self.inflight.abort_all();
         self.at_least_once.clear();
         self.core.discard();
-        if self.in_txn {
+        if self.txn_began.is_some() {
             let pr = self.producer.clone();
             if let Err(e) = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await {
                 tracing::debug!(
@@ -562,7 +570,7 @@ impl Task {
                     "abort failed (the reopened producer will abort instead): {e}"
                 );
             }
-            self.in_txn = false;
+            self.txn_began = None;
         }
     }
 }
@@ -575,7 +583,19 @@ impl PartitionTask for Task {
     }
 
     async fn abort(&mut self, err: &EpochError) -> ErrorClass {
-        let mut class = err.class(Some(&self.producer));
+        let txn = self.txn_clock();
+        let mut class = err.class(Some(&self.producer), txn);
+        if txn.expired() && class == ErrorClass::Transient {
+            tracing::warn!(
+                partition = self.p,
+                "the epoch's transaction was open {:?}, past transaction.timeout.ms ({:?}): the \
+                 broker aborts it; reopening at once (raise the exactly-once egress's \
+                 transaction timeout in module.yaml, or lower --commit-interval / --park-after, \
+                 if this repeats)",
+                txn.open_for.unwrap_or_default(),
+                txn.timeout
+            );
+        }
         let mut reason = err.to_string();
         let deliveries = std::mem::take(&mut self.deliveries);
         self.abort_epoch().await;

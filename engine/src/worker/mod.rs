@@ -177,7 +177,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         tls,
         invoker: Invoker::new(&module, metrics.invocation_retries.clone())?,
-        plain: kafka::plain_producer(&bootstrap)?,
+        plain: kafka::plain_producer(&bootstrap, txn_timeout)?,
         metrics,
         db,
         txn_timeout,

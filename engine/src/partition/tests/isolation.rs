@@ -179,7 +179,9 @@ fn refusals_are_record_class_and_hiccups_transient() {
     use crate::kafka::TopicError;
     use crate::partition::EpochError;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
-    let produce = |c: Code| EpochError::Kafka(KafkaError::MessageProduction(c)).class(None);
+    let produce = |c: Code| {
+        EpochError::Kafka(KafkaError::MessageProduction(c)).class(None, Default::default())
+    };
     // A keyless record to a compacted topic (INVALID_RECORD), too large, no such topic.
     for c in [
         Code::InvalidRecord,
@@ -202,7 +204,7 @@ fn refusals_are_record_class_and_hiccups_transient() {
             topic: "t".into(),
             code,
         })
-        .class(None)
+        .class(None, Default::default())
     };
     assert_eq!(create(Code::InvalidTopic), ErrorClass::Record);
     assert_eq!(create(Code::PolicyViolation), ErrorClass::Record);

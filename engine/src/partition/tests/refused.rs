@@ -125,7 +125,10 @@ fn a_restore_refusing_parked_inboxes_dead_letters_and_deletes_them() {
     let out = h.take_outputs();
     assert_eq!(kinds(&out), [DeadLetterKind::RecordRefused; 3], "{out:?}");
     assert!(dead_letters(&out)[0].reason.contains("INVALID_RECORD"));
-    let deleted = |a: &str| h.inbox_in_overlay(&addr(a)).map(|c| (c.written.len(), c.deleted));
+    let deleted = |a: &str| {
+        h.inbox_in_overlay(&addr(a))
+            .map(|c| (c.written.len(), c.deleted))
+    };
     assert_eq!(deleted("a"), Some((0, 2)), "both records deleted");
     assert_eq!(deleted("b"), Some((0, 1)), "deleted");
     h.commit();
