@@ -103,9 +103,13 @@ pub fn plain_producer(
     plain_producer_config(bootstrap, txn_timeout).create()
 }
 
-fn plain_producer_config(bootstrap: &str, _txn_timeout: Duration) -> ClientConfig {
+fn plain_producer_config(bootstrap: &str, txn_timeout: Duration) -> ClientConfig {
+    // A delivery that cannot finish in half the transaction's time fails the epoch (which is
+    // replayed: at-least-once) before the broker would abort the transaction under it.
+    let delivery_ms = (txn_timeout.as_millis() / 2).clamp(500, 300_000);
     let mut c = client_config(bootstrap);
     c.set("enable.idempotence", "true")
+        .set("message.timeout.ms", delivery_ms.to_string())
         .set("linger.ms", "1")
         .set(
             "message.max.bytes",
@@ -427,9 +431,17 @@ pub(crate) fn class_of(
     }
 }
 
-/// A fence-like error of a producer whose transaction is as `txn` says.
-fn fence_class(_txn: TxnClock) -> ErrorClass {
-    ErrorClass::Fenced
+/// A fence-like error of a producer whose transaction is as `txn` says. The broker bumps the
+/// producer epoch both when another instance takes the transactional id over and when it
+/// aborts a transaction that outlived `transaction.timeout.ms`, so the codes look alike
+/// (KIP-588 tells them apart only for newer clients): a transaction open past its timeout
+/// was aborted, nobody else owns the partition, and the task reopens at once.
+fn fence_class(txn: TxnClock) -> ErrorClass {
+    if txn.expired() {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Fenced
+    }
 }
 
 /// Errors with which the broker (or librdkafka, before sending) refuses one record for good:
