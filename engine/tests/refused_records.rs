@@ -1,7 +1,7 @@
 //! Records the broker refuses never stop a partition or a router: an egress to a topic name
 //! Kafka can never accept is refused up front (`egress-refused`), and any other record Kafka
 //! keeps refusing (a keyless record to a compacted topic, a routed message larger than the
-//! messages topic takes) is isolated and dead-lettered (`record-refused`) by the safety net.
+//! messages topic takes since its limit was lowered under the running engine) is isolated and dead-lettered (`record-refused`) by the safety net.
 //! Every other input, of the same epoch and after it, is processed exactly once. A parked
 //! request whose outcome Kafka keeps refusing is dead-lettered too, from its inbox, and so is a
 //! delayed message Kafka refuses when it fires.
@@ -103,6 +103,32 @@ fn create_topic(topic: &str, config: &[(&str, &str)]) {
             .unwrap();
         assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
     });
+}
+
+/// Lowers `topic`'s `max.message.bytes` to `max` while the engine runs: the engine learned the
+/// larger limit at startup, so its size checks let records through that the broker now
+/// refuses, and only the safety net can catch them.
+fn shrink_while_running(topic: &str, max: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .unwrap();
+        let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", max);
+        let res = admin
+            .alter_configs([&alter], &AdminOptions::new())
+            .await
+            .unwrap();
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    });
+    // The broker applies a topic's dynamic config asynchronously.
+    std::thread::sleep(Duration::from_secs(2));
 }
 
 /// One engine with one partition (every input on the same partition and router), its
@@ -232,11 +258,10 @@ fn a_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net() {
 
 #[test]
 fn a_routed_record_the_broker_keeps_refusing_is_dead_lettered_and_the_router_goes_on() {
-    // `<cluster>-messages` takes no record over 2000 bytes: a large ingress value cannot be
-    // routed, however often the router retries it.
-    let mut s = setup("router", &[], |run| {
-        create_topic(&format!("{run}-messages"), &[("max.message.bytes", "2000")])
-    });
+    // `<cluster>-messages` takes no record over 2000 bytes from now on: a large ingress value
+    // cannot be routed, however often the router retries it.
+    let mut s = setup("router", &[], |_| {});
+    shrink_while_running(&format!("{}-messages", s.run), "2000");
     let input = format!("in-{}", s.run);
     let big = "x".repeat(5000);
     produce_str(&input, &[("r0", "v0"), ("big", &big), ("r1", "v1")]);
@@ -276,11 +301,10 @@ fn a_parked_request_whose_outcome_kafka_keeps_refusing_is_dead_lettered_from_its
 
 #[test]
 fn a_delayed_message_kafka_keeps_refusing_is_dead_lettered_instead_of_fired() {
-    // `<cluster>-messages` takes no record over 2000 bytes: the delayed message can be kept
-    // in state but never fired.
-    let mut s = setup("delayed", &[], |run| {
-        create_topic(&format!("{run}-messages"), &[("max.message.bytes", "2000")])
-    });
+    // `<cluster>-messages` takes no record over 2000 bytes from now on: the delayed message
+    // can be kept in state but never fired.
+    let mut s = setup("delayed", &[], |_| {});
+    shrink_while_running(&format!("{}-messages", s.run), "2000");
     let input = format!("in-{}", s.run);
     produce_str(&input, &[("d", "delay-big"), ("a0", "v0")]);
     let dead = dead_letters(&s.run, 1);
