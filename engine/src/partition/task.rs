@@ -24,16 +24,17 @@ use keyflow_protocol::Message as _;
 use super::core::{CoreConfig, CoreMetrics, DecodedEnvelope, PartitionCore};
 use super::epoch::{EpochRule, Now, Step};
 use super::isolation::{Net, Taken};
-use super::outbox::{Invocation, Output, Response};
+use super::outbox::Response;
 use super::{EpochError, ErrorClass};
 use crate::context::Shared;
 use crate::internal::Envelope;
 use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
-use crate::module::{DeliverySemantic, TypeName};
 use crate::now_ms;
 use crate::restore;
 use crate::store::PartitionStore;
 use crate::supervisor::PartitionTask;
+
+mod flush;
 
 /// Topic names and metric handles of one partition, made once when it opens.
 struct Bound {
@@ -339,126 +340,6 @@ impl Task {
         match refusal {
             Some(r) => self.core.refuse_record(offset, payload, &r.reason, r.bare),
             None => self.core.on_record(offset, payload)?,
-        }
-        Ok(())
-    }
-
-    /// Starts the invocations the core asked for and sends its records into the open
-    /// transaction, in the order the core decided them.
-    async fn flush(&mut self) -> Result<(), EpochError> {
-        let outbox = self.core.take_outbox();
-        for inv in outbox.invocations {
-            let shared = self.shared.clone();
-            self.inflight.spawn(async move {
-                let started = Instant::now();
-                let Invocation {
-                    addr,
-                    batch,
-                    states_sent,
-                    body,
-                } = inv;
-                let tn = TypeName {
-                    namespace: addr.namespace.clone(),
-                    name: addr.r#type.clone(),
-                };
-                let result = shared
-                    .invoker
-                    .invoke(&shared.module, &tn, body)
-                    .await
-                    .expect("admission checked the endpoint");
-                Response {
-                    addr,
-                    batch,
-                    states_sent,
-                    result,
-                    elapsed: started.elapsed(),
-                }
-            });
-        }
-        for out in outbox.outputs {
-            self.send(out).await?;
-        }
-        Ok(())
-    }
-
-    async fn send(&mut self, out: Output) -> Result<(), EpochError> {
-        if self.isolating {
-            let topic = match &out {
-                Output::Message { .. } => &self.bound.messages,
-                Output::Reply { .. } => &self.bound.replies,
-                Output::Egress(e) => &e.topic,
-                Output::DeadLetter(_) => &self.bound.dead_letters,
-            };
-            if !self.produced.contains(topic) {
-                self.produced.insert(topic.clone());
-            }
-        }
-        match out {
-            Output::Message {
-                partition,
-                key,
-                envelope,
-            } => {
-                let payload = envelope.encode_to_vec();
-                let topic = &self.bound.messages;
-                let key = Some(key.as_bytes());
-                let d = kafka::send(
-                    &self.producer,
-                    topic,
-                    Some(partition),
-                    key,
-                    Some(&payload),
-                    None,
-                )
-                .await?;
-                self.deliveries.push(d);
-            }
-            Output::Reply { caller_id, value } => {
-                let value = value.encode_to_vec();
-                let topic = &self.bound.replies;
-                let key = Some(caller_id.as_bytes());
-                let d =
-                    kafka::send(&self.producer, topic, Some(0), key, Some(&value), None).await?;
-                self.deliveries.push(d);
-            }
-            Output::Egress(e) => {
-                self.shared.ensure_topic(&e.topic).await?;
-                let producer = match e.delivery {
-                    DeliverySemantic::ExactlyOnce { .. } => &self.producer,
-                    DeliverySemantic::AtLeastOnce | DeliverySemantic::None => &self.shared.plain,
-                };
-                let delivery = kafka::send(
-                    producer,
-                    &e.topic,
-                    None,
-                    e.key.as_deref(),
-                    Some(&e.value),
-                    None,
-                )
-                .await?;
-                match e.delivery {
-                    DeliverySemantic::ExactlyOnce { .. } => self.deliveries.push(delivery),
-                    DeliverySemantic::AtLeastOnce => self.at_least_once.push(delivery),
-                    DeliverySemantic::None => {}
-                }
-            }
-            Output::DeadLetter(dl) => {
-                let headers = dl.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let record = kafka::DeadLetter {
-                    kind: dl.kind.as_str(),
-                    reason: &dl.reason,
-                    headers,
-                };
-                let d = kafka::send_dead_letter(
-                    &self.producer,
-                    &self.bound.dead_letters,
-                    dl.key.as_deref(),
-                    dl.value.as_deref(),
-                    record,
-                )
-                .await?;
-                self.deliveries.push(d);
-            }
         }
         Ok(())
     }
