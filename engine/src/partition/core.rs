@@ -372,6 +372,7 @@ impl PartitionCore {
                 ("keyflow.message-id", env.message_id.clone()),
                 ("keyflow.origin", env.origin.clone()),
             ],
+            envelope: None,
         });
     }
 
@@ -384,6 +385,7 @@ impl PartitionCore {
             key: None,
             value: None,
             headers: vec![("keyflow.origin", origin.to_string())],
+            envelope: None,
         });
     }
 

@@ -4,7 +4,7 @@
 //! after the retention.
 
 use super::*;
-use crate::envelope::keyed_message_id;
+use crate::envelope::{keyed_message_id, FailedAnswer};
 
 /// An HTTP request to `addr(id)` with the idempotency key `key`: its message id is the
 /// key's (the same for every repeat) and its caller names it.
@@ -269,4 +269,98 @@ fn an_in_progress_record_is_never_forgotten() {
     let req = Request::of(&inv);
     h.respond(inv, Ok(reply_to_callers(&req)));
     assert_eq!(reply_texts(&h.take_outputs()).len(), 2);
+}
+
+/// `(request, failure)` of every reply that is a dead-letter failure, sorted by request.
+fn failures(out: &[Output]) -> Vec<(String, FailedAnswer)> {
+    let mut r: Vec<(String, FailedAnswer)> = replies(out)
+        .iter()
+        .filter_map(|(id, v)| {
+            let request = IngressCaller::parse_id(id).unwrap().request;
+            Some((request, FailedAnswer::from_reply(&v.typename, &v.value)?))
+        })
+        .collect();
+    r.sort_by(|a, b| a.0.cmp(&b.0));
+    r
+}
+
+/// `keyed(...)` as `keyflow deadletters replay` writes it again.
+fn replayed(id: &str, key: &str, body: &str, request: &str) -> Envelope {
+    Envelope {
+        replay: true,
+        ..keyed(id, key, body, request)
+    }
+}
+
+/// A keyed first attempt whose function rejects it: dead-lettered (outputs drained).
+fn fail_first_attempt(h: &mut Harness) {
+    h.deliver(keyed("a", "k1", "pay", "r1"));
+    h.deliver(keyed("a", "k1", "pay", "r2"));
+    let inv = h.next_invocation();
+    h.respond(inv, Err(rejected()));
+}
+
+#[test]
+fn a_dead_lettered_first_attempt_answers_its_caller_and_the_joined_repeats_with_the_failure() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    let out = h.take_outputs();
+    assert_eq!(kinds(&out), [DeadLetterKind::FunctionRejected]);
+    let f = failures(&out);
+    let requests: Vec<&str> = f.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(requests, ["r1", "r2"], "{out:?}");
+    assert_eq!(f[0].1.kind, "function-rejected");
+    assert_eq!(f[0].1.target, "test/greeter/a");
+    assert!(f[0].1.reason.contains("404"), "{:?}", f[0].1);
+}
+
+#[test]
+fn a_repeat_after_a_dead_lettered_first_attempt_gets_the_failure_at_once() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    h.take_outputs();
+    h.deliver(keyed("a", "k1", "pay", "r3"));
+    assert!(h.pending.is_empty(), "a repeat does not run the function");
+    let out = h.take_outputs();
+    let f = failures(&out);
+    assert_eq!(f.len(), 1, "{out:?}");
+    assert_eq!(f[0].0, "r3");
+    assert_eq!(f[0].1.kind, "function-rejected");
+    // Still failed after the epoch commits and the core is rebuilt.
+    h.commit();
+    h.restore();
+    h.deliver(keyed("a", "k1", "pay", "r4"));
+    assert!(h.pending.is_empty());
+    assert_eq!(failures(&h.take_outputs())[0].0, "r4");
+}
+
+#[test]
+fn a_replay_of_the_dead_letter_runs_it_once_and_later_repeats_get_its_reply() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    h.take_outputs();
+    h.deliver(replayed("a", "k1", "pay", "r1"));
+    h.deliver(keyed("a", "k1", "pay", "r5"));
+    assert_eq!(h.pending.len(), 1, "the replay runs; the repeat joins it");
+    h.answer_next(reply_to_callers);
+    let out = h.take_outputs();
+    assert!(failures(&out).is_empty(), "{out:?}");
+    assert_eq!(
+        reply_texts(&out),
+        [
+            ("r1".to_string(), "done: pay".to_string()),
+            ("r5".to_string(), "done: pay".to_string())
+        ]
+    );
+    // A second replay of the same dead letter and a later repeat: the stored reply.
+    h.deliver(replayed("a", "k1", "pay", "r1"));
+    h.deliver(keyed("a", "k1", "pay", "r6"));
+    assert!(h.pending.is_empty(), "ran once");
+    assert_eq!(
+        reply_texts(&h.take_outputs()),
+        [
+            ("r1".to_string(), "done: pay".to_string()),
+            ("r6".to_string(), "done: pay".to_string())
+        ]
+    );
 }
