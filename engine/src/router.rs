@@ -237,6 +237,7 @@ impl Router {
             kind: kind.as_str(),
             reason,
             headers: vec![("keyflow.origin", origin), ("keyflow.typename", &typename)],
+            envelope: None,
         };
         kafka::send_dead_letter(&self.producer, &self.dead_letters, m.key(), m.payload(), dl)
             .await?;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{json, Ingress};
 use crate::context::Shared;
-use crate::envelope::IngressCaller;
+use crate::envelope::{FailedAnswer, IngressCaller};
 use crate::kafka::{self, blocking};
 
 /// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
@@ -221,6 +221,12 @@ async fn open_replies_consumer(
 }
 
 pub(super) fn reply_response(message_id: &str, reply: Reply) -> Response {
+    // A dead-lettered message: 422 with the kind, the reason and how to replay it.
+    if FailedAnswer::from_reply(&reply.typename, &reply.value).is_some() {
+        let mut doc: serde_json::Value = serde_json::from_slice(&reply.value).unwrap_or_default();
+        doc["messageId"] = message_id.into();
+        return json(StatusCode::UNPROCESSABLE_ENTITY, doc);
+    }
     let ct = HeaderValue::from_str(&format!("application/vnd.{}", reply.typename))
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let mut resp = (StatusCode::OK, reply.value).into_response();

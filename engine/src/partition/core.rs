@@ -27,7 +27,7 @@ use super::effects::{self, EgressRecord};
 use super::outbox::{DeadLetter, Outbox, Output};
 use super::timers::Timers;
 use crate::dead_letter::DeadLetterKind;
-use crate::envelope::is_ingress_address;
+use crate::envelope::{is_ingress_address, FailedAnswer};
 use crate::internal::Envelope;
 use crate::metrics::Metrics;
 use crate::module::Module;
@@ -221,7 +221,11 @@ impl PartitionCore {
             self.cfg.messages_topic, self.cfg.partition
         );
         match payload {
-            Some(Ok(env)) => self.deliver(env),
+            Some(Ok(mut env)) => {
+                // Its dead letters name this record (`keyflow.origin`), even after a restore.
+                env.read_from = origin;
+                self.deliver(env)
+            }
             Some(Err(e)) => {
                 let reason = format!("undecodable message envelope at {origin}: {e}");
                 self.dead_letter_raw(DeadLetterKind::Envelope, reason, &origin);
@@ -341,18 +345,63 @@ impl PartitionCore {
         self.outbox.outputs.push(Output::Egress(e));
     }
 
+    /// Dead-letters the messages of an invocation that failed and answers their HTTP callers
+    /// with the failure. They were admitted, so what admission took is given back: an
+    /// idempotency record becomes `failed` (its waiting
+    /// callers and later repeats get the failure; a replay runs it), a used callback token is
+    /// unused again (the callback can be retried or replayed).
     pub(super) fn dead_letter_batch(
         &mut self,
         batch: &[Envelope],
         kind: DeadLetterKind,
         reason: &str,
-    ) {
+    ) -> Result<()> {
         for env in batch {
             self.dead_letter(env, kind, reason);
+            self.release_admission(env, kind, reason)?;
         }
+        Ok(())
     }
 
-    /// A message dead-lettered with its target, typename, id and origin.
+    fn release_admission(
+        &mut self,
+        env: &Envelope,
+        kind: DeadLetterKind,
+        reason: &str,
+    ) -> Result<()> {
+        let Some(target) = env.target.as_ref() else {
+            return Ok(());
+        };
+        // An HTTP caller waiting for the reply gets the failure instead of a timeout.
+        if let Some(caller) = env.caller.as_ref().filter(|c| is_ingress_address(c)) {
+            let answer = failed_answer(target, kind, reason).to_reply();
+            self.send_from(target, caller.clone(), answer);
+        }
+        if !env.idempotency_key.is_empty() {
+            if let Some(mut record) = self.store.dedup(target, &env.idempotency_key)? {
+                let waiting = dedup::failed(&mut record, kind.as_str(), reason, crate::now_ms());
+                self.store
+                    .put_dedup(target, &env.idempotency_key, Some(&record));
+                let answer = failed_answer(target, kind, reason).to_reply();
+                for caller in waiting {
+                    self.send_from(target, caller, answer.clone());
+                }
+            }
+        }
+        if !env.callback_token.is_empty() {
+            if let Some(mut token) = self.store.callback(&env.callback_token)? {
+                if token.used {
+                    token.used = false;
+                    token.used_at_ms = 0;
+                    self.store.put_callback(&env.callback_token, &token);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message dead-lettered with its target, typename, id, the record it was read from
+    /// (`keyflow.origin`), its sender and its envelope (for a replay).
     pub(super) fn dead_letter(&mut self, env: &Envelope, kind: DeadLetterKind, reason: &str) {
         let target = env
             .target
@@ -360,6 +409,13 @@ impl PartitionCore {
             .map(|t| t.to_string())
             .unwrap_or_default();
         let arg = env.argument.clone().unwrap_or_default();
+        let origin = if env.read_from.is_empty() {
+            // Not read from a record by this version (an inbox written before
+            // `read_from` existed): the partition is all that is known.
+            format!("{}/{}/unknown", self.cfg.messages_topic, self.cfg.partition)
+        } else {
+            env.read_from.clone()
+        };
         tracing::warn!(partition = self.cfg.partition, target = %target, message_id = %env.message_id, %kind, "dead letter: {reason}");
         self.push_dead_letter(DeadLetter {
             kind,
@@ -370,9 +426,10 @@ impl PartitionCore {
                 ("keyflow.target", target),
                 ("keyflow.typename", arg.typename),
                 ("keyflow.message-id", env.message_id.clone()),
-                ("keyflow.origin", env.origin.clone()),
+                ("keyflow.origin", origin),
+                ("keyflow.sender", env.origin.clone()),
             ],
-            envelope: None,
+            envelope: Some(crate::replay::envelope_header(env)),
         });
     }
 
@@ -395,5 +452,13 @@ impl PartitionCore {
             .with_label_values(&[dl.kind.as_str()])
             .inc();
         self.outbox.outputs.push(Output::DeadLetter(dl));
+    }
+}
+
+fn failed_answer(target: &Address, kind: DeadLetterKind, reason: &str) -> FailedAnswer {
+    FailedAnswer {
+        kind: kind.as_str().to_string(),
+        reason: reason.to_string(),
+        target: target.to_string(),
     }
 }

@@ -353,6 +353,7 @@ impl Task {
                     kind: dl.kind.as_str(),
                     reason: &dl.reason,
                     headers,
+                    envelope: dl.envelope.as_deref(),
                 };
                 kafka::send_dead_letter(
                     &self.producer,

@@ -151,7 +151,7 @@ fn keys_are_per_address() {
 }
 
 #[test]
-fn a_keyed_message_whose_batch_failed_is_not_run_again() {
+fn a_keyed_message_whose_batch_failed_is_not_run_again_and_its_repeat_gets_the_failure() {
     let mut h = Harness::new();
     h.deliver(keyed("a", "k1", "pay", "r1"));
     let inv = h.next_invocation();
@@ -162,10 +162,14 @@ fn a_keyed_message_whose_batch_failed_is_not_run_again() {
         h.pending.is_empty(),
         "the first message completed (as a dead letter)"
     );
-    assert!(
-        h.take_outputs().is_empty(),
-        "r2 waits for a reply that never comes"
+    let out = h.take_outputs();
+    let r = replies(&out);
+    assert_eq!(
+        r.len(),
+        1,
+        "r2 does not wait for a reply that never comes: {out:?}"
     );
+    assert_eq!(r[0].1.typename, crate::envelope::FAILED_ANSWER);
 }
 
 #[test]
