@@ -8,6 +8,8 @@
 //! after `init_transactions`, which fences any other replay still running and resolves its
 //! transaction, so two replays never both see a dead letter as not yet replayed.
 
+mod text;
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -24,14 +26,11 @@ use keyflow_engine::config::parse_duration;
 use keyflow_engine::kafka::{self, TopicSpec};
 use keyflow_engine::replay::{self, NotReplayable};
 
-use text::{bytes_text, or_dash, parse_rfc3339, rfc3339, truncate};
-
 use crate::tools::{
     broker_unreachable, print_line, tool_config, topic_partitions, BrokerArgs, ToolContext,
     CONNECT_TIMEOUT,
 };
-
-mod text;
+use text::{bytes_text, or_dash, parse_rfc3339, rfc3339, truncate};
 
 /// Progress goes to stderr at most this often on long runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -365,7 +364,8 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let count = format!("{} dead letters", dls.len());
+    let noun = if dls.len() == 1 { "letter" } else { "letters" };
+    let count = format!("{} dead {noun}", dls.len());
     if args.json {
         eprintln!("{count}");
     } else {
