@@ -139,8 +139,14 @@ fn dead_letters_are_replayed_once_and_a_failed_key_answers_its_failure() {
     let broken = Arc::new(AtomicBool::new(true));
     let port = function_server(functions(out.clone()), broken.clone());
     let dir = temp_dir(&run);
+    let ingress = format!(
+        "kind: io.statefun.kafka.v1/ingress\nspec:\n  id: test/in\n  address: {}\n  \
+         consumerGroupId: {run}-in\n  startupPosition:\n    type: earliest\n  topics:\n    \
+         - topic: in-{run}\n      valueType: test/Raw\n      targets: [test/fn]\n",
+        bootstrap()
+    );
     let yaml = format!(
-        "{}---\n{}",
+        "{}---\n{}---\n{ingress}",
         endpoint_yaml("test/*", port),
         exactly_once_egress_yaml("test/out")
     );
@@ -249,6 +255,31 @@ fn dead_letters_are_replayed_once_and_a_failed_key_answers_its_failure() {
     assert_eq!(later.status, 200, "{}", later.body_str());
     let reply = TypedValue::of(builtin::STRING, later.body.clone());
     assert_eq!(builtin::decode_string(&reply).unwrap(), "done pay");
+
+    // A router's dead letter never became a message: replay skips it and says why.
+    produce(&format!("in-{run}"), &[(None, Some(&b"keyless"[..]))]);
+    wait_for(&dead_topic, Duration::from_secs(60), |r| {
+        r.iter()
+            .any(|r| r.headers.get("keyflow.reason-kind").map(String::as_str) == Some("no-key"))
+    });
+    let skipped = keyflow(&[
+        "deadletters",
+        "replay",
+        "--cluster",
+        &run,
+        "--reason",
+        "no-key",
+    ]);
+    let skipped = ok_stdout("deadletters replay --reason no-key", &skipped);
+    assert!(
+        skipped.contains("no-key: no `keyflow.envelope` header"),
+        "{skipped}"
+    );
+    assert_eq!(
+        skipped.lines().last(),
+        Some("replayed 0, skipped 1 (1 no-key)"),
+        "{skipped}"
+    );
 
     // Exactly once each: wait a little for anything extra, then count.
     std::thread::sleep(Duration::from_secs(3));
