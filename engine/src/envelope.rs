@@ -24,6 +24,9 @@ pub const INGRESS_TYPE: &str = "http";
 /// The typename of a forwarded read's answer (its value is the JSON document).
 pub const READ_ANSWER: &str = "keyflow.ingress/json";
 
+/// The typename of the answer to a keyed request that wants no reply (`ack_admission`): its
+/// message was admitted (it runs, joined a run, or ran already).
+pub const ACCEPTED_ANSWER: &str = "keyflow.ingress/accepted";
 /// The typename of the answer to a caller whose message was dead-lettered.
 pub const FAILED_ANSWER: &str = "keyflow.ingress/failed";
 

@@ -368,3 +368,41 @@ fn a_replay_of_the_dead_letter_runs_it_once_and_later_repeats_get_its_reply() {
         ]
     );
 }
+
+/// `keyed(...)` without `?reply=true`: the caller learns only the admission's outcome.
+fn keyed_fire_and_forget(id: &str, key: &str, body: &str, request: &str) -> Envelope {
+    Envelope {
+        ack_admission: true,
+        ..keyed(id, key, body, request)
+    }
+}
+
+#[test]
+fn a_fire_and_forget_keyed_request_is_acknowledged_at_admission_and_its_function_sees_no_caller() {
+    let mut h = Harness::new();
+    h.deliver(keyed_fire_and_forget("a", "k1", "pay", "r1"));
+    let out = h.take_outputs();
+    let r = replies(&out);
+    assert_eq!(r.len(), 1, "{out:?}");
+    assert_eq!(r[0].1.typename, crate::envelope::ACCEPTED_ANSWER);
+    assert_eq!(h.requests()[0].callers(), [None]);
+    h.deliver(keyed_fire_and_forget("a", "k1", "pay", "r2"));
+    let out = h.take_outputs();
+    assert_eq!(
+        replies(&out)[0].1.typename,
+        crate::envelope::ACCEPTED_ANSWER
+    );
+    assert_eq!(h.pending.len(), 1, "the repeat joins, it does not run");
+}
+
+#[test]
+fn a_fire_and_forget_repeat_after_a_dead_lettered_first_attempt_gets_the_failure_not_an_accept() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    h.take_outputs();
+    h.deliver(keyed_fire_and_forget("a", "k1", "pay", "r7"));
+    assert!(h.pending.is_empty());
+    let f = failures(&h.take_outputs());
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].0, "r7");
+}
