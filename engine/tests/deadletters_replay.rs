@@ -190,6 +190,9 @@ fn dead_letters_are_replayed_once_and_a_failed_key_answers_its_failure() {
     let retry = http_request(http, "POST", path, &keyed, b"pay").unwrap();
     assert_eq!(retry.status, 422, "{}", retry.body_str());
     assert_eq!(json_of(&retry)["kind"], "function-rejected");
+    // A retry that wants no reply gets the failure too, not a 202 that runs nothing.
+    let no_reply = http_request(http, "POST", "/test/fn/k1", &keyed, b"pay").unwrap();
+    assert_eq!(no_reply.status, 422, "{}", no_reply.body_str());
 
     // Fixed.
     broken.store(false, Ordering::SeqCst);
@@ -255,6 +258,8 @@ fn dead_letters_are_replayed_once_and_a_failed_key_answers_its_failure() {
     assert_eq!(later.status, 200, "{}", later.body_str());
     let reply = TypedValue::of(builtin::STRING, later.body.clone());
     assert_eq!(builtin::decode_string(&reply).unwrap(), "done pay");
+    let accepted = http_request(http, "POST", "/test/fn/k1", &keyed, b"pay").unwrap();
+    assert_eq!(accepted.status, 202, "{}", accepted.body_str());
 
     // A router's dead letter never became a message: replay skips it and says why.
     produce(&format!("in-{run}"), &[(None, Some(&b"keyless"[..]))]);

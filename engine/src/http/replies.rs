@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{json, Ingress};
 use crate::context::Shared;
-use crate::envelope::{FailedAnswer, IngressCaller};
+use crate::envelope::{FailedAnswer, IngressCaller, ACCEPTED_ANSWER};
 use crate::kafka::{self, blocking};
 
 /// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
@@ -78,10 +78,13 @@ impl Replies {
             Some(c) => (c.request.clone(), c.message_id().to_string()),
             None => (caller_id.to_string(), caller_id.to_string()),
         };
-        self.seen
-            .lock()
-            .unwrap()
-            .insert(message, reply.clone(), Instant::now());
+        // An admission's acknowledgement is no reply: `GET /replies/<id>` never shows it.
+        if reply.typename != ACCEPTED_ANSWER {
+            self.seen
+                .lock()
+                .unwrap()
+                .insert(message, reply.clone(), Instant::now());
+        }
         if let Some(tx) = self.waiting.lock().unwrap().remove(&request) {
             let _ = tx.send(reply);
         }
