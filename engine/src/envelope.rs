@@ -12,6 +12,8 @@
 //!   `keyflow.callbacks/<accepted|used|unknown>`.
 //! - A read forwarded to the owner of an address is an envelope with `introspect` set to a
 //!   [`ReadKind`]; its answer has the typename [`READ_ANSWER`] and a JSON value.
+//! - An HTTP caller whose message was dead-lettered is answered with a [`FailedAnswer`]
+//!   (typename [`FAILED_ANSWER`], a JSON value), and so is every repeat of its idempotency key.
 
 use keyflow_protocol::{callback, split_typename, Address, TypedValue};
 
@@ -21,6 +23,12 @@ pub const INGRESS_NAMESPACE: &str = "keyflow.ingress";
 pub const INGRESS_TYPE: &str = "http";
 /// The typename of a forwarded read's answer (its value is the JSON document).
 pub const READ_ANSWER: &str = "keyflow.ingress/json";
+
+/// The typename of the answer to a keyed request that wants no reply (`ack_admission`): its
+/// message was admitted (it runs, joined a run, or ran already).
+pub const ACCEPTED_ANSWER: &str = "keyflow.ingress/accepted";
+/// The typename of the answer to a caller whose message was dead-lettered.
+pub const FAILED_ANSWER: &str = "keyflow.ingress/failed";
 
 /// True for the caller address of an HTTP request waiting for its reply: messages to it go to
 /// `<cluster>-replies`, not to a function.
@@ -165,6 +173,46 @@ impl std::fmt::Display for CallbackOutcome {
     }
 }
 
+/// Why a message was not processed: it was dead-lettered (`kind` is its dead-letter kind).
+/// Sent to its HTTP caller and to every repeat of its idempotency key until a replay runs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailedAnswer {
+    pub kind: String,
+    pub reason: String,
+    /// The target address (`<namespace>/<type>/<id>`).
+    pub target: String,
+}
+
+impl FailedAnswer {
+    /// The command that re-drives the dead letter once its cause is fixed.
+    pub fn replay_command(&self) -> String {
+        format!("keyflow deadletters replay --target {}", self.target)
+    }
+
+    /// The reply: a JSON document with the error, the kind, the reason and how to replay.
+    pub fn to_reply(&self) -> TypedValue {
+        let doc = serde_json::json!({
+            "error": format!(
+                "the message was dead-lettered ({}): {}; repeats of its idempotency key get this answer until the dead letter is replayed",
+                self.kind, self.reason
+            ),
+            "kind": self.kind,
+            "reason": self.reason,
+            "target": self.target,
+            "replay": self.replay_command(),
+        });
+        TypedValue::of(FAILED_ANSWER, doc.to_string().into_bytes())
+    }
+
+    /// The failure a reply carries; `None` for any other reply.
+    pub fn from_reply(typename: &str, value: &[u8]) -> Option<Self> {
+        if typename != FAILED_ANSWER {
+            return None;
+        }
+        serde_json::from_slice(value).ok()
+    }
+}
+
 /// What a forwarded read asks of the owner of an address (`Envelope::introspect`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadKind {
@@ -272,6 +320,26 @@ mod tests {
         }
         assert_eq!(CallbackOutcome::from_typename("com.example/used"), None);
         assert_eq!(CallbackOutcome::from_typename(READ_ANSWER), None);
+    }
+
+    #[test]
+    fn a_failed_answer_round_trips_and_says_how_to_replay() {
+        let f = FailedAnswer {
+            kind: "function-rejected".into(),
+            reason: "HTTP 422".into(),
+            target: "shop/cart/u1".into(),
+        };
+        let reply = f.to_reply();
+        assert_eq!(
+            FailedAnswer::from_reply(&reply.typename, &reply.value),
+            Some(f)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&reply.value).unwrap();
+        assert_eq!(
+            doc["replay"],
+            "keyflow deadletters replay --target shop/cart/u1"
+        );
+        assert_eq!(FailedAnswer::from_reply(READ_ANSWER, b"{}"), None);
     }
 
     #[test]

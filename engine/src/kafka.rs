@@ -542,6 +542,8 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
     /// More context headers (`keyflow.target`, `keyflow.origin`, ...).
     pub headers: Vec<(&'a str, &'a str)>,
+    /// The binary `keyflow.envelope` header (partition dead letters: what a replay sends).
+    pub envelope: Option<&'a [u8]>,
 }
 
 /// Writes the original `key` and `value` to the dead-letter `topic` with the reason in the
@@ -567,6 +569,13 @@ pub async fn send_dead_letter(
             value: Some(value),
         })
     });
+    let headers = match dl.envelope {
+        Some(env) => headers.insert(Header {
+            key: crate::replay::ENVELOPE_HEADER,
+            value: Some(env),
+        }),
+        None => headers,
+    };
     send(producer, topic, None, key, value, Some(headers)).await
 }
 

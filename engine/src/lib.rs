@@ -19,6 +19,7 @@
 //! - [`kafka`]: client settings, transactional producers, topics.
 //! - [`limits`]: how large a record each topic takes (checked before anything is produced).
 //! - [`dead_letter`]: why a record was dead-lettered (`DeadLetterKind`).
+//! - [`replay`]: which dead letters can be replayed, and the record that replays one.
 //! - [`envelope`]: the engine's addressing inside envelopes (HTTP callers, callbacks, reads).
 //! - [`introspect`]: an address's state and pending delayed messages as JSON (pure).
 //! - [`metrics`]: Prometheus metrics.
@@ -48,6 +49,7 @@ pub(crate) mod metrics;
 pub mod module;
 pub(crate) mod partition;
 pub mod partitioner;
+pub mod replay;
 pub(crate) mod restore;
 pub(crate) mod router;
 pub(crate) mod store;

@@ -305,6 +305,7 @@ impl Router {
             kind: kind.as_str(),
             reason: &reason,
             headers: headers.split_off(2),
+            envelope: None,
         };
         let d = kafka::send_dead_letter(
             &self.producer,

@@ -16,7 +16,9 @@ use keyflow_protocol::{Address, Message, TypedValue};
 use super::replies::{reply_response, reply_url, Reply, WaitGuard};
 use super::{error, json, Ingress, Rejection};
 use crate::config::{format_duration, parse_duration};
-use crate::envelope::{keyed_message_id, typename_of, CallbackOutcome, IngressCaller};
+use crate::envelope::{
+    keyed_message_id, typename_of, CallbackOutcome, IngressCaller, ACCEPTED_ANSWER,
+};
 use crate::internal::Envelope;
 use crate::kafka;
 use crate::module::TypeName;
@@ -70,18 +72,25 @@ pub(super) async fn post_message(
     let target = Address::new(namespace, ftype, id);
     let message_id =
         (!idempotency_key.is_empty()).then(|| keyed_message_id(&target, &idempotency_key));
+    // A keyed request that wants no reply still waits for its admission: a key whose first
+    // attempt was dead-lettered answers its failure (422), not a 202 that runs nothing.
+    let ack_admission = !wants_reply && !idempotency_key.is_empty();
     let env = Envelope {
         target: Some(target),
         argument: Some(TypedValue::of(typename, body)),
         idempotency_key,
+        ack_admission,
         ..Default::default()
     };
-    match send_and_wait(&ing, env, message_id, wants_reply, timeout).await {
-        Ok((message_id, None)) => json(
+    let wait = wants_reply || ack_admission;
+    match send_and_wait(&ing, env, message_id, wait, timeout).await {
+        Ok((message_id, Some(reply))) if wants_reply || reply.typename != ACCEPTED_ANSWER => {
+            reply_response(&message_id, reply)
+        }
+        Ok((message_id, _)) => json(
             StatusCode::ACCEPTED,
             serde_json::json!({ "messageId": message_id }),
         ),
-        Ok((message_id, Some(reply))) => reply_response(&message_id, reply),
         Err(r) => *r,
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{json, Ingress};
 use crate::config::format_duration;
 use crate::context::Shared;
-use crate::envelope::IngressCaller;
+use crate::envelope::{FailedAnswer, IngressCaller, ACCEPTED_ANSWER};
 use crate::kafka::{self, blocking};
 
 /// Replies remembered for `GET /replies/<id>`: at most this many, for at most [`SEEN_FOR`].
@@ -92,10 +92,13 @@ impl Replies {
             .map(|c| c.request)
             .unwrap_or_else(|| caller_id.to_string());
         let message = reply_message_id(caller_id);
-        self.seen
-            .lock()
-            .unwrap()
-            .insert(message, reply.clone(), Instant::now());
+        // An admission's acknowledgement is no reply: `GET /replies/<id>` never shows it.
+        if reply.typename != ACCEPTED_ANSWER {
+            self.seen
+                .lock()
+                .unwrap()
+                .insert(message, reply.clone(), Instant::now());
+        }
         if let Some(tx) = self.waiting.lock().unwrap().remove(&request) {
             let _ = tx.send(reply);
         }
@@ -252,6 +255,12 @@ async fn open_replies_consumer(shared: &Shared) -> Result<(StreamConsumer, i64),
 }
 
 pub(super) fn reply_response(message_id: &str, reply: Reply) -> Response {
+    // A dead-lettered message: 422 with the kind, the reason and how to replay it.
+    if FailedAnswer::from_reply(&reply.typename, &reply.value).is_some() {
+        let mut doc: serde_json::Value = serde_json::from_slice(&reply.value).unwrap_or_default();
+        doc["messageId"] = message_id.into();
+        return json(StatusCode::UNPROCESSABLE_ENTITY, doc);
+    }
     let ct = HeaderValue::from_str(&format!("application/vnd.{}", reply.typename))
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let mut resp = (StatusCode::OK, reply.value).into_response();

@@ -2,14 +2,15 @@
 //! without a target, a function type no endpoint serves, or an id this partition does not own
 //! is dead-lettered; a forwarded read is answered; a callback is checked against its token
 //! (used once); a message with an idempotency key runs once, repeats join or get the stored
-//! reply. What passes is queued on its address (invoked at once when the address is idle).
+//! reply (or the failure, when the first was dead-lettered; a replay runs it); a keyed request
+//! that wants no reply is told at once whether it was admitted. What passes is queued on its address (invoked at once when the address is idle).
 
 use keyflow_protocol::{Address, TypedValue};
 
 use super::core::{PartitionCore, Result};
 use super::dedup;
 use crate::dead_letter::DeadLetterKind;
-use crate::envelope::{CallbackOutcome, ReadKind, READ_ANSWER};
+use crate::envelope::{CallbackOutcome, FailedAnswer, ReadKind, ACCEPTED_ANSWER, READ_ANSWER};
 use crate::internal::Envelope;
 use crate::introspect;
 use crate::module::TypeName;
@@ -68,16 +69,35 @@ impl PartitionCore {
             return Ok(());
         }
         if admit && !env.idempotency_key.is_empty() {
+            // A request that wants no reply learns only whether its message was admitted.
+            let ack = env.ack_admission.then(|| env.caller.take()).flatten();
             let record = self.store.dedup(&target, &env.idempotency_key)?;
-            let (admit, record) = dedup::admit(record, env.caller.as_ref());
+            let (admit, record) = dedup::admit(record, env.caller.as_ref(), env.replay);
             self.store
                 .put_dedup(&target, &env.idempotency_key, Some(&record));
+            if let (Some(caller), false) =
+                (ack.clone(), matches!(admit, dedup::Admit::Failed { .. }))
+            {
+                let accepted = TypedValue::of(ACCEPTED_ANSWER, Vec::new());
+                self.send_from(&target, caller, accepted);
+            }
             match admit {
                 dedup::Admit::Invoke => {}
                 dedup::Admit::Join => return Ok(()),
                 dedup::Admit::Answer(reply) => {
                     if let (Some(caller), Some(reply)) = (env.caller, reply) {
                         self.send_from(&target, caller, reply);
+                    }
+                    return Ok(());
+                }
+                dedup::Admit::Failed { kind, reason } => {
+                    if let Some(caller) = env.caller.or(ack) {
+                        let failure = FailedAnswer {
+                            kind,
+                            reason,
+                            target: target.to_string(),
+                        };
+                        self.send_from(&target, caller, failure.to_reply());
                     }
                     return Ok(());
                 }

@@ -28,7 +28,7 @@ use super::inbox::{Held, StoredInbox};
 use super::outbox::{DeadLetter, Outbox, Output};
 use super::timers::Timers;
 use crate::dead_letter::DeadLetterKind;
-use crate::envelope::is_ingress_address;
+use crate::envelope::{is_ingress_address, FailedAnswer};
 use crate::internal::Envelope;
 use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
@@ -174,7 +174,7 @@ impl PartitionCore {
         let mut parked_messages = 0;
         for (addr, entries) in inboxes {
             if let Some(reason) = refuse_parked {
-                core.refuse_inbox(&addr, entries, reason);
+                core.refuse_inbox(&addr, entries, reason)?;
                 continue;
             }
             parked_messages += entries.len();
@@ -254,7 +254,11 @@ impl PartitionCore {
             self.cfg.messages_topic, self.cfg.partition
         );
         match payload {
-            Some(Ok(env)) => self.deliver(env),
+            Some(Ok(mut env)) => {
+                // Its dead letters name this record (`keyflow.origin`), even after a restore.
+                env.read_from = origin;
+                self.deliver(env)
+            }
             Some(Err(e)) => {
                 let reason = format!("undecodable message envelope at {origin}: {e}");
                 self.dead_letter_raw(DeadLetterKind::Envelope, reason, &origin);
@@ -374,6 +378,7 @@ impl PartitionCore {
                 key: e.key,
                 value: Some(e.value.to_vec()),
                 headers: vec![("keyflow.egress", e.egress), ("keyflow.topic", e.topic)],
+                envelope: None,
             });
             return;
         }
@@ -384,18 +389,63 @@ impl PartitionCore {
         self.outbox.outputs.push(Output::Egress(e));
     }
 
+    /// Dead-letters the messages of an invocation that failed and answers their HTTP callers
+    /// with the failure. They were admitted, so what admission took is given back: an
+    /// idempotency record becomes `failed` (its waiting
+    /// callers and later repeats get the failure; a replay runs it), a used callback token is
+    /// unused again (the callback can be retried or replayed).
     pub(super) fn dead_letter_batch(
         &mut self,
         batch: &[Envelope],
         kind: DeadLetterKind,
         reason: &str,
-    ) {
+    ) -> Result<()> {
         for env in batch {
             self.dead_letter(env, kind, reason);
+            self.release_admission(env, kind, reason)?;
         }
+        Ok(())
     }
 
-    /// A message dead-lettered with its target, typename, id and origin.
+    fn release_admission(
+        &mut self,
+        env: &Envelope,
+        kind: DeadLetterKind,
+        reason: &str,
+    ) -> Result<()> {
+        let Some(target) = env.target.as_ref() else {
+            return Ok(());
+        };
+        // An HTTP caller waiting for the reply gets the failure instead of a timeout.
+        if let Some(caller) = env.caller.as_ref().filter(|c| is_ingress_address(c)) {
+            let answer = failed_answer(target, kind, reason).to_reply();
+            self.send_from(target, caller.clone(), answer);
+        }
+        if !env.idempotency_key.is_empty() {
+            if let Some(mut record) = self.store.dedup(target, &env.idempotency_key)? {
+                let waiting = dedup::failed(&mut record, kind.as_str(), reason, crate::now_ms());
+                self.store
+                    .put_dedup(target, &env.idempotency_key, Some(&record));
+                let answer = failed_answer(target, kind, reason).to_reply();
+                for caller in waiting {
+                    self.send_from(target, caller, answer.clone());
+                }
+            }
+        }
+        if !env.callback_token.is_empty() {
+            if let Some(mut token) = self.store.callback(&env.callback_token)? {
+                if token.used {
+                    token.used = false;
+                    token.used_at_ms = 0;
+                    self.store.put_callback(&env.callback_token, &token);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message dead-lettered with its target, typename, id, the record it was read from
+    /// (`keyflow.origin`), its sender and its envelope (for a replay).
     pub(super) fn dead_letter(&mut self, env: &Envelope, kind: DeadLetterKind, reason: &str) {
         let target = env
             .target
@@ -403,6 +453,13 @@ impl PartitionCore {
             .map(|t| t.to_string())
             .unwrap_or_default();
         let arg = env.argument.clone().unwrap_or_default();
+        let origin = if env.read_from.is_empty() {
+            // Not read from a record by this version (an inbox written before
+            // `read_from` existed): the partition is all that is known.
+            format!("{}/{}/unknown", self.cfg.messages_topic, self.cfg.partition)
+        } else {
+            env.read_from.clone()
+        };
         tracing::warn!(partition = self.cfg.partition, target = %target, message_id = %env.message_id, %kind, "dead letter: {reason}");
         self.push_dead_letter(DeadLetter {
             kind,
@@ -413,8 +470,10 @@ impl PartitionCore {
                 ("keyflow.target", target),
                 ("keyflow.typename", arg.typename),
                 ("keyflow.message-id", env.message_id.clone()),
-                ("keyflow.origin", env.origin.clone()),
+                ("keyflow.origin", origin),
+                ("keyflow.sender", env.origin.clone()),
             ],
+            envelope: Some(crate::replay::envelope_header(env)),
         });
     }
 
@@ -427,6 +486,7 @@ impl PartitionCore {
             key: None,
             value: None,
             headers: vec![("keyflow.origin", origin.to_string())],
+            envelope: None,
         });
     }
 
@@ -465,5 +525,13 @@ pub(super) fn envelope_from(sender: &Address, target: Address, argument: TypedVa
         message_id: crate::new_message_id(),
         origin: sender.to_string(),
         ..Default::default()
+    }
+}
+
+fn failed_answer(target: &Address, kind: DeadLetterKind, reason: &str) -> FailedAnswer {
+    FailedAnswer {
+        kind: kind.as_str().to_string(),
+        reason: reason.to_string(),
+        target: target.to_string(),
     }
 }

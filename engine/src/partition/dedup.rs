@@ -3,6 +3,11 @@
 //! The records are partition state of the target address, so they hold across crashes,
 //! moves between workers and concurrent repeats (the target's processor serializes them).
 //!
+//! A first message whose invocation is dead-lettered leaves its record `failed` (kind and
+//! reason): repeats get that failure at once instead of waiting for a reply that will never
+//! come, until a replay of the dead letter (`Envelope::replay`) runs it; the record is then in
+//! progress again, and completes as a first message's would.
+//!
 //! Pure: the processor loads and stores the [`Dedup`] record around these steps.
 
 use keyflow_protocol::{Address, TypedValue};
@@ -18,6 +23,8 @@ pub enum Admit {
     Join,
     /// A repeat after the first completed: answer the caller with this reply, if any.
     Answer(Option<TypedValue>),
+    /// A repeat after the first was dead-lettered: answer the caller with the failure.
+    Failed { kind: String, reason: String },
 }
 
 /// Decides about a message with an idempotency key, given the record of earlier ones.
@@ -27,9 +34,22 @@ pub enum Admit {
 /// are kept, the oldest dropped first (they time out as they would without a reply).
 pub const MAX_WAITING: usize = 1000;
 
-pub fn admit(record: Option<Dedup>, caller: Option<&Address>) -> (Admit, Dedup) {
+/// `replay`: the message is a replay of a dead letter, which runs where its first attempt
+/// failed.
+pub fn admit(record: Option<Dedup>, caller: Option<&Address>, replay: bool) -> (Admit, Dedup) {
     match record {
         None => (Admit::Invoke, Dedup::default()),
+        Some(r) if is_failed(&r) => {
+            if replay {
+                (Admit::Invoke, Dedup::default())
+            } else {
+                let admit = Admit::Failed {
+                    kind: r.failed_kind.clone(),
+                    reason: r.failed_reason.clone(),
+                };
+                (admit, r)
+            }
+        }
         Some(mut r) if !r.done || (r.reply.is_none() && caller.is_some()) => {
             r.waiting.extend(caller.cloned());
             if r.waiting.len() > MAX_WAITING {
@@ -61,6 +81,23 @@ pub fn completed(record: &mut Dedup, now_ms: i64) {
     }
 }
 
+/// The first message's invocation was dead-lettered at `now_ms`: the record keeps why (for
+/// every repeat, and it is forgotten after the retention like a completed one); returns the
+/// callers of repeats that joined, who get the failure now.
+pub fn failed(record: &mut Dedup, kind: &str, reason: &str, now_ms: i64) -> Vec<Address> {
+    record.done = true;
+    record.done_at_ms = now_ms;
+    record.failed_kind = kind.to_string();
+    record.failed_reason = reason.to_string();
+    record.reply = None;
+    std::mem::take(&mut record.waiting)
+}
+
+/// True when the first message was dead-lettered (and no replay has run it since).
+pub fn is_failed(record: &Dedup) -> bool {
+    !record.failed_kind.is_empty()
+}
+
 /// A completed record older than `retention_ms` is forgotten: a later repeat runs again.
 pub fn expired(record: &Dedup, now_ms: i64, retention_ms: i64) -> bool {
     record.done && now_ms.saturating_sub(record.done_at_ms) > retention_ms
@@ -70,6 +107,11 @@ pub fn expired(record: &Dedup, now_ms: i64, retention_ms: i64) -> bool {
 mod tests {
     use super::*;
     use keyflow_protocol::builtin;
+
+    /// A message that is not a replay.
+    fn admit(record: Option<Dedup>, caller: Option<&Address>) -> (Admit, Dedup) {
+        super::admit(record, caller, false)
+    }
 
     fn caller(id: &str) -> Address {
         Address::new("keyflow.ingress", "http", id)
@@ -140,6 +182,25 @@ mod tests {
         replied(&mut r, &builtin::encode_int(1));
         replied(&mut r, &builtin::encode_int(2));
         assert_eq!(r.reply, Some(builtin::encode_int(1)));
+    }
+
+    #[test]
+    fn a_failed_first_answers_repeats_with_the_failure_until_a_replay_runs_it() {
+        let (_, mut r) = admit(None, Some(&caller("c1")));
+        r = admit(Some(r), Some(&caller("c2"))).1;
+        assert_eq!(
+            failed(&mut r, "function-rejected", "HTTP 422", 5),
+            vec![caller("c2")]
+        );
+        let failure = Admit::Failed {
+            kind: "function-rejected".into(),
+            reason: "HTTP 422".into(),
+        };
+        assert_eq!(admit(Some(r.clone()), Some(&caller("c3"))).0, failure);
+        assert!(expired(&r, 16, 10), "forgotten after the retention");
+        let (a, r) = super::admit(Some(r), Some(&caller("c1")), true);
+        assert_eq!(a, Admit::Invoke);
+        assert!(!is_failed(&r) && !r.done, "in progress again");
     }
 
     #[test]

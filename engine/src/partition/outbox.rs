@@ -44,6 +44,9 @@ pub(crate) struct DeadLetter {
     pub value: Option<Vec<u8>>,
     /// More context (`keyflow.target`, `keyflow.origin`, ...).
     pub headers: Vec<(&'static str, String)>,
+    /// The `keyflow.envelope` header (binary): the dead-lettered envelope without its
+    /// argument's bytes (the record's value holds them), for `keyflow deadletters replay`.
+    pub envelope: Option<Vec<u8>>,
 }
 
 /// One request to a function: the batch it carries and the encoded `ToFunction`.

@@ -41,17 +41,24 @@ impl PartitionCore {
     }
 
     /// A parked inbox at restore, dead-lettered and deleted instead of dispatched.
-    pub(super) fn refuse_inbox(&mut self, addr: &Address, entries: Vec<InboxEntry>, reason: &str) {
+    pub(super) fn refuse_inbox(
+        &mut self,
+        addr: &Address,
+        entries: Vec<InboxEntry>,
+        reason: &str,
+    ) -> Result<()> {
         let reason = format!(
             "Kafka kept refusing what the partition produced in epochs without an input record while this address's batch was parked, so the parked batch was dropped: {reason}"
         );
         for e in entries {
-            self.dead_letter(&e.envelope, KIND, &reason);
+            // Parked messages were admitted: their keys and tokens are given back too.
+            self.dead_letter_batch(std::slice::from_ref(&e.envelope), KIND, &reason)?;
             match e.seq {
                 Some(seq) => self.store.put_inbox_message(addr, seq, None),
                 None => self.store.delete_legacy_inbox(addr),
             }
         }
+        Ok(())
     }
 
     /// Every delayed message due at `now_ms`, dead-lettered and deleted instead of fired.

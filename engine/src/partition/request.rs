@@ -89,14 +89,14 @@ impl PartitionCore {
                     InvokeError::Exhausted { .. } => DeadLetterKind::FunctionUnavailable,
                     InvokeError::Garbage { .. } => DeadLetterKind::FunctionGarbage,
                 };
-                self.dead_letter_batch(&batch, kind, &e.to_string());
+                self.dead_letter_batch(&batch, kind, &e.to_string())?;
             }
             Ok(None) => {}
             Ok(Some(from_function::Response::IncompleteInvocationContext(ctx))) => {
                 match self.register_specs(&ftype, ctx.missing_values, &states_sent) {
                     Ok(()) => return self.start(addr, batch),
                     Err(reason) => {
-                        self.dead_letter_batch(&batch, DeadLetterKind::StateSpec, &reason)
+                        self.dead_letter_batch(&batch, DeadLetterKind::StateSpec, &reason)?
                     }
                 }
             }
@@ -127,9 +127,9 @@ impl PartitionCore {
                 match outcome {
                     Ok(fx) => match self.oversized(&addr, &fx) {
                         None => self.apply_effects(&addr, fx, &batch)?,
-                        Some((kind, reason)) => self.dead_letter_batch(&batch, kind, &reason),
+                        Some((kind, reason)) => self.dead_letter_batch(&batch, kind, &reason)?,
                     },
-                    Err(r) => self.dead_letter_batch(&batch, r.kind, &r.reason),
+                    Err(r) => self.dead_letter_batch(&batch, r.kind, &r.reason)?,
                 }
             }
         }

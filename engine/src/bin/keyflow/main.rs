@@ -1,5 +1,7 @@
-//! The `keyflow` command: runs an engine worker (`run`) and the Kafka tools (`produce`, `consume`, `topics`).
+//! The `keyflow` command: runs an engine worker (`run`), the Kafka tools (`produce`,
+//! `consume`, `topics`), `top`, and the dead-letter tools (`deadletters list|show|replay`).
 
+mod deadletters;
 mod tools;
 mod top;
 
@@ -31,6 +33,8 @@ enum Command {
     Topics(tools::TopicsArgs),
     /// Watch a cluster live: per-partition throughput, commit latency, lag, delayed messages.
     Top(top::TopArgs),
+    /// Dead letters: list them, show one, replay them to their targets once fixed.
+    Deadletters(deadletters::DeadLettersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Consume(args) => rt.block_on(tools::consume(args)),
         Command::Topics(args) => rt.block_on(tools::topics(args)),
         Command::Top(args) => rt.block_on(top::top(args)),
+        Command::Deadletters(args) => rt.block_on(deadletters::run(args)),
     }
 }
 

@@ -35,7 +35,7 @@ use keyflow_engine::config::parse_duration;
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
 
 /// How long a tool waits for the broker's first answer before it gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long `produce` waits for the acknowledgement of one record.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -407,7 +407,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 
 /// Writes one line to stdout; `Ok(false)` when the reader went away (`| head`), which is how
 /// such a pipeline ends, not an error.
-fn print_line(out: &mut impl Write, line: &str) -> anyhow::Result<bool> {
+pub(crate) fn print_line(out: &mut impl Write, line: &str) -> anyhow::Result<bool> {
     match writeln!(out, "{line}") {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
@@ -448,7 +448,11 @@ pub async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
 }
 
 /// Partition ids of `topic`, or an error that says the topic does not exist.
-fn topic_partitions(metadata: &Metadata, topic: &str, bootstrap: &str) -> anyhow::Result<Vec<i32>> {
+pub(crate) fn topic_partitions(
+    metadata: &Metadata,
+    topic: &str,
+    bootstrap: &str,
+) -> anyhow::Result<Vec<i32>> {
     let t = metadata
         .topics()
         .iter()
@@ -474,7 +478,10 @@ async fn check_reachable(bootstrap: &str) -> anyhow::Result<()> {
 }
 
 /// The cluster's metadata (one topic's, or all), on the blocking pool since librdkafka blocks.
-async fn fetch_metadata(bootstrap: &str, topic: Option<&str>) -> anyhow::Result<Metadata> {
+pub(crate) async fn fetch_metadata(
+    bootstrap: &str,
+    topic: Option<&str>,
+) -> anyhow::Result<Metadata> {
     let context = ToolContext::default();
     let client: BaseConsumer<ToolContext> = tool_config(bootstrap)
         .create_with_context(context.clone())
@@ -487,7 +494,11 @@ async fn fetch_metadata(bootstrap: &str, topic: Option<&str>) -> anyhow::Result<
     result.map_err(|e| broker_unreachable(bootstrap, e, &context))
 }
 
-fn broker_unreachable(bootstrap: &str, err: KafkaError, context: &ToolContext) -> anyhow::Error {
+pub(crate) fn broker_unreachable(
+    bootstrap: &str,
+    err: KafkaError,
+    context: &ToolContext,
+) -> anyhow::Error {
     anyhow!(
         "cannot reach Kafka at {bootstrap} within {}s: {err}{} ({BROKER_HINT})",
         CONNECT_TIMEOUT.as_secs(),
@@ -495,7 +506,7 @@ fn broker_unreachable(bootstrap: &str, err: KafkaError, context: &ToolContext) -
     )
 }
 
-fn tool_config(bootstrap: &str) -> ClientConfig {
+pub(crate) fn tool_config(bootstrap: &str) -> ClientConfig {
     let mut c = keyflow_engine::kafka::client_config(bootstrap);
     c.set(
         "socket.connection.setup.timeout.ms",
@@ -506,7 +517,7 @@ fn tool_config(bootstrap: &str) -> ClientConfig {
 
 /// Keeps librdkafka's messages off stdout and remembers the last warning or error.
 #[derive(Clone, Default)]
-struct ToolContext {
+pub(crate) struct ToolContext {
     last: Arc<Mutex<Option<String>>>,
 }
 
@@ -517,7 +528,7 @@ impl ToolContext {
     }
 
     /// `; last client message: ...` when there is one, for error messages.
-    fn last_problem(&self) -> String {
+    pub(crate) fn last_problem(&self) -> String {
         match &*self.last.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(p) => format!("; last client message: {p}"),
             None => String::new(),

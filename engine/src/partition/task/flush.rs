@@ -119,6 +119,7 @@ impl Task {
                     kind: dl.kind.as_str(),
                     reason: &dl.reason,
                     headers,
+                    envelope: dl.envelope.as_deref(),
                 };
                 let d = kafka::send_dead_letter(
                     &self.producer,

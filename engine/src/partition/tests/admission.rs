@@ -67,7 +67,7 @@ fn an_envelope_without_a_target_is_an_envelope_dead_letter() {
     assert_eq!(dl.reason, "the message has no target address");
     assert_eq!(header(dl, "keyflow.target"), "");
     assert_eq!(header(dl, "keyflow.message-id"), id);
-    assert_eq!(header(dl, "keyflow.origin"), "t-ingress/0/1");
+    assert_eq!(header(dl, "keyflow.sender"), "t-ingress/0/1");
     assert_eq!(dl.value.as_deref(), Some(text("lost").value.as_ref()));
 }
 

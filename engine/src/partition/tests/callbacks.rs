@@ -178,3 +178,26 @@ fn an_unused_token_is_kept_past_the_retention() {
     h.deliver(callback_msg(&token, "much later", "r1"));
     assert_eq!(outcome(&h.take_outputs(), "r1"), CallbackOutcome::Accepted);
 }
+
+#[test]
+fn a_callback_whose_invocation_was_dead_lettered_gets_its_token_back() {
+    let mut h = Harness::new();
+    let token = callback::mint(&addr("a"), 7);
+    register(&mut h, "a", &token);
+    h.deliver(callback_msg(&token, "paid", "r1"));
+    assert_eq!(outcome(&h.take_outputs(), "r1"), CallbackOutcome::Accepted);
+    let inv = h.next_invocation();
+    h.respond(inv, Err(rejected()));
+    assert_eq!(kinds(&h.take_outputs()), [DeadLetterKind::FunctionRejected]);
+    let stored = h.core.store().callback(&token).unwrap().unwrap();
+    assert!(!stored.used, "the token is unused again");
+    h.deliver(callback_msg(&token, "paid", "r2"));
+    assert_eq!(outcome(&h.take_outputs(), "r2"), CallbackOutcome::Accepted);
+    assert_eq!(
+        h.next_invocation().addr,
+        addr("a"),
+        "the retried callback runs"
+    );
+    h.deliver(callback_msg(&token, "paid", "r3"));
+    assert_eq!(outcome(&h.take_outputs(), "r3"), CallbackOutcome::Used);
+}

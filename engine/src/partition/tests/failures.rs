@@ -86,7 +86,51 @@ fn function_dead_letters_carry_the_message_headers() {
     assert_eq!(header(dl, "keyflow.target"), "test/greeter/a");
     assert_eq!(header(dl, "keyflow.typename"), builtin::STRING);
     assert_eq!(header(dl, "keyflow.message-id"), id);
-    assert_eq!(header(dl, "keyflow.origin"), "t-ingress/0/1");
+    assert_eq!(header(dl, "keyflow.sender"), "t-ingress/0/1");
+}
+
+#[test]
+fn a_dead_letter_names_the_record_it_was_read_from_its_sender_and_carries_the_envelope() {
+    let mut h = Harness::new();
+    let m = Envelope {
+        caller: Some(addr("sender")),
+        origin: "test/greeter/sender".into(),
+        ..msg("a", "boom")
+    };
+    h.record(7, Some(Ok(m.clone())));
+    let inv = h.next_invocation();
+    h.respond(inv, Err(rejected()));
+    let out = h.take_outputs();
+    let dl = dead_letters(&out)[0];
+    assert_eq!(header(dl, "keyflow.origin"), "t-messages/0/7");
+    assert_eq!(header(dl, "keyflow.sender"), "test/greeter/sender");
+    let stored = Envelope::decode(dl.envelope.as_deref().expect("keyflow.envelope")).unwrap();
+    assert_eq!(
+        stored.argument.as_ref().map(|a| a.value.len()),
+        Some(0),
+        "the argument's bytes are the record's value, not repeated in the header"
+    );
+    let mut replayed = stored.clone();
+    replayed.argument.as_mut().unwrap().value = dl.value.clone().unwrap().into();
+    assert_eq!(
+        replayed, m,
+        "the envelope plus the value is the original message"
+    );
+}
+
+#[test]
+fn a_restored_inbox_message_still_names_the_record_it_was_read_from() {
+    let mut h = Harness::new();
+    h.record(3, Some(Ok(msg("a", "slow"))));
+    h.commit();
+    h.restore();
+    let inv = h.next_invocation();
+    h.respond(inv, Err(rejected()));
+    let out = h.take_outputs();
+    assert_eq!(
+        header(dead_letters(&out)[0], "keyflow.origin"),
+        "t-messages/0/3"
+    );
 }
 
 #[test]

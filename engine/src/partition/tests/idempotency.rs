@@ -4,7 +4,7 @@
 //! after the retention.
 
 use super::*;
-use crate::envelope::keyed_message_id;
+use crate::envelope::{keyed_message_id, FailedAnswer};
 
 /// An HTTP request to `addr(id)` with the idempotency key `key`: its message id is the
 /// key's (the same for every repeat) and its caller names it.
@@ -151,7 +151,7 @@ fn keys_are_per_address() {
 }
 
 #[test]
-fn a_keyed_message_whose_batch_failed_is_not_run_again() {
+fn a_keyed_message_whose_batch_failed_is_not_run_again_and_its_repeat_gets_the_failure() {
     let mut h = Harness::new();
     h.deliver(keyed("a", "k1", "pay", "r1"));
     let inv = h.next_invocation();
@@ -162,10 +162,14 @@ fn a_keyed_message_whose_batch_failed_is_not_run_again() {
         h.pending.is_empty(),
         "the first message completed (as a dead letter)"
     );
-    assert!(
-        h.take_outputs().is_empty(),
-        "r2 waits for a reply that never comes"
+    let out = h.take_outputs();
+    let r = replies(&out);
+    assert_eq!(
+        r.len(),
+        1,
+        "r2 does not wait for a reply that never comes: {out:?}"
     );
+    assert_eq!(r[0].1.typename, crate::envelope::FAILED_ANSWER);
 }
 
 #[test]
@@ -269,4 +273,136 @@ fn an_in_progress_record_is_never_forgotten() {
     let req = Request::of(&inv);
     h.respond(inv, Ok(reply_to_callers(&req)));
     assert_eq!(reply_texts(&h.take_outputs()).len(), 2);
+}
+
+/// `(request, failure)` of every reply that is a dead-letter failure, sorted by request.
+fn failures(out: &[Output]) -> Vec<(String, FailedAnswer)> {
+    let mut r: Vec<(String, FailedAnswer)> = replies(out)
+        .iter()
+        .filter_map(|(id, v)| {
+            let request = IngressCaller::parse_id(id).unwrap().request;
+            Some((request, FailedAnswer::from_reply(&v.typename, &v.value)?))
+        })
+        .collect();
+    r.sort_by(|a, b| a.0.cmp(&b.0));
+    r
+}
+
+/// `keyed(...)` as `keyflow deadletters replay` writes it again.
+fn replayed(id: &str, key: &str, body: &str, request: &str) -> Envelope {
+    Envelope {
+        replay: true,
+        ..keyed(id, key, body, request)
+    }
+}
+
+/// A keyed first attempt whose function rejects it: dead-lettered (outputs drained).
+fn fail_first_attempt(h: &mut Harness) {
+    h.deliver(keyed("a", "k1", "pay", "r1"));
+    h.deliver(keyed("a", "k1", "pay", "r2"));
+    let inv = h.next_invocation();
+    h.respond(inv, Err(rejected()));
+}
+
+#[test]
+fn a_dead_lettered_first_attempt_answers_its_caller_and_the_joined_repeats_with_the_failure() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    let out = h.take_outputs();
+    assert_eq!(kinds(&out), [DeadLetterKind::FunctionRejected]);
+    let f = failures(&out);
+    let requests: Vec<&str> = f.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(requests, ["r1", "r2"], "{out:?}");
+    assert_eq!(f[0].1.kind, "function-rejected");
+    assert_eq!(f[0].1.target, "test/greeter/a");
+    assert!(f[0].1.reason.contains("404"), "{:?}", f[0].1);
+}
+
+#[test]
+fn a_repeat_after_a_dead_lettered_first_attempt_gets_the_failure_at_once() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    h.take_outputs();
+    h.deliver(keyed("a", "k1", "pay", "r3"));
+    assert!(h.pending.is_empty(), "a repeat does not run the function");
+    let out = h.take_outputs();
+    let f = failures(&out);
+    assert_eq!(f.len(), 1, "{out:?}");
+    assert_eq!(f[0].0, "r3");
+    assert_eq!(f[0].1.kind, "function-rejected");
+    // Still failed after the epoch commits and the core is rebuilt.
+    h.commit();
+    h.restore();
+    h.deliver(keyed("a", "k1", "pay", "r4"));
+    assert!(h.pending.is_empty());
+    assert_eq!(failures(&h.take_outputs())[0].0, "r4");
+}
+
+#[test]
+fn a_replay_of_the_dead_letter_runs_it_once_and_later_repeats_get_its_reply() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    h.take_outputs();
+    h.deliver(replayed("a", "k1", "pay", "r1"));
+    h.deliver(keyed("a", "k1", "pay", "r5"));
+    assert_eq!(h.pending.len(), 1, "the replay runs; the repeat joins it");
+    h.answer_next(reply_to_callers);
+    let out = h.take_outputs();
+    assert!(failures(&out).is_empty(), "{out:?}");
+    assert_eq!(
+        reply_texts(&out),
+        [
+            ("r1".to_string(), "done: pay".to_string()),
+            ("r5".to_string(), "done: pay".to_string())
+        ]
+    );
+    // A second replay of the same dead letter and a later repeat: the stored reply.
+    h.deliver(replayed("a", "k1", "pay", "r1"));
+    h.deliver(keyed("a", "k1", "pay", "r6"));
+    assert!(h.pending.is_empty(), "ran once");
+    assert_eq!(
+        reply_texts(&h.take_outputs()),
+        [
+            ("r1".to_string(), "done: pay".to_string()),
+            ("r6".to_string(), "done: pay".to_string())
+        ]
+    );
+}
+
+/// `keyed(...)` without `?reply=true`: the caller learns only the admission's outcome.
+fn keyed_fire_and_forget(id: &str, key: &str, body: &str, request: &str) -> Envelope {
+    Envelope {
+        ack_admission: true,
+        ..keyed(id, key, body, request)
+    }
+}
+
+#[test]
+fn a_fire_and_forget_keyed_request_is_acknowledged_at_admission_and_its_function_sees_no_caller() {
+    let mut h = Harness::new();
+    h.deliver(keyed_fire_and_forget("a", "k1", "pay", "r1"));
+    let out = h.take_outputs();
+    let r = replies(&out);
+    assert_eq!(r.len(), 1, "{out:?}");
+    assert_eq!(r[0].1.typename, crate::envelope::ACCEPTED_ANSWER);
+    assert_eq!(h.requests()[0].callers(), [None]);
+    h.deliver(keyed_fire_and_forget("a", "k1", "pay", "r2"));
+    let out = h.take_outputs();
+    assert_eq!(
+        replies(&out)[0].1.typename,
+        crate::envelope::ACCEPTED_ANSWER
+    );
+    assert_eq!(h.pending.len(), 1, "the repeat joins, it does not run");
+}
+
+#[test]
+fn a_fire_and_forget_repeat_after_a_dead_lettered_first_attempt_gets_the_failure_not_an_accept() {
+    let mut h = Harness::new();
+    fail_first_attempt(&mut h);
+    h.take_outputs();
+    h.deliver(keyed_fire_and_forget("a", "k1", "pay", "r7"));
+    assert!(h.pending.is_empty());
+    let f = failures(&h.take_outputs());
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].0, "r7");
 }
