@@ -159,6 +159,14 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_STATIC_MEMBERSHIP", default_value = "true", action = clap::ArgAction::Set)]
     pub static_membership: bool,
 
+    /// `transaction.timeout.ms` of the worker's transactions (one per commit round, so they
+    /// last milliseconds): also how long a worker that died for good can hold the partitions
+    /// it was writing to before the broker aborts its transaction (a worker restarted with
+    /// the same id aborts it at once). A module's exactly-once egress `transactionTimeout`
+    /// shorter than this lowers it.
+    #[arg(long, env = "KEYFLOW_TRANSACTION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub transaction_timeout: Duration,
+
     /// How long the outcome of a message with an idempotency key is kept for repeats.
     #[arg(long, env = "KEYFLOW_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_retention: Duration,
@@ -206,6 +214,12 @@ impl EngineConfig {
 
     pub fn topic_state(&self) -> String {
         format!("{}-state", self.cluster)
+    }
+
+    /// The consumer group of the cluster's workers: it assigns the partitions, and every input
+    /// position is committed in it with the worker's transaction (KIP-447 fencing).
+    pub fn members_group(&self) -> String {
+        format!("{}-members", self.cluster)
     }
 
     /// Records keyed by a callback token: each delivers its value like `POST /callbacks/<token>`.

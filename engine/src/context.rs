@@ -36,8 +36,12 @@ pub struct Shared {
     pub db: sled::Db,
     /// TLS for the HTTP listeners (`--tls-cert`, `--tls-key`).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// `transaction.timeout.ms` of the processors' producers.
+    /// `transaction.timeout.ms` of the worker's transactions.
     pub txn_timeout: Duration,
+    /// The worker's one transaction, which every partition task's epochs join (txn.rs).
+    pub(crate) txn: crate::txn::WorkerTxn,
+    /// The membership group's metadata, sent with the offsets of each commit.
+    pub(crate) group: crate::txn::GroupSource,
     /// `delete.retention.ms` of `<cluster>-state`, read at start: how old a local checkpoint
     /// may be and still be replayed from (`restore::stale_checkpoint`).
     pub state_delete_retention: Duration,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 mod errors;
@@ -388,32 +388,18 @@ pub async fn send(
     }
 }
 
-/// Ends an epoch's transaction: the consumed input position `(topic, partition, next offset)`
-/// joins the transaction under `consumer`'s group, then the transaction commits.
-pub async fn commit_with_offsets<C: rdkafka::consumer::ConsumerContext + 'static>(
-    producer: &FutureProducer,
-    consumer: &rdkafka::consumer::StreamConsumer<C>,
-    input: Option<(&str, i32, i64)>,
-) -> Result<(), KafkaError> {
-    use rdkafka::consumer::Consumer;
-    if let Some((topic, partition, next)) = input {
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(next))?;
-        let cgm = consumer.group_metadata().ok_or_else(|| {
-            KafkaError::Subscription("the input consumer has no group metadata".into())
-        })?;
-        let pr = producer.clone();
-        blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
-    }
-    // rust-rdkafka's commit_transaction flushes first, and that flush waits for the
-    // producer's 100 ms poll loop unless every delivery report has been served already:
-    // waiting for them here takes an epoch's commit from about 100 ms to a few ms.
-    let deadline = std::time::Instant::now() + TXN_CALL_TIMEOUT;
-    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let pr = producer.clone();
-    blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await
+/// The first offset still in `topic`/`p` (where a position with nothing committed starts).
+pub async fn low_watermark(bootstrap: &str, topic: &str, p: i32) -> Result<i64, KafkaError> {
+    let consumer: rdkafka::consumer::BaseConsumer<QuietEof> =
+        client_config(bootstrap).create_with_context(QuietEof)?;
+    let topic = topic.to_string();
+    blocking(move || {
+        use rdkafka::consumer::Consumer;
+        consumer
+            .fetch_watermarks(&topic, p, Duration::from_secs(30))
+            .map(|(low, _)| low)
+    })
+    .await
 }
 
 /// How long one blocking transaction call may take.

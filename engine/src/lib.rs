@@ -47,6 +47,7 @@ pub mod kafka;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub mod module;
+pub(crate) mod offsets;
 pub(crate) mod partition;
 pub mod partitioner;
 pub mod replay;
@@ -54,6 +55,7 @@ pub(crate) mod restore;
 pub(crate) mod router;
 pub(crate) mod store;
 pub(crate) mod supervisor;
+pub(crate) mod txn;
 pub mod worker;
 
 /// The engine's own protobuf records (envelopes, stored state, delayed messages).

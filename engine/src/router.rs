@@ -19,19 +19,21 @@ use keyflow_protocol::{Address, Message as _, TypedValue};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Shared;
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::Envelope;
-use crate::kafka::{self, blocking, ErrorClass, TXN_CALL_TIMEOUT};
+use crate::kafka::{self, ErrorClass};
 use crate::limits;
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partition::isolation::{Net, Taken};
+use crate::partition::EpochError;
 use crate::partitioner::partition_for;
 use crate::supervisor::{supervise, PartitionTask};
+use crate::txn::{Grant, Who, WorkerTxn};
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
 /// `ingress`: the first ingress in module.yaml naming `topic` (`None`: the callbacks topic).
@@ -64,7 +66,12 @@ struct Router {
     dead_letters: String,
     records_routed: prometheus::IntCounter,
     bytes_routed: prometheus::IntCounter,
-    producer: FutureProducer,
+    /// The worker's transaction, this router's place in it, and the open epoch's grant.
+    txn: WorkerTxn,
+    who: Who,
+    grant: Option<Grant>,
+    /// The next ingress offset, committed with every epoch.
+    position: i64,
     consumer: StreamConsumer<kafka::LagContext>,
     first_offset: Option<i64>,
     last_offset: Option<i64>,
@@ -85,7 +92,7 @@ impl Router {
         topic: &str,
         p: i32,
         net: Arc<Mutex<Net>>,
-    ) -> Result<Self, KafkaError> {
+    ) -> Result<Self, EpochError> {
         let callbacks = callbacks_ingress(&shared);
         let spec: &KafkaIngress = match ingress {
             Some(i) => &shared.module.ingresses[i],
@@ -104,12 +111,6 @@ impl Router {
                 targets: merged.targets.into_iter().cloned().collect(),
             })
         });
-        let txn_id = format!("{}-ingress-{topic}-{p}", shared.cfg.cluster);
-        let producer =
-            kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
-        let pr = producer.clone();
-        blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
-
         let reset = match spec.auto_offset_reset {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
@@ -133,24 +134,44 @@ impl Router {
             .set("fetch.wait.max.ms", "10")
             .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
             .create_with_context(lag)?;
-        let (start, committed) = start_offset(&consumer, spec, topic, p).await?;
+        let committed = crate::offsets::committed(
+            &shared.bootstrap,
+            &shared.cfg.members_group(),
+            &spec.consumer_group_id,
+            topic,
+            p,
+        )
+        .await?;
+        let (start, committed) = match committed {
+            Some(o) => (Offset::Offset(o), true),
+            None => (start_offset(&consumer, spec, topic, p).await?, false),
+        };
         // `latest` is the end offset now, before the router counts as started (`/ready`), not
         // at the first fetch: a record produced once the worker is ready is never skipped.
-        let start = match start {
+        let position = match start {
+            Offset::Offset(o) => o,
             Offset::End => {
-                let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
-                Offset::Offset(high)
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(30))?
+                    .1
             }
-            start => start,
+            _ => {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(30))?
+                    .0
+            }
         };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, start)?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(position))?;
         consumer.assign(&tpl)?;
-        if let (false, Offset::Offset(o)) = (committed, start) {
+        let txn = shared.txn.clone();
+        let who: Who = (topic.to_string(), p);
+        if !committed {
             // The group's first position is committed at once: a restart resumes from it
             // instead of resolving `latest` again and skipping what arrived meanwhile.
-            producer.begin_transaction()?;
-            kafka::commit_with_offsets(&producer, &consumer, Some((topic, p, o))).await?;
+            txn.begin(&who, false).await?;
+            txn.commit(&who, vec![(topic.to_string(), p, position)])
+                .await?;
         }
         tracing::info!(topic, partition = p, ?start, "ingress router started");
         let metrics = &shared.metrics;
@@ -163,7 +184,10 @@ impl Router {
             topic: topic.to_string(),
             route,
             p,
-            producer,
+            txn,
+            who,
+            grant: None,
+            position,
             consumer,
             first_offset: None,
             last_offset: None,
@@ -250,7 +274,7 @@ impl Router {
         for env in envelopes {
             let payload = env.encode_to_vec();
             let d = kafka::send(
-                &self.producer,
+                self.producer(),
                 &self.messages,
                 Some(partition_for(&id, partitions)),
                 Some(id.as_bytes()),
@@ -308,7 +332,7 @@ impl Router {
             envelope: None,
         };
         let d = kafka::send_dead_letter(
-            &self.producer,
+            self.producer(),
             &self.dead_letters,
             fitted.key.as_deref(),
             fitted.value.as_deref(),
@@ -342,6 +366,7 @@ impl Router {
     fn take(&mut self, m: &rdkafka::message::OwnedMessage) -> String {
         self.first_offset.get_or_insert(m.offset());
         self.last_offset = Some(m.offset());
+        self.position = m.offset() + 1;
         self.records += 1;
         self.records_routed.inc();
         self.bytes_routed
@@ -408,7 +433,7 @@ impl Router {
                 .await;
         }
         let d = kafka::send(
-            &self.producer,
+            self.producer(),
             &self.messages,
             Some(partition),
             Some(id.as_bytes()),
@@ -420,12 +445,16 @@ impl Router {
         Ok(())
     }
 
-    async fn commit(&mut self) -> Result<(), KafkaError> {
+    /// The producer of the open epoch's transaction.
+    fn producer(&self) -> &FutureProducer {
+        &self.grant.as_ref().expect("an epoch is open").producer
+    }
+
+    async fn commit(&mut self) -> Result<(), EpochError> {
         let started = Instant::now();
-        let input = self
-            .last_offset
-            .map(|last| (self.topic.as_str(), self.p, last + 1));
-        kafka::commit_with_offsets(&self.producer, &self.consumer, input).await?;
+        let input = vec![(self.topic.clone(), self.p, self.position)];
+        self.grant = None;
+        self.txn.commit(&self.who, input).await?;
         self.txn_began = None;
         self.shared
             .metrics
@@ -451,17 +480,27 @@ impl Router {
     }
 }
 
-impl PartitionTask for Router {
-    type Error = KafkaError;
+impl Drop for Router {
+    fn drop(&mut self) {
+        if self.grant.is_some() {
+            self.txn
+                .abort(&self.who, "the router stopped with its epoch open");
+        }
+    }
+}
 
-    async fn run(&mut self, stop: &CancellationToken) -> Result<(), KafkaError> {
+impl PartitionTask for Router {
+    type Error = EpochError;
+
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), EpochError> {
         loop {
             let first = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
                 m = self.consumer.recv() => m?.detach(),
             };
-            self.producer.begin_transaction()?;
+            let isolating = self.net.lock().expect("net").isolating();
+            self.grant = Some(self.txn.begin(&self.who, isolating).await?);
             self.txn_began = Some(Instant::now());
             self.route_record(first).await?;
             let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
@@ -470,7 +509,8 @@ impl PartitionTask for Router {
                 .lock()
                 .expect("net")
                 .max_records(self.shared.cfg.max_epoch_records, true);
-            while self.records < max_records && !stop.is_cancelled() {
+            let seq = self.grant.as_ref().map_or(0, |g| g.seq);
+            while self.records < max_records && !stop.is_cancelled() && !self.txn.is_closing(seq) {
                 // Take what is ready; wait for more only while the window is open and the
                 // previous wait found something (an idle topic commits at once).
                 let next = match self.consumer.recv().now_or_never() {
@@ -493,12 +533,13 @@ impl PartitionTask for Router {
         }
     }
 
-    async fn abort(&mut self, err: &KafkaError) -> ErrorClass {
+    async fn abort(&mut self, err: &EpochError) -> ErrorClass {
         let txn = kafka::TxnClock {
             open_for: self.txn_began.map(|t| t.elapsed()),
             timeout: self.shared.txn_timeout,
         };
-        let mut class = kafka::class_of(Some(&self.producer), err, txn);
+        let producer = self.grant.as_ref().map(|g| g.producer.clone());
+        let mut class = err.class(producer.as_ref(), txn);
         if txn.expired() && class == ErrorClass::Transient {
             tracing::warn!(
                 topic = %self.topic,
@@ -509,10 +550,10 @@ impl PartitionTask for Router {
             );
         }
         let mut reason = format!("{err} (routing to {})", self.messages);
-        if self.txn_began.is_some() {
-            let pr = self.producer.clone();
-            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
+        if self.grant.take().is_some() && !matches!(err, EpochError::Txn(_)) {
+            self.txn.abort(&self.who, &reason);
         }
+        self.txn_began = None;
         let deliveries = std::mem::take(&mut self.deliveries);
         if class == ErrorClass::Transient {
             let within = Duration::from_secs(2);
@@ -543,20 +584,13 @@ fn callbacks_ingress(shared: &Shared) -> KafkaIngress {
     }
 }
 
-/// Where a router starts: the group's committed offset when there is one (that is the
-/// router's own checkpoint; the flag is true), else the ingress's `startupPosition`.
+/// Where a router with no committed position starts: the ingress's `startupPosition`.
 async fn start_offset(
     consumer: &StreamConsumer<kafka::LagContext>,
     spec: &KafkaIngress,
     topic: &str,
     p: i32,
-) -> Result<(Offset, bool), KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, p);
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
-    if let Some(Offset::Offset(o)) = committed.find_partition(topic, p).map(|e| e.offset()) {
-        return Ok((Offset::Offset(o), true));
-    }
+) -> Result<Offset, KafkaError> {
     let start = match &spec.startup_position {
         StartupPosition::Earliest => Offset::Beginning,
         StartupPosition::Latest => Offset::End,
@@ -585,5 +619,5 @@ async fn start_offset(
                 .unwrap_or(Offset::End)
         }
     };
-    Ok((start, false))
+    Ok(start)
 }

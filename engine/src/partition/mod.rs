@@ -74,6 +74,9 @@ pub enum EpochError {
     /// A delivery report never came (the producer was dropped under it).
     #[error("{0} delivery report lost")]
     DeliveryLost(&'static str),
+    /// The worker's transaction this epoch was part of did not commit.
+    #[error(transparent)]
+    Txn(#[from] crate::txn::TxnFailed),
 }
 
 impl EpochError {
@@ -93,6 +96,7 @@ impl EpochError {
                 ErrorClass::Record
             }
             EpochError::Kafka(k) => kafka::class_of(producer, k, txn),
+            EpochError::Txn(f) => f.class,
             _ => ErrorClass::Transient,
         }
     }

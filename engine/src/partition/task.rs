@@ -14,7 +14,7 @@ use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,11 +28,12 @@ use super::outbox::Response;
 use super::{EpochError, ErrorClass};
 use crate::context::Shared;
 use crate::internal::Envelope;
-use crate::kafka::{self, blocking, TXN_CALL_TIMEOUT};
+use crate::kafka;
 use crate::now_ms;
 use crate::restore;
 use crate::store::PartitionStore;
 use crate::supervisor::PartitionTask;
+use crate::txn::{Grant, Who, WorkerTxn};
 
 mod flush;
 
@@ -63,7 +64,14 @@ type Input = (i64, Option<DecodedEnvelope>);
 pub(crate) struct Task {
     shared: Arc<Shared>,
     p: i32,
-    producer: FutureProducer,
+    /// The worker's transaction, and this partition's place in it.
+    txn: WorkerTxn,
+    who: Who,
+    /// The open epoch's grant: the transaction's number and the producer to send on.
+    grant: Option<Grant>,
+    /// The next input offset: committed with every epoch, so that every transaction this
+    /// partition is part of carries its position (the group fences a stale worker's commit).
+    position: i64,
     consumer: StreamConsumer<kafka::LagContext>,
     core: PartitionCore,
     bound: Bound,
@@ -105,13 +113,23 @@ impl Task {
     ) -> Result<Self, EpochError> {
         let started = Instant::now();
         let cfg = &shared.cfg;
-        let txn_id = format!("{}-p{p}", cfg.cluster);
-        let producer =
-            kafka::transactional_producer(&shared.bootstrap, &txn_id, shared.txn_timeout)?;
-        // Fences any earlier owner of this partition and aborts its open transaction, so the
-        // changelog below is complete once we read it to its end.
-        let pr = producer.clone();
-        blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
+        let txn = shared.txn.clone();
+        let messages = cfg.topic_messages();
+        // The committed position first, read as stable: a transaction of an earlier owner
+        // still committing it (a stalled worker) is waited for, so the changelog below holds
+        // everything that position stands for.
+        let position = match crate::offsets::committed(
+            &shared.bootstrap,
+            &cfg.members_group(),
+            &cfg.cluster,
+            &messages,
+            p,
+        )
+        .await?
+        {
+            Some(o) => o,
+            None => kafka::low_watermark(&shared.bootstrap, &messages, p).await?,
+        };
 
         let mut store = PartitionStore::open(&shared.db, p)?;
         let restored = restore::catch_up(
@@ -148,7 +166,7 @@ impl Task {
             .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
             .create_with_context(lag)?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&bound.messages, p, Offset::Stored)?;
+        tpl.add_partition_offset(&bound.messages, p, Offset::Offset(position))?;
         consumer.assign(&tpl)?;
 
         let core_cfg = CoreConfig {
@@ -181,9 +199,12 @@ impl Task {
             secs
         );
         Ok(Task {
+            who: (bound.messages.clone(), p),
             shared,
             p,
-            producer,
+            txn,
+            grant: None,
+            position,
             consumer,
             core,
             bound,
@@ -208,7 +229,7 @@ impl Task {
         // Parked addresses go first: their messages precede any input still to be read. (Or
         // they were refused at restore, and so are the delayed messages due now.)
         if self.core.parked() > 0 || self.refuse_pending.is_some() {
-            self.begin()?;
+            self.begin().await?;
             self.other_input = true;
             if let Some(reason) = self.refuse_pending.take() {
                 self.core.refuse_due_timers(now_ms(), &reason)?;
@@ -219,7 +240,7 @@ impl Task {
             // Idle: wait for input, a parked request's outcome, a due delayed message, the
             // expiry sweep, or the stop. (An epoch may already be open: restore dispatches
             // inboxes inside one.)
-            if self.txn_began.is_none() {
+            if self.grant.is_none() {
                 let timer_at = self.next_timer_instant();
                 // A partition holding its bound of bytes waits for responses to drain it.
                 let take = !self.core.is_over_queued_bytes();
@@ -231,7 +252,7 @@ impl Task {
                     _ = sleep_until_opt(timer_at) => Event::WindowClosed,
                     _ = tokio::time::sleep_until(next_sweep.into()) => Event::WindowClosed,
                 };
-                self.begin()?;
+                self.begin().await?;
                 self.on_event(first).await?;
             }
             if Instant::now() >= next_sweep {
@@ -266,6 +287,7 @@ impl Task {
             self.previous_epoch_records,
             cfg.early_close_below,
         );
+        let seq = self.grant.as_ref().map_or(0, |g| g.seq);
         loop {
             if fire_timers {
                 let pending = self.core.delayed();
@@ -276,7 +298,9 @@ impl Task {
             let now = Now {
                 at: tokio::time::Instant::now(),
                 records: self.records,
-                stopping: stop.is_cancelled(),
+                // Another epoch of the worker's transaction waits for the commit: close as
+                // at a stop.
+                stopping: stop.is_cancelled() || self.txn.is_closing(seq),
                 settled: self.core.settled(),
                 backpressured: self.core.is_backpressured(),
             };
@@ -313,6 +337,7 @@ impl Task {
                 m = self.consumer.recv(), if take => Event::Record(m.map(read)),
                 _ = tokio::time::sleep_until(deadline) => Event::WindowClosed,
                 _ = stop.cancelled(), if intake => Event::WindowClosed,
+                _ = self.txn.closing(seq), if intake => Event::WindowClosed,
             };
             self.on_event(ev).await?;
         }
@@ -333,6 +358,7 @@ impl Task {
 
     fn on_record(&mut self, rec: Result<Input, KafkaError>) -> Result<(), EpochError> {
         let (offset, payload) = rec?;
+        self.position = offset + 1;
         self.first_offset.get_or_insert(offset);
         self.last_offset = Some(offset);
         self.records += 1;
@@ -344,13 +370,19 @@ impl Task {
         Ok(())
     }
 
-    fn begin(&mut self) -> Result<(), EpochError> {
-        if self.txn_began.is_none() {
-            self.producer.begin_transaction()?;
-            self.txn_began = Some(Instant::now());
+    /// Begins an epoch in the worker's transaction (alone in it while isolating).
+    async fn begin(&mut self) -> Result<(), EpochError> {
+        if self.grant.is_none() {
             self.isolating = self.net.lock().expect("net").isolating();
+            self.grant = Some(self.txn.begin(&self.who, self.isolating).await?);
+            self.txn_began = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// The producer of the open epoch's transaction.
+    pub(super) fn producer(&self) -> &FutureProducer {
+        &self.grant.as_ref().expect("an epoch is open").producer
     }
 
     /// What this epoch took of its input.
@@ -379,7 +411,7 @@ impl Task {
         for (k, v) in overlay {
             deliveries.push(
                 kafka::send(
-                    &self.producer,
+                    self.producer(),
                     &self.bound.state,
                     Some(self.p),
                     Some(k),
@@ -396,10 +428,9 @@ impl Task {
                 Err(_) => return Err(EpochError::DeliveryLost("egress")),
             }
         }
-        let input = self
-            .last_offset
-            .map(|last| (self.bound.messages.as_str(), self.p, last + 1));
-        kafka::commit_with_offsets(&self.producer, &self.consumer, input).await?;
+        let input = vec![(self.bound.messages.clone(), self.p, self.position)];
+        self.txn.commit(&self.who, input).await?;
+        self.grant = None;
         self.txn_began = None;
         // Committed: every changelog record is delivered; the checkpoint may move to the end.
         let mut next_offset = None;
@@ -430,8 +461,6 @@ impl Task {
         Ok(())
     }
 
-    /// Abandons the epoch after a failure: the transaction aborts (if the producer can), the
-    /// overlay and in-flight calls are dropped.
     fn txn_clock(&self) -> kafka::TxnClock {
         kafka::TxnClock {
             open_for: self.txn_began.map(|t| t.elapsed()),
@@ -439,19 +468,27 @@ impl Task {
         }
     }
 
-    async fn abort_epoch(&mut self) {
+    /// Abandons the epoch after a failure: its transaction aborts (the worker's transaction
+    /// coordinator aborts it once the other epochs in it closed), the overlay and in-flight
+    /// calls are dropped.
+    fn abort_epoch(&mut self, err: &EpochError) {
         self.inflight.abort_all();
         self.at_least_once.clear();
         self.core.discard();
-        if self.txn_began.is_some() {
-            let pr = self.producer.clone();
-            if let Err(e) = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await {
-                tracing::debug!(
-                    partition = self.p,
-                    "abort failed (the reopened producer will abort instead): {e}"
-                );
-            }
-            self.txn_began = None;
+        if self.grant.take().is_some() && !matches!(err, EpochError::Txn(_)) {
+            self.txn.abort(&self.who, &err.to_string());
+        }
+        self.txn_began = None;
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // An epoch left open (a panic, a cancelled future) must not hold the worker's
+        // transaction: it is aborted like a failed one.
+        if self.grant.is_some() {
+            self.txn
+                .abort(&self.who, "the partition task stopped with its epoch open");
         }
     }
 }
@@ -465,7 +502,8 @@ impl PartitionTask for Task {
 
     async fn abort(&mut self, err: &EpochError) -> ErrorClass {
         let txn = self.txn_clock();
-        let mut class = err.class(Some(&self.producer), txn);
+        let producer = self.grant.as_ref().map(|g| g.producer.clone());
+        let mut class = err.class(producer.as_ref(), txn);
         if txn.expired() && class == ErrorClass::Transient {
             tracing::warn!(
                 partition = self.p,
@@ -479,7 +517,7 @@ impl PartitionTask for Task {
         }
         let mut reason = err.to_string();
         let deliveries = std::mem::take(&mut self.deliveries);
-        self.abort_epoch().await;
+        self.abort_epoch(err);
         if class == ErrorClass::Transient {
             if let Some((topic, e)) = kafka::first_refused(deliveries, REPORTS_WITHIN).await {
                 class = ErrorClass::Record;

@@ -98,6 +98,9 @@ impl Membership {
             .create_with_context(MembershipContext { changes })?;
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
+        let consumer = Arc::new(consumer);
+        let member = consumer.clone();
+        let _ = shared.group.set(Box::new(move || member.group_metadata()));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()

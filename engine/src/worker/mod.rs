@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -158,7 +157,9 @@ pub async fn run(
             path: data.display().to_string(),
             err,
         })?;
-    let txn_timeout = module
+    // The worker's transactions last one commit round: a module's exactly-once egress
+    // `transactionTimeout` (made for transactions spanning a checkpoint) only lowers it.
+    let module_timeout = module
         .egresses
         .iter()
         .filter_map(|e| match e.delivery {
@@ -167,8 +168,17 @@ pub async fn run(
             } => Some(transaction_timeout),
             _ => None,
         })
-        .max()
-        .unwrap_or(Duration::from_secs(60));
+        .min();
+    let txn_timeout = match module_timeout {
+        Some(t) if t < cfg.transaction_timeout => t,
+        _ => cfg.transaction_timeout,
+    };
+    let group: crate::txn::GroupSource = Default::default();
+    // Fences an earlier process with this worker id (its open transaction is aborted)
+    // before this one joins the group.
+    let txn_id = format!("{}-w-{worker_id}", cfg.cluster);
+    let txn = crate::txn::WorkerTxn::start(&bootstrap, &txn_id, txn_timeout, group.clone()).await?;
+    tracing::info!(transactional_id = %txn_id, timeout = ?txn_timeout, "the worker's transactional producer is ready");
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::http::tls::acceptor(cert, key)?),
         _ => None,
@@ -181,6 +191,8 @@ pub async fn run(
         metrics,
         db,
         txn_timeout,
+        txn,
+        group,
         state_delete_retention,
         limits,
         known_topics: Default::default(),

@@ -74,7 +74,7 @@ impl Task {
                 let topic = &self.bound.messages;
                 let key = Some(key.as_bytes());
                 let d = kafka::send(
-                    &self.producer,
+                    self.producer(),
                     topic,
                     Some(partition),
                     key,
@@ -89,13 +89,13 @@ impl Task {
                 let topic = &self.bound.replies;
                 let key = Some(caller_id.as_bytes());
                 let d =
-                    kafka::send(&self.producer, topic, Some(0), key, Some(&value), None).await?;
+                    kafka::send(self.producer(), topic, Some(0), key, Some(&value), None).await?;
                 self.deliveries.push(d);
             }
             Output::Egress(e) => {
                 self.shared.ensure_topic(&e.topic).await?;
                 let producer = match e.delivery {
-                    DeliverySemantic::ExactlyOnce { .. } => &self.producer,
+                    DeliverySemantic::ExactlyOnce { .. } => self.producer(),
                     DeliverySemantic::AtLeastOnce | DeliverySemantic::None => &self.shared.plain,
                 };
                 let delivery = kafka::send(
@@ -122,7 +122,7 @@ impl Task {
                     envelope: dl.envelope.as_deref(),
                 };
                 let d = kafka::send_dead_letter(
-                    &self.producer,
+                    self.producer(),
                     &self.bound.dead_letters,
                     dl.key.as_deref(),
                     dl.value.as_deref(),

@@ -1,0 +1,440 @@
+//! The worker's one transaction (Kafka Streams' `exactly_once_v2`, KIP-447): every partition
+//! task of the worker (processors and ingress routers: the *participants*) produces into the
+//! same transaction of the worker's one transactional producer (`transactional.id =
+//! <cluster>-w-<worker-id>`), and one commit ends the epochs of all of them at once, with
+//! their input offsets sent under the membership group's metadata (generation, member id),
+//! so that the group coordinator refuses the commit of a worker that lost its partitions.
+//!
+//! A participant asks to [`WorkerTxn::begin`] an epoch (the transaction begins with the
+//! first), sends its records on the producer it was given, and asks to
+//! [`WorkerTxn::commit`] with its input position. The transaction commits when every epoch
+//! begun in it asked to commit; meanwhile no new epoch begins (a barrier), and the open
+//! epochs are told to close early ([`WorkerTxn::closing`]). An epoch that fails dooms the
+//! transaction ([`WorkerTxn::abort`]): it is aborted once every other epoch in it has closed,
+//! and they all reopen from their last commit. An isolating participant (the safety net,
+//! `partition/isolation.rs`) begins an *exclusive* transaction, alone, so that a refused
+//! record is blamed on the one input that produced it; so does, once, every participant of a
+//! shared transaction that Kafka refused without saying whose record it was.
+//!
+//! docs/design.md, "One transaction per worker", argues why this keeps exactly-once.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::kafka::{self, blocking, ErrorClass, TXN_CALL_TIMEOUT};
+
+/// A participant: (topic, partition) of the task.
+pub(crate) type Who = (String, i32);
+
+/// Where the membership group's metadata comes from (set once the worker joined).
+pub(crate) type GroupSource =
+    Arc<OnceLock<Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>>>;
+
+/// An epoch may begin: in transaction `seq`, producing on `producer`.
+pub(crate) struct Grant {
+    pub seq: u64,
+    pub producer: FutureProducer,
+}
+
+/// Why the transaction an epoch was part of did not commit, and what that means for it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct TxnFailed {
+    pub reason: String,
+    pub(crate) class: ErrorClass,
+}
+
+enum Req {
+    Begin {
+        who: Who,
+        exclusive: bool,
+        reply: oneshot::Sender<Result<Grant, TxnFailed>>,
+    },
+    Commit {
+        who: Who,
+        offsets: Vec<(String, i32, i64)>,
+        reply: oneshot::Sender<Result<(), TxnFailed>>,
+    },
+    Abort {
+        who: Who,
+        reason: String,
+    },
+}
+
+/// The handle participants hold (cheap to clone).
+#[derive(Clone)]
+pub(crate) struct WorkerTxn {
+    tx: mpsc::UnboundedSender<Req>,
+    closing: watch::Receiver<u64>,
+}
+
+impl WorkerTxn {
+    /// Creates the worker's transactional producer and fences any earlier process with the
+    /// same worker id (its open transaction is aborted), then serves the participants until
+    /// every handle is dropped.
+    pub(crate) async fn start(
+        bootstrap: &str,
+        txn_id: &str,
+        timeout: Duration,
+        group: GroupSource,
+    ) -> Result<Self, KafkaError> {
+        let producer = new_producer(bootstrap, txn_id, timeout).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (closing_tx, closing) = watch::channel(0);
+        let actor = Actor {
+            bootstrap: bootstrap.to_string(),
+            txn_id: txn_id.to_string(),
+            timeout,
+            group,
+            producer,
+            seq: 1,
+            open_at: None,
+            exclusive: false,
+            members: HashSet::new(),
+            ready: Vec::new(),
+            doomed: None,
+            waiting: VecDeque::new(),
+            suspects: HashSet::new(),
+            closing: closing_tx,
+        };
+        tokio::spawn(actor.run(rx));
+        Ok(WorkerTxn { tx, closing })
+    }
+
+    /// Waits until an epoch of `who` may begin (exclusive: alone in its transaction).
+    pub(crate) async fn begin(&self, who: &Who, exclusive: bool) -> Result<Grant, TxnFailed> {
+        let (reply, rx) = oneshot::channel();
+        let req = Req::Begin {
+            who: who.clone(),
+            exclusive,
+            reply,
+        };
+        self.tx.send(req).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Ends the epoch of `who` with its input positions (next offsets), and waits for the
+    /// transaction's outcome.
+    pub(crate) async fn commit(
+        &self,
+        who: &Who,
+        offsets: Vec<(String, i32, i64)>,
+    ) -> Result<(), TxnFailed> {
+        let (reply, rx) = oneshot::channel();
+        let req = Req::Commit {
+            who: who.clone(),
+            offsets,
+            reply,
+        };
+        self.tx.send(req).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// The epoch of `who` failed: its transaction is aborted once the others closed. (No-op
+    /// when `who` has no epoch open.)
+    pub(crate) fn abort(&self, who: &Who, reason: &str) {
+        let _ = self.tx.send(Req::Abort {
+            who: who.clone(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Whether the epochs of transaction `seq` are asked to close (another epoch is waiting
+    /// for the commit, or a new one for the barrier).
+    pub(crate) fn is_closing(&self, seq: u64) -> bool {
+        *self.closing.borrow() >= seq
+    }
+
+    /// Resolves when the epochs of transaction `seq` are asked to close.
+    pub(crate) async fn closing(&self, seq: u64) {
+        let mut rx = self.closing.clone();
+        let _ = rx.wait_for(|c| *c >= seq).await;
+    }
+}
+
+fn gone() -> TxnFailed {
+    TxnFailed {
+        reason: "the worker's transaction coordinator stopped".into(),
+        class: ErrorClass::Transient,
+    }
+}
+
+async fn new_producer(
+    bootstrap: &str,
+    txn_id: &str,
+    timeout: Duration,
+) -> Result<FutureProducer, KafkaError> {
+    let producer = kafka::transactional_producer(bootstrap, txn_id, timeout)?;
+    let pr = producer.clone();
+    blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
+    Ok(producer)
+}
+
+struct Actor {
+    bootstrap: String,
+    txn_id: String,
+    timeout: Duration,
+    group: GroupSource,
+    producer: FutureProducer,
+    /// The current transaction's number; it is open while `open_at` is set.
+    seq: u64,
+    open_at: Option<Instant>,
+    /// The open transaction admits no other epoch.
+    exclusive: bool,
+    /// Participants whose epoch in the open transaction has not asked to commit.
+    members: HashSet<Who>,
+    /// Epochs that asked to commit, with their input positions.
+    ready: Vec<Ready>,
+    /// Set when an epoch of the open transaction failed: it will abort.
+    doomed: Option<String>,
+    /// Epochs waiting to begin, first come first served.
+    waiting: VecDeque<(Who, bool, oneshot::Sender<Result<Grant, TxnFailed>>)>,
+    /// Participants whose next epoch runs alone: a shared transaction of theirs was refused
+    /// and nobody's delivery report said whose record it was.
+    suspects: HashSet<Who>,
+    closing: watch::Sender<u64>,
+}
+
+struct Ready {
+    who: Who,
+    offsets: Vec<(String, i32, i64)>,
+    reply: oneshot::Sender<Result<(), TxnFailed>>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Req>) {
+        while let Some(req) = rx.recv().await {
+            self.take(req);
+            // Serve everything already queued before deciding, so that epochs asking at
+            // the same moment share a transaction.
+            while let Ok(req) = rx.try_recv() {
+                self.take(req);
+            }
+            self.settle().await;
+        }
+        if self.open_at.is_some() {
+            let pr = self.producer.clone();
+            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
+        }
+    }
+
+    /// Records a request; [`Actor::settle`] acts on what changed.
+    fn take(&mut self, req: Req) {
+        match req {
+            Req::Begin {
+                who,
+                exclusive,
+                reply,
+            } => self.waiting.push_back((who, exclusive, reply)),
+            Req::Commit {
+                who,
+                offsets,
+                reply,
+            } => {
+                if self.members.remove(&who) {
+                    self.ready.push(Ready {
+                        who,
+                        offsets,
+                        reply,
+                    });
+                    self.ask_to_close();
+                } else {
+                    let _ = reply.send(Err(TxnFailed {
+                        reason: format!("{}/{} committed an epoch it had not begun", who.0, who.1),
+                        class: ErrorClass::Transient,
+                    }));
+                }
+            }
+            Req::Abort { who, reason } => {
+                if self.members.remove(&who) {
+                    self.doomed.get_or_insert_with(|| {
+                        format!("the epoch of {}/{} failed ({reason})", who.0, who.1)
+                    });
+                    self.ask_to_close();
+                }
+            }
+        }
+    }
+
+    fn ask_to_close(&self) {
+        if self.open_at.is_some() {
+            self.closing.send_if_modified(|c| {
+                let changed = *c < self.seq;
+                *c = (*c).max(self.seq);
+                changed
+            });
+        }
+    }
+
+    /// Ends the open transaction when all its epochs closed, then grants waiting epochs.
+    async fn settle(&mut self) {
+        if self.open_at.is_some() && self.members.is_empty() {
+            if self.doomed.is_some() {
+                self.abort_all().await;
+            } else if !self.ready.is_empty() {
+                self.commit_all().await;
+            }
+        }
+        self.grant();
+    }
+
+    fn grant(&mut self) {
+        while let Some((who, exclusive, _)) = self.waiting.front() {
+            let alone = *exclusive || self.suspects.contains(who);
+            if self.open_at.is_none() {
+                if let Err(e) = self.producer.begin_transaction() {
+                    let (who, _, reply) = self.waiting.pop_front().expect("front");
+                    let class = kafka::class_of(Some(&self.producer), &e, Default::default());
+                    tracing::warn!(participant = ?who, "beginning the worker's transaction failed: {e}");
+                    let _ = reply.send(Err(TxnFailed {
+                        reason: format!("beginning the transaction: {e}"),
+                        class,
+                    }));
+                    continue;
+                }
+                self.open_at = Some(Instant::now());
+                self.exclusive = alone;
+            } else if self.exclusive || alone || self.doomed.is_some() || !self.ready.is_empty() {
+                // The barrier: the open transaction must end first.
+                self.ask_to_close();
+                return;
+            }
+            let (who, _, reply) = self.waiting.pop_front().expect("front");
+            let grant = Grant {
+                seq: self.seq,
+                producer: self.producer.clone(),
+            };
+            if reply.send(Ok(grant)).is_ok() {
+                self.members.insert(who);
+            }
+            if self.exclusive {
+                return;
+            }
+        }
+    }
+
+    fn clock(&self) -> kafka::TxnClock {
+        kafka::TxnClock {
+            open_for: self.open_at.map(|t| t.elapsed()),
+            timeout: self.timeout,
+        }
+    }
+
+    async fn commit_all(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        let mut tpl = TopicPartitionList::new();
+        for r in &ready {
+            for (topic, p, next) in &r.offsets {
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+            }
+        }
+        let result = self.send_offsets_and_commit(tpl).await;
+        let clock = self.clock();
+        self.open_at = None;
+        let exclusive = std::mem::take(&mut self.exclusive);
+        self.seq += 1;
+        match result {
+            Ok(()) => {
+                for r in ready {
+                    if exclusive {
+                        self.suspects.remove(&r.who);
+                    }
+                    let _ = r.reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let class = kafka::class_of(Some(&self.producer), &e, clock);
+                self.abort_producer().await;
+                let shared = ready.len() > 1;
+                if class == ErrorClass::Record && shared {
+                    // Whose record? Each participant looks at its own delivery reports; if
+                    // none finds it, each runs its next epoch alone.
+                    self.suspects.extend(ready.iter().map(|r| r.who.clone()));
+                }
+                let reason = format!("committing the worker's transaction: {e}");
+                tracing::warn!(participants = ready.len(), ?class, "{reason}");
+                for r in ready {
+                    let mine = if shared && class == ErrorClass::Record {
+                        ErrorClass::Transient
+                    } else {
+                        class
+                    };
+                    let _ = r.reply.send(Err(TxnFailed {
+                        reason: reason.clone(),
+                        class: mine,
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn send_offsets_and_commit(&mut self, tpl: TopicPartitionList) -> Result<(), KafkaError> {
+        if tpl.count() > 0 {
+            let cgm = self.group.get().and_then(|f| f()).ok_or_else(|| {
+                KafkaError::Subscription("the worker has not joined its group".into())
+            })?;
+            let pr = self.producer.clone();
+            blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
+        }
+        // rust-rdkafka's commit_transaction flushes first, and that flush waits for the
+        // producer's 100 ms poll loop unless every delivery report has been served already.
+        let deadline = Instant::now() + TXN_CALL_TIMEOUT;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let pr = self.producer.clone();
+        blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await
+    }
+
+    async fn abort_all(&mut self) {
+        let reason = self.doomed.take().unwrap_or_default();
+        self.abort_producer().await;
+        self.open_at = None;
+        self.exclusive = false;
+        self.seq += 1;
+        for r in std::mem::take(&mut self.ready) {
+            let _ = r.reply.send(Err(TxnFailed {
+                reason: format!("the worker's transaction was aborted: {reason}"),
+                class: ErrorClass::Transient,
+            }));
+        }
+    }
+
+    /// Aborts the open transaction; a producer in a fatal state is replaced (the new one's
+    /// `init_transactions` aborts whatever the old one left open).
+    async fn abort_producer(&mut self) {
+        let pr = self.producer.clone();
+        let mut rebuild = match blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::info!(
+                    "aborting the worker's transaction failed, rebuilding the producer: {e}"
+                );
+                true
+            }
+        };
+        rebuild |= self.producer.client().fatal_error().is_some();
+        let mut pause = Duration::from_millis(100);
+        while rebuild {
+            match new_producer(&self.bootstrap, &self.txn_id, self.timeout).await {
+                Ok(p) => {
+                    tracing::info!(txn_id = %self.txn_id, "the worker's transactional producer was rebuilt");
+                    self.producer = p;
+                    rebuild = false;
+                }
+                Err(e) => {
+                    tracing::warn!(txn_id = %self.txn_id, "rebuilding the worker's transactional producer failed, retrying in {pause:?}: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
