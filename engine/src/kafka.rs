@@ -402,6 +402,72 @@ pub async fn low_watermark(bootstrap: &str, topic: &str, p: i32) -> Result<i64, 
     .await
 }
 
+/// The group metadata `consumer` would send with a transaction's offsets, only while it is a
+/// member of a live generation. After its session ended (a stalled worker waking up)
+/// librdkafka resets it to generation -1 with no member id, and the group coordinator takes a
+/// *transactional* offset commit of that shape from anyone (it is how clients without group
+/// management commit): sending it would let a zombie commit. Err says why not.
+pub fn live_group_metadata<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+) -> Result<rdkafka::consumer::ConsumerGroupMetadata, String> {
+    use rdkafka::consumer::Consumer;
+    // First the metadata to send, then its generation read again: a reset between the two
+    // shows in the second.
+    let metadata = consumer
+        .group_metadata()
+        .ok_or("the worker's consumer has no group")?;
+    let (generation, member) = generation_of(consumer.client().native_ptr())?;
+    if generation < 0 || member.is_empty() {
+        return Err(format!(
+            "this worker is not a member of its group now (generation {generation}): its \
+             session ended, so the partitions it was processing may have moved"
+        ));
+    }
+    Ok(metadata)
+}
+
+/// (generation id, member id) of a consumer's group metadata, from librdkafka's
+/// serialization (`rd_kafka_consumer_group_metadata_write`: magic, int32 generation in host
+/// order, group id, member id, both NUL-terminated).
+pub(crate) fn generation_of(
+    rk: *mut rdkafka::bindings::rd_kafka_t,
+) -> Result<(i32, String), String> {
+    use rdkafka::bindings as sys;
+    // SAFETY: `rk` is a live consumer handle; the metadata and the buffer librdkafka
+    // allocates are freed here, and the buffer is read within the size it reported.
+    unsafe {
+        let cgmd = sys::rd_kafka_consumer_group_metadata(rk);
+        if cgmd.is_null() {
+            return Err("the worker's consumer has no group".into());
+        }
+        let mut buf: *mut std::ffi::c_void = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let err = sys::rd_kafka_consumer_group_metadata_write(cgmd, &mut buf, &mut size);
+        sys::rd_kafka_consumer_group_metadata_destroy(cgmd);
+        if !err.is_null() {
+            sys::rd_kafka_error_destroy(err);
+            return Err("reading the group metadata failed".into());
+        }
+        let bytes = std::slice::from_raw_parts(buf as *const u8, size).to_vec();
+        sys::rd_kafka_mem_free(std::ptr::null_mut(), buf);
+        parse_group_metadata(&bytes).ok_or_else(|| "unreadable group metadata".to_string())
+    }
+}
+
+fn parse_group_metadata(bytes: &[u8]) -> Option<(i32, String)> {
+    // The magic: "CGMDv2:", 7 bytes, no NUL.
+    const MAGIC: usize = 7;
+    let generation = i32::from_ne_bytes(bytes.get(MAGIC..MAGIC + 4)?.try_into().ok()?);
+    let rest = bytes.get(MAGIC + 4..)?;
+    let group_end = rest.iter().position(|b| *b == 0)?;
+    let rest = &rest[group_end + 1..];
+    let member_end = rest.iter().position(|b| *b == 0)?;
+    Some((
+        generation,
+        String::from_utf8_lossy(&rest[..member_end]).into_owned(),
+    ))
+}
+
 /// How long one blocking transaction call may take.
 pub const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 

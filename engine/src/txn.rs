@@ -34,8 +34,9 @@ use crate::kafka::{self, blocking, ErrorClass, TXN_CALL_TIMEOUT};
 pub(crate) type Who = (String, i32);
 
 /// Where the membership group's metadata comes from (set once the worker joined).
+/// Err: the worker is not a member of a live generation now (`kafka::live_group_metadata`).
 pub(crate) type GroupSource =
-    Arc<OnceLock<Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>>>;
+    Arc<OnceLock<Box<dyn Fn() -> Result<ConsumerGroupMetadata, String> + Send + Sync>>>;
 
 /// An epoch may begin: in transaction `seq`, producing on `producer`.
 pub(crate) struct Grant {
@@ -157,6 +158,17 @@ impl WorkerTxn {
         let mut rx = self.closing.clone();
         let _ = rx.wait_for(|c| *c >= seq).await;
     }
+}
+
+/// The group coordinator refused the transaction's offsets: this worker's generation ended
+/// (KIP-447), or the worker knew it was no longer a member and did not send them.
+fn fenced_by_group(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(e, KafkaError::Subscription(_))
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(C::IllegalGeneration | C::UnknownMemberId | C::FencedInstanceId)
+        )
 }
 
 fn gone() -> TxnFailed {
@@ -358,7 +370,11 @@ impl Actor {
                     // none finds it, each runs its next epoch alone.
                     self.suspects.extend(ready.iter().map(|r| r.who.clone()));
                 }
-                let reason = format!("committing the worker's transaction: {e}");
+                let reason = if fenced_by_group(&e) {
+                    format!("the group fenced this worker's commit (its generation ended: another worker may own its partitions now); nothing of the transaction is committed: {e}")
+                } else {
+                    format!("committing the worker's transaction: {e}")
+                };
                 tracing::warn!(participants = ready.len(), ?class, "{reason}");
                 for r in ready {
                     let mine = if shared && class == ErrorClass::Record {
@@ -377,9 +393,14 @@ impl Actor {
 
     async fn send_offsets_and_commit(&mut self, tpl: TopicPartitionList) -> Result<(), KafkaError> {
         if tpl.count() > 0 {
-            let cgm = self.group.get().and_then(|f| f()).ok_or_else(|| {
-                KafkaError::Subscription("the worker has not joined its group".into())
-            })?;
+            let cgm = match self.group.get() {
+                Some(f) => f().map_err(KafkaError::Subscription)?,
+                None => {
+                    return Err(KafkaError::Subscription(
+                        "the worker has not joined its group".into(),
+                    ))
+                }
+            };
             let pr = self.producer.clone();
             blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
         }
@@ -438,3 +459,6 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

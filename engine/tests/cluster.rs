@@ -481,8 +481,9 @@ fn a_stalled_worker_is_fenced_and_commits_nothing_twice() {
     check_emits(&c, &model);
     check_counters(&c, &model);
     // And it noticed that its partitions were gone, one of two ways, whichever comes first:
-    // a commit of its open epoch fails because w2 took over the transactional id (fenced),
-    // or the membership group revokes its partitions and it drops the epoch without a commit.
+    // a commit of its open epoch is refused by the group coordinator (its generation ended:
+    // "the group fenced this worker's commit"), or the membership group revokes its
+    // partitions and it stops them. (engine/src/txn/tests.rs shows the fencing itself.)
     let log = c.workers[0].as_ref().unwrap().log();
     let woken = log.get(asleep..).unwrap_or_default();
     let fenced = woken.contains("fenced");

@@ -100,7 +100,9 @@ impl Membership {
         consumer.subscribe(&refs)?;
         let consumer = Arc::new(consumer);
         let member = consumer.clone();
-        let _ = shared.group.set(Box::new(move || member.group_metadata()));
+        let _ = shared
+            .group
+            .set(Box::new(move || kafka::live_group_metadata(&member)));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
