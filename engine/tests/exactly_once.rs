@@ -158,7 +158,9 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
                 .map(|(k, v)| (Some(k.as_str()), Some(v.as_bytes())))
                 .collect();
             produce(&input, &recs);
-            std::thread::sleep(Duration::from_millis(200));
+            // Paced so that the input lasts longer than the three kills and restarts: an
+            // engine that keeps up would otherwise be done before the later kills.
+            std::thread::sleep(Duration::from_millis(450));
         }
     });
 
