@@ -10,6 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::module::{OffsetReset, StartupPosition};
+
 use crate::kafka::{blocking, client_config, QuietEof};
 
 /// How long a committed-offset lookup may take (a transaction still committing the position
@@ -60,4 +62,42 @@ pub(crate) async fn committed(
         );
     }
     Ok(legacy_offset)
+}
+
+/// Where a router with no committed position starts: the ingress's `startupPosition`.
+pub(crate) async fn start_offset(
+    consumer: &rdkafka::consumer::StreamConsumer<crate::kafka::LagContext>,
+    spec: &crate::module::KafkaIngress,
+    topic: &str,
+    p: i32,
+) -> Result<Offset, KafkaError> {
+    let start = match &spec.startup_position {
+        StartupPosition::Earliest => Offset::Beginning,
+        StartupPosition::Latest => Offset::End,
+        StartupPosition::GroupOffsets => match spec.auto_offset_reset {
+            OffsetReset::Earliest => Offset::Beginning,
+            OffsetReset::Latest => Offset::End,
+        },
+        StartupPosition::SpecificOffsets(list) => list
+            .iter()
+            .find(|(t, part, _)| t == topic && *part == p)
+            .map(|(_, _, o)| Offset::Offset(*o))
+            .unwrap_or(match spec.auto_offset_reset {
+                OffsetReset::Earliest => Offset::Beginning,
+                OffsetReset::Latest => Offset::End,
+            }),
+        StartupPosition::Date(ms) => {
+            let found = consumer.offsets_for_timestamp(*ms, Duration::from_secs(30))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Offset(*ms))?;
+            let found = consumer
+                .offsets_for_times(tpl, Duration::from_secs(30))
+                .unwrap_or(found);
+            found
+                .find_partition(topic, p)
+                .map(|e| e.offset())
+                .unwrap_or(Offset::End)
+        }
+    };
+    Ok(start)
 }

@@ -144,7 +144,10 @@ impl Router {
         .await?;
         let (start, committed) = match committed {
             Some(o) => (Offset::Offset(o), true),
-            None => (start_offset(&consumer, spec, topic, p).await?, false),
+            None => (
+                crate::offsets::start_offset(&consumer, spec, topic, p).await?,
+                false,
+            ),
         };
         // `latest` is the end offset now, before the router counts as started (`/ready`), not
         // at the first fetch: a record produced once the worker is ready is never skipped.
@@ -582,42 +585,4 @@ fn callbacks_ingress(shared: &Shared) -> KafkaIngress {
         auto_offset_reset: OffsetReset::Earliest,
         properties: Vec::new(),
     }
-}
-
-/// Where a router with no committed position starts: the ingress's `startupPosition`.
-async fn start_offset(
-    consumer: &StreamConsumer<kafka::LagContext>,
-    spec: &KafkaIngress,
-    topic: &str,
-    p: i32,
-) -> Result<Offset, KafkaError> {
-    let start = match &spec.startup_position {
-        StartupPosition::Earliest => Offset::Beginning,
-        StartupPosition::Latest => Offset::End,
-        StartupPosition::GroupOffsets => match spec.auto_offset_reset {
-            OffsetReset::Earliest => Offset::Beginning,
-            OffsetReset::Latest => Offset::End,
-        },
-        StartupPosition::SpecificOffsets(list) => list
-            .iter()
-            .find(|(t, part, _)| t == topic && *part == p)
-            .map(|(_, _, o)| Offset::Offset(*o))
-            .unwrap_or(match spec.auto_offset_reset {
-                OffsetReset::Earliest => Offset::Beginning,
-                OffsetReset::Latest => Offset::End,
-            }),
-        StartupPosition::Date(ms) => {
-            let found = consumer.offsets_for_timestamp(*ms, Duration::from_secs(30))?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, p, Offset::Offset(*ms))?;
-            let found = consumer
-                .offsets_for_times(tpl, Duration::from_secs(30))
-                .unwrap_or(found);
-            found
-                .find_partition(topic, p)
-                .map(|e| e.offset())
-                .unwrap_or(Offset::End)
-        }
-    };
-    Ok(start)
 }

@@ -207,12 +207,15 @@ struct Actor {
     /// Set when an epoch of the open transaction failed: it will abort.
     doomed: Option<String>,
     /// Epochs waiting to begin, first come first served.
-    waiting: VecDeque<(Who, bool, oneshot::Sender<Result<Grant, TxnFailed>>)>,
+    waiting: VecDeque<Waiting>,
     /// Participants whose next epoch runs alone: a shared transaction of theirs was refused
     /// and nobody's delivery report said whose record it was.
     suspects: HashSet<Who>,
     closing: watch::Sender<u64>,
 }
+
+/// An epoch waiting to begin: who, exclusive, where the grant goes.
+type Waiting = (Who, bool, oneshot::Sender<Result<Grant, TxnFailed>>);
 
 struct Ready {
     who: Who,
