@@ -75,7 +75,9 @@ struct RunArgs {
     /// The engine's admin address (host:port) for /metrics; several workers: comma-separated.
     #[arg(long)]
     admin: String,
-    /// Consumer group of the engine's ingress routers (default `<run-id>-ingress`).
+    /// Consumer group the engine commits its ingress positions in (default `<run-id>-members`:
+    /// the engine's cluster is the run id, and every position is committed in its members
+    /// group with the worker's transaction).
     #[arg(long)]
     ingress_group: Option<String>,
     /// Smaller defaults: 10,000 AddToCart records, 10 s of latency measurement.
@@ -539,7 +541,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let ingress_group = a
         .ingress_group
         .clone()
-        .unwrap_or_else(|| format!("{run}-ingress"));
+        .unwrap_or_else(|| format!("{run}-members"));
     let add_topic = format!("add-to-cart-{run}");
     kafka::ensure_topics(&a.bootstrap, &[&a.receipts_topic, &a.events_topic])?;
     let watcher = Watcher::start(
