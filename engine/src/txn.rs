@@ -67,6 +67,11 @@ enum Req {
         who: Who,
         reason: String,
     },
+    /// A begin whose caller went away before taking its grant (its task was dropped): it
+    /// sent nothing, so it leaves without dooming the transaction.
+    Leave {
+        who: Who,
+    },
 }
 
 /// The handle participants hold (cheap to clone).
@@ -111,14 +116,19 @@ impl WorkerTxn {
 
     /// Waits until an epoch of `who` may begin (exclusive: alone in its transaction).
     pub(crate) async fn begin(&self, who: &Who, exclusive: bool) -> Result<Grant, TxnFailed> {
-        let (reply, rx) = oneshot::channel();
-        let req = Req::Begin {
-            who: who.clone(),
-            exclusive,
-            reply,
+        let mut leave = LeaveIfDropped {
+            tx: &self.tx,
+            who: Some(who),
         };
-        self.tx.send(req).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        let grant = self
+            .ask(|reply| Req::Begin {
+                who: who.clone(),
+                exclusive,
+                reply,
+            })
+            .await;
+        leave.who = None;
+        grant
     }
 
     /// Ends the epoch of `who` with its input positions (next offsets), and waits for the
@@ -128,13 +138,21 @@ impl WorkerTxn {
         who: &Who,
         offsets: Vec<(String, i32, i64)>,
     ) -> Result<(), TxnFailed> {
-        let (reply, rx) = oneshot::channel();
-        let req = Req::Commit {
+        self.ask(|reply| Req::Commit {
             who: who.clone(),
             offsets,
             reply,
-        };
-        self.tx.send(req).map_err(|_| gone())?;
+        })
+        .await
+    }
+
+    /// Sends the request `make` builds around its reply channel, and waits for the reply.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, TxnFailed>>) -> Req,
+    ) -> Result<T, TxnFailed> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -169,6 +187,21 @@ fn fenced_by_group(e: &KafkaError) -> bool {
             e.rdkafka_error_code(),
             Some(C::IllegalGeneration | C::UnknownMemberId | C::FencedInstanceId)
         )
+}
+
+/// Sends [`Req::Leave`] when a [`WorkerTxn::begin`] is dropped before its grant arrived:
+/// otherwise the coordinator would count an epoch that never runs, and no commit would come.
+struct LeaveIfDropped<'a> {
+    tx: &'a mpsc::UnboundedSender<Req>,
+    who: Option<&'a Who>,
+}
+
+impl Drop for LeaveIfDropped<'_> {
+    fn drop(&mut self) {
+        if let Some(who) = self.who {
+            let _ = self.tx.send(Req::Leave { who: who.clone() });
+        }
+    }
 }
 
 fn gone() -> TxnFailed {
@@ -267,6 +300,10 @@ impl Actor {
                     }));
                 }
             }
+            Req::Leave { who } => {
+                self.waiting.retain(|(w, _, _)| w != &who);
+                self.members.remove(&who);
+            }
             Req::Abort { who, reason } => {
                 if self.members.remove(&who) {
                     self.doomed.get_or_insert_with(|| {
@@ -291,10 +328,11 @@ impl Actor {
     /// Ends the open transaction when all its epochs closed, then grants waiting epochs.
     async fn settle(&mut self) {
         if self.open_at.is_some() && self.members.is_empty() {
-            if self.doomed.is_some() {
-                self.abort_all().await;
-            } else if !self.ready.is_empty() {
+            if self.doomed.is_none() && !self.ready.is_empty() {
                 self.commit_all().await;
+            } else {
+                // Doomed, or empty: opened for an epoch whose task was gone before its grant.
+                self.abort_all().await;
             }
         }
         self.grant();

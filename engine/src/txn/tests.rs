@@ -167,3 +167,44 @@ fn a_consumer_that_never_joined_has_no_live_generation() {
     };
     assert!(err.contains("generation -1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_given_up_before_it_took_its_grant_holds_no_transaction() {
+    // A task dropped while it waits to begin (its task aborted) never runs its epoch: the
+    // coordinator must not count it, or the transaction never ends and the next epoch that
+    // waits for it (an isolating one, alone) waits for ever.
+    let run = format!("txnleave-{}", crate::now_ms());
+    let txn = WorkerTxn::start(
+        &bootstrap(),
+        &format!("{run}-w"),
+        Duration::from_secs(10),
+        GroupSource::default(),
+    )
+    .await
+    .expect("producer");
+    let who = |p: i32| -> Who { (format!("{run}-in"), p) };
+    // Two epochs open; one asks to commit: the barrier holds new epochs back.
+    txn.begin(&who(0), false).await.expect("a");
+    txn.begin(&who(1), false).await.expect("b");
+    let first = tokio::spawn({
+        let (txn, a) = (txn.clone(), who(0));
+        async move { txn.commit(&a, vec![]).await }
+    });
+    let late = who(2);
+    let mut given_up = Box::pin(txn.begin(&late, false));
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    assert!(
+        futures::FutureExt::poll_unpin(&mut given_up, &mut cx).is_pending(),
+        "held back by the barrier"
+    );
+    // The last epoch commits: the waiting one is granted, into a future nobody polls again.
+    txn.commit(&who(1), vec![]).await.expect("b commits");
+    first.await.unwrap().expect("a commits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(given_up);
+    let grant = tokio::time::timeout(Duration::from_secs(10), txn.begin(&who(3), true))
+        .await
+        .expect("an exclusive epoch begins: nothing holds the transaction")
+        .expect("granted");
+    assert!(grant.seq > 1);
+}
