@@ -31,8 +31,9 @@ pub struct Shared {
     pub bootstrap: String,
     pub invoker: Invoker,
     pub metrics: Metrics,
-    /// For at-least-once and fire-and-forget egress.
-    pub plain: FutureProducer,
+    /// For at-least-once and fire-and-forget egress and HTTP ingress messages: made on first
+    /// use (most modules never need it, and a producer costs threads), see [`Shared::plain`].
+    pub(crate) plain: std::sync::OnceLock<FutureProducer>,
     pub db: sled::Db,
     /// TLS for the HTTP listeners (`--tls-cert`, `--tls-key`).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -40,6 +41,11 @@ pub struct Shared {
     pub txn_timeout: Duration,
     /// The worker's one transaction, which every partition task's epochs join (txn.rs).
     pub(crate) txn: crate::txn::WorkerTxn,
+    /// The consumers the partition tasks read through (one per consumer configuration).
+    pub(crate) readers: crate::reader::Readers,
+    /// Partition tasks opening at once (each makes short-lived Kafka clients to look up its
+    /// position and replay its changelog: bounded, so that a worker's threads are too).
+    pub(crate) opening: tokio::sync::Semaphore,
     /// The membership group's metadata, sent with the offsets of each commit.
     pub(crate) group: crate::txn::GroupSource,
     /// `delete.retention.ms` of `<cluster>-state`, read at start: how old a local checkpoint
@@ -54,9 +60,21 @@ pub struct Shared {
     pub(crate) assigned_at: Mutex<Option<std::time::Instant>>,
 }
 
+/// How many partition tasks of a worker open at once.
+pub(crate) const OPENING_AT_ONCE: usize = 4;
+
 const EMPTY_ASSIGNMENT_SETTLES: Duration = Duration::from_secs(3);
 
 impl Shared {
+    /// The producer outside transactions, made on first use. (Its settings are those every
+    /// other client of the worker was already made with.)
+    pub fn plain(&self) -> &FutureProducer {
+        self.plain.get_or_init(|| {
+            kafka::plain_producer(&self.bootstrap, self.txn_timeout)
+                .expect("the worker's Kafka settings make clients")
+        })
+    }
+
     pub fn set_phase(&self, topic: &str, p: i32, phase: PartitionPhase) {
         self.phases
             .lock()

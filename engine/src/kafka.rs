@@ -69,6 +69,26 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// A reader's consumer (`reader.rs`): read_committed, positions set by the tasks (never
+/// committed by the consumer), fetches answered within 10 ms, statistics for the lag gauges.
+/// `group` only names whose committed offsets a lookup reads.
+pub fn reader_config(bootstrap: &str, group: &str, offset_reset: &str) -> ClientConfig {
+    let mut c = client_config(bootstrap);
+    reader_settings(&mut c, group, offset_reset);
+    c
+}
+
+/// The settings of [`reader_config`], on top of `c` (an ingress's own `properties`).
+pub fn reader_settings(c: &mut ClientConfig, group: &str, offset_reset: &str) {
+    c.set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", offset_reset)
+        .set("fetch.wait.max.ms", "10")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+}
+
 /// A transactional producer: idempotent, low linger, one `transactional.id`.
 pub fn transactional_producer(
     bootstrap: &str,
@@ -388,20 +408,6 @@ pub async fn send(
     }
 }
 
-/// The first offset still in `topic`/`p` (where a position with nothing committed starts).
-pub async fn low_watermark(bootstrap: &str, topic: &str, p: i32) -> Result<i64, KafkaError> {
-    let consumer: rdkafka::consumer::BaseConsumer<QuietEof> =
-        client_config(bootstrap).create_with_context(QuietEof)?;
-    let topic = topic.to_string();
-    blocking(move || {
-        use rdkafka::consumer::Consumer;
-        consumer
-            .fetch_watermarks(&topic, p, Duration::from_secs(30))
-            .map(|(low, _)| low)
-    })
-    .await
-}
-
 /// The group metadata `consumer` would send with a transaction's offsets, only while it is a
 /// member of a live generation. After its session ended (a stalled worker waking up)
 /// librdkafka resets it to generation -1 with no member id, and the group coordinator takes a
@@ -516,29 +522,6 @@ pub async fn send_dead_letter(
     send(producer, topic, None, key, value, Some(headers)).await
 }
 
-/// A consumer context that reports the consumer's lag (from librdkafka's statistics, every
-/// few seconds) to one gauge: each partition task consumes exactly one partition.
-pub struct LagContext {
-    pub lag: prometheus::IntGauge,
-}
-
-impl rdkafka::ClientContext for LagContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let lags = statistics
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.values());
-        if let Some(p) = lags
-            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            .last()
-        {
-            self.lag.set(p.consumer_lag);
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for LagContext {}
-
 /// A consumer context for readers that stop at a partition's end (`enable.partition.eof`):
 /// reaching the end is how they know they are done, not an error to log.
 pub struct QuietEof;
@@ -553,7 +536,7 @@ impl rdkafka::ClientContext for QuietEof {
 
 impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
-/// How often a partition task's consumer refreshes its lag.
+/// How often a reader's consumer refreshes the lag gauges.
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ pub mod module;
 pub(crate) mod offsets;
 pub(crate) mod partition;
 pub mod partitioner;
+pub(crate) mod reader;
 pub mod replay;
 pub(crate) mod restore;
 pub(crate) mod router;

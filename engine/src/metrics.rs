@@ -51,6 +51,8 @@ pub struct Metrics {
     pub restore_seconds: prometheus::GaugeVec,
     /// Partitions (of `<cluster>-messages`) this worker processes.
     pub partitions_owned: IntGauge,
+    /// OS threads of the worker process, read at each scrape.
+    pub worker_threads: IntGauge,
 }
 
 impl Metrics {
@@ -207,6 +209,11 @@ impl Metrics {
             .unwrap(),
             partitions_owned: IntGauge::new("partitions_owned", "Partitions this worker processes")
                 .unwrap(),
+            worker_threads: IntGauge::new(
+                "worker_threads",
+                "OS threads of this worker process (bounded: not one per partition)",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -233,6 +240,7 @@ impl Metrics {
         r.register(Box::new(m.state_bytes.clone())).unwrap();
         r.register(Box::new(m.restore_seconds.clone())).unwrap();
         r.register(Box::new(m.partitions_owned.clone())).unwrap();
+        r.register(Box::new(m.worker_threads.clone())).unwrap();
         // Every reason kind is known: exported at 0 from the start, so a dashboard or an alert
         // sees 0 rather than no data.
         for kind in crate::dead_letter::DeadLetterKind::ALL {
@@ -243,12 +251,24 @@ impl Metrics {
 
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
+        if let Some(n) = process_threads() {
+            self.worker_threads.set(n);
+        }
         let mut out = String::new();
         prometheus::TextEncoder::new()
             .encode_utf8(&self.registry.gather(), &mut out)
             .expect("text encoding never fails");
         out
     }
+}
+
+/// The `Threads:` line of /proc/self/status (Linux; `None` elsewhere).
+pub fn process_threads() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 impl Metrics {

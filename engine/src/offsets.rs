@@ -66,7 +66,7 @@ pub(crate) async fn committed(
 
 /// Where a router with no committed position starts: the ingress's `startupPosition`.
 pub(crate) async fn start_offset(
-    consumer: &rdkafka::consumer::StreamConsumer<crate::kafka::LagContext>,
+    consumer: &BaseConsumer<crate::reader::ReaderContext>,
     spec: &crate::module::KafkaIngress,
     topic: &str,
     p: i32,

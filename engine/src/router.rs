@@ -14,13 +14,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use keyflow_protocol::{Address, Message as _, TypedValue};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Shared;
@@ -33,7 +32,7 @@ use crate::partition::isolation::{Net, Taken};
 use crate::partition::EpochError;
 use crate::partitioner::partition_for;
 use crate::supervisor::{supervise, PartitionTask};
-use crate::txn::{Grant, Who, WorkerTxn};
+use crate::txn::Participant;
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
 /// `ingress`: the first ingress in module.yaml naming `topic` (`None`: the callbacks topic).
@@ -66,18 +65,15 @@ struct Router {
     dead_letters: String,
     records_routed: prometheus::IntCounter,
     bytes_routed: prometheus::IntCounter,
-    /// The worker's transaction, this router's place in it, and the open epoch's grant.
-    txn: WorkerTxn,
-    who: Who,
-    grant: Option<Grant>,
+    /// This router's place in the worker's transaction: its open epoch.
+    epoch: Participant,
     /// The next ingress offset, committed with every epoch.
     position: i64,
-    consumer: StreamConsumer<kafka::LagContext>,
+    /// This ingress partition's records, from the worker's reader (`reader.rs`).
+    input: crate::reader::Input,
     first_offset: Option<i64>,
     last_offset: Option<i64>,
     records: usize,
-    /// When the open transaction began (`None`: none is open).
-    txn_began: Option<Instant>,
     /// The safety net for refused records, kept across reopens by [`run`].
     net: Arc<Mutex<Net>>,
     /// Deliveries of this epoch's records: after a failure, they tell whether the broker
@@ -93,6 +89,7 @@ impl Router {
         p: i32,
         net: Arc<Mutex<Net>>,
     ) -> Result<Self, EpochError> {
+        let opening = shared.opening.acquire().await.expect("never closed");
         let callbacks = callbacks_ingress(&shared);
         let spec: &KafkaIngress = match ingress {
             Some(i) => &shared.module.ingresses[i],
@@ -119,21 +116,14 @@ impl Router {
         for (k, v) in &spec.properties {
             cfg.set(k, v);
         }
-        let lag = kafka::LagContext {
-            lag: shared
-                .metrics
-                .consumer_lag
-                .with_label_values(&[topic, &p.to_string()]),
-        };
-        let consumer: StreamConsumer<kafka::LagContext> = cfg
-            .set("group.id", &spec.consumer_group_id)
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", reset)
-            .set("fetch.wait.max.ms", "10")
-            .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
-            .create_with_context(lag)?;
+        // The group only names whose offsets the consumer could look up (it never does): one
+        // for all, so that ingresses with the same `properties` share one reader.
+        kafka::reader_settings(&mut cfg, &shared.cfg.cluster, reset);
+        let reader = shared.readers.get(&cfg)?;
+        let lag = shared
+            .metrics
+            .consumer_lag
+            .with_label_values(&[topic, &p.to_string()]);
         let committed = crate::offsets::committed(
             &shared.bootstrap,
             &shared.cfg.members_group(),
@@ -145,7 +135,7 @@ impl Router {
         let (start, committed) = match committed {
             Some(o) => (Offset::Offset(o), true),
             None => (
-                crate::offsets::start_offset(&consumer, spec, topic, p).await?,
+                crate::offsets::start_offset(reader.consumer(), spec, topic, p).await?,
                 false,
             ),
         };
@@ -154,27 +144,26 @@ impl Router {
         let position = match start {
             Offset::Offset(o) => o,
             Offset::End => {
-                consumer
+                reader
+                    .consumer()
                     .fetch_watermarks(topic, p, Duration::from_secs(30))?
                     .1
             }
             _ => {
-                consumer
+                reader
+                    .consumer()
                     .fetch_watermarks(topic, p, Duration::from_secs(30))?
                     .0
             }
         };
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(position))?;
-        consumer.assign(&tpl)?;
-        let txn = shared.txn.clone();
-        let who: Who = (topic.to_string(), p);
+        let input = reader.open(topic, p, position, Some(lag));
+        drop(opening);
+        let mut epoch = Participant::new(shared.txn.clone(), (topic.to_string(), p));
         if !committed {
             // The group's first position is committed at once: a restart resumes from it
             // instead of resolving `latest` again and skipping what arrived meanwhile.
-            txn.begin(&who, false).await?;
-            txn.commit(&who, vec![(topic.to_string(), p, position)])
-                .await?;
+            epoch.begin(false).await?;
+            epoch.commit(vec![(topic.to_string(), p, position)]).await?;
         }
         tracing::info!(topic, partition = p, ?start, "ingress router started");
         let metrics = &shared.metrics;
@@ -187,15 +176,12 @@ impl Router {
             topic: topic.to_string(),
             route,
             p,
-            txn,
-            who,
-            grant: None,
+            epoch,
             position,
-            consumer,
+            input,
             first_offset: None,
             last_offset: None,
             records: 0,
-            txn_began: None,
             net,
             deliveries: Vec::new(),
         })
@@ -450,15 +436,13 @@ impl Router {
 
     /// The producer of the open epoch's transaction.
     fn producer(&self) -> &FutureProducer {
-        &self.grant.as_ref().expect("an epoch is open").producer
+        self.epoch.producer()
     }
 
     async fn commit(&mut self) -> Result<(), EpochError> {
         let started = Instant::now();
         let input = vec![(self.topic.clone(), self.p, self.position)];
-        self.grant = None;
-        self.txn.commit(&self.who, input).await?;
-        self.txn_began = None;
+        self.epoch.commit(input).await?;
         self.shared
             .metrics
             .epoch_commit_seconds
@@ -483,15 +467,6 @@ impl Router {
     }
 }
 
-impl Drop for Router {
-    fn drop(&mut self) {
-        if self.grant.is_some() {
-            self.txn
-                .abort(&self.who, "the router stopped with its epoch open");
-        }
-    }
-}
-
 impl PartitionTask for Router {
     type Error = EpochError;
 
@@ -500,11 +475,10 @@ impl PartitionTask for Router {
             let first = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
-                m = self.consumer.recv() => m?.detach(),
+                m = self.input.recv() => m?,
             };
             let isolating = self.net.lock().expect("net").isolating();
-            self.grant = Some(self.txn.begin(&self.who, isolating).await?);
-            self.txn_began = Some(Instant::now());
+            self.epoch.begin(isolating).await?;
             self.route_record(first).await?;
             let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
             let max_records = self
@@ -512,21 +486,20 @@ impl PartitionTask for Router {
                 .lock()
                 .expect("net")
                 .max_records(self.shared.cfg.max_epoch_records, true);
-            let seq = self.grant.as_ref().map_or(0, |g| g.seq);
-            while self.records < max_records && !stop.is_cancelled() && !self.txn.is_closing(seq) {
+            while self.records < max_records && !stop.is_cancelled() && !self.epoch.is_closing() {
                 // Take what is ready; wait for more only while the window is open and the
                 // previous wait found something (an idle topic commits at once).
-                let next = match self.consumer.recv().now_or_never() {
+                let next = match self.input.try_recv() {
                     Some(m) => Some(m),
                     None => tokio::select! {
-                        m = self.consumer.recv() => Some(m),
+                        m = self.input.recv() => Some(m),
                         _ = tokio::time::sleep_until(window) => None,
                         _ = tokio::time::sleep(Duration::from_millis(1)) => None,
                     },
                 };
                 match next {
                     Some(m) => {
-                        let m = m?.detach();
+                        let m = m?;
                         self.route_record(m).await?;
                     }
                     None => break,
@@ -537,11 +510,11 @@ impl PartitionTask for Router {
     }
 
     async fn abort(&mut self, err: &EpochError) -> ErrorClass {
-        let txn = kafka::TxnClock {
-            open_for: self.txn_began.map(|t| t.elapsed()),
-            timeout: self.shared.txn_timeout,
-        };
-        let producer = self.grant.as_ref().map(|g| g.producer.clone());
+        let mut reason = format!("{err} (routing to {})", self.messages);
+        let txn = self.epoch.clock(self.shared.txn_timeout);
+        let producer = self
+            .epoch
+            .abandon(&reason, matches!(err, EpochError::Txn(_)));
         let mut class = err.class(producer.as_ref(), txn);
         if txn.expired() && class == ErrorClass::Transient {
             tracing::warn!(
@@ -552,11 +525,6 @@ impl PartitionTask for Router {
                 txn.timeout
             );
         }
-        let mut reason = format!("{err} (routing to {})", self.messages);
-        if self.grant.take().is_some() && !matches!(err, EpochError::Txn(_)) {
-            self.txn.abort(&self.who, &reason);
-        }
-        self.txn_began = None;
         let deliveries = std::mem::take(&mut self.deliveries);
         if class == ErrorClass::Transient {
             let within = Duration::from_secs(2);

@@ -189,6 +189,98 @@ fn fenced_by_group(e: &KafkaError) -> bool {
         )
 }
 
+/// One partition task's place in the worker's transaction (processors and routers alike):
+/// its open epoch, if any, and what it was granted. An epoch still open when this is dropped
+/// (a panic, a cancelled future) is aborted like a failed one, so it never holds the
+/// transaction.
+pub(crate) struct Participant {
+    txn: WorkerTxn,
+    who: Who,
+    /// The open epoch's grant, and when it began.
+    open: Option<(Grant, Instant)>,
+}
+
+impl Participant {
+    pub(crate) fn new(txn: WorkerTxn, who: Who) -> Self {
+        Participant {
+            txn,
+            who,
+            open: None,
+        }
+    }
+
+    /// Begins an epoch unless one is open (exclusive: alone in its transaction).
+    pub(crate) async fn begin(&mut self, exclusive: bool) -> Result<(), TxnFailed> {
+        if self.open.is_none() {
+            let grant = self.txn.begin(&self.who, exclusive).await?;
+            self.open = Some((grant, Instant::now()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The producer of the open epoch's transaction.
+    pub(crate) fn producer(&self) -> &FutureProducer {
+        &self.open.as_ref().expect("an epoch is open").0.producer
+    }
+
+    /// Whether the open epoch is asked to close (another epoch waits for the commit).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|(g, _)| self.txn.is_closing(g.seq))
+    }
+
+    /// Resolves when the open epoch is asked to close (never, with none open).
+    pub(crate) async fn closing(&self) {
+        match &self.open {
+            Some((g, _)) => self.txn.closing(g.seq).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Ends the open epoch with its input positions. After a failure the epoch stays open
+    /// here (its clock tells how long the transaction ran) until [`Participant::abandon`].
+    pub(crate) async fn commit(
+        &mut self,
+        offsets: Vec<(String, i32, i64)>,
+    ) -> Result<(), TxnFailed> {
+        self.txn.commit(&self.who, offsets).await?;
+        self.open = None;
+        Ok(())
+    }
+
+    /// How long the open epoch's transaction has been open, against `timeout`.
+    pub(crate) fn clock(&self, timeout: Duration) -> kafka::TxnClock {
+        kafka::TxnClock {
+            open_for: self.open.as_ref().map(|(_, at)| at.elapsed()),
+            timeout,
+        }
+    }
+
+    /// After `err`: the open epoch's producer (to classify `err`) and its abandonment (the
+    /// transaction aborts, unless `err` is the transaction's own failure, which ended it).
+    pub(crate) fn abandon(&mut self, reason: &str, ended: bool) -> Option<FutureProducer> {
+        let (grant, _) = self.open.take()?;
+        if !ended {
+            self.txn.abort(&self.who, reason);
+        }
+        Some(grant.producer)
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        if self.open.is_some() {
+            self.txn
+                .abort(&self.who, "the task stopped with its epoch open");
+        }
+    }
+}
+
 /// Sends [`Req::Leave`] when a [`WorkerTxn::begin`] is dropped before its grant arrived:
 /// otherwise the coordinator would count an epoch that never runs, and no commit would come.
 struct LeaveIfDropped<'a> {

@@ -265,7 +265,7 @@ pub(super) async fn send_and_wait(
         )
     };
     let delivery = kafka::send(
-        &shared.plain,
+        shared.plain(),
         &shared.cfg.topic_messages(),
         Some(partition),
         Some(id.as_bytes()),

@@ -19,7 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keyflow_protocol::{Message, TypedValue};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -173,7 +173,7 @@ pub(super) async fn consume_replies(
     shutdown: CancellationToken,
 ) {
     loop {
-        let consumer = match open_replies_consumer(&shared).await {
+        let mut consumer = match open_replies_consumer(&shared).await {
             Ok((c, high)) => {
                 replies.position.store(high, Ordering::Release);
                 c
@@ -222,36 +222,19 @@ pub(super) async fn consume_replies(
     replies.waiting.lock().unwrap().clear();
 }
 
-/// The replies consumer, positioned at the topic's end (returned too).
-async fn open_replies_consumer(shared: &Shared) -> Result<(StreamConsumer, i64), KafkaError> {
+/// The replies topic's one partition, read from its end through the worker's reader
+/// (`reader.rs`); the end is returned too.
+async fn open_replies_consumer(shared: &Shared) -> Result<(crate::reader::Input, i64), KafkaError> {
     let topic = shared.cfg.topic_replies();
+    let reader = shared.readers.get(&kafka::reader_config(
+        &shared.bootstrap,
+        &shared.cfg.cluster,
+        "earliest",
+    ))?;
     // Start at the high watermark as it is now: a reply to any request accepted from here on
     // is produced later, so it lies at or past this offset.
-    let high = {
-        let bootstrap = shared.bootstrap.clone();
-        let topic = topic.clone();
-        blocking(move || {
-            let c: BaseConsumer = kafka::client_config(&bootstrap).create()?;
-            c.fetch_watermarks(&topic, 0, Duration::from_secs(10))
-        })
-        .await?
-        .1
-    };
-    let consumer: StreamConsumer = kafka::client_config(&shared.bootstrap)
-        .set(
-            "group.id",
-            format!("{}-replies-{}", shared.cfg.cluster, shared.cfg.worker_id()),
-        )
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(high))?;
-    consumer.assign(&tpl)?;
-    Ok((consumer, high))
+    let high = reader.high_watermark(&topic, 0).await?;
+    Ok((reader.open(&topic, 0, high, None), high))
 }
 
 pub(super) fn reply_response(message_id: &str, reply: Reply) -> Response {

@@ -1,6 +1,6 @@
-//! The partition task: the thin Kafka shell around the [`PartitionCore`]. It owns the
-//! partition's consumer (`<cluster>-messages` partition p, read_committed) and transactional
-//! producer, runs the `select!` loop, feeds the core its inputs, starts the invocations the
+//! The partition task: the thin Kafka shell around the [`PartitionCore`]. It reads its
+//! partition of `<cluster>-messages` (read_committed) through the worker's reader
+//! (`reader.rs`), takes part in the worker's transaction (`txn.rs`), runs the `select!` loop, feeds the core its inputs, starts the invocations the
 //! core asks for, drains the core's outbox into the open transaction after every input, and
 //! commits: changelog (the overlay), input offset, transaction; then the sled checkpoint.
 //! While the safety net isolates refused records (`isolation.rs`), its epochs take one input
@@ -10,12 +10,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +30,7 @@ use crate::now_ms;
 use crate::restore;
 use crate::store::PartitionStore;
 use crate::supervisor::PartitionTask;
-use crate::txn::{Grant, Who, WorkerTxn};
+use crate::txn::Participant;
 
 mod flush;
 
@@ -54,7 +51,7 @@ enum Event {
     WindowClosed,
 }
 
-fn read(m: BorrowedMessage<'_>) -> Input {
+fn read(m: OwnedMessage) -> Input {
     (m.offset(), m.payload().map(Envelope::decode))
 }
 
@@ -64,15 +61,13 @@ type Input = (i64, Option<DecodedEnvelope>);
 pub(crate) struct Task {
     shared: Arc<Shared>,
     p: i32,
-    /// The worker's transaction, and this partition's place in it.
-    txn: WorkerTxn,
-    who: Who,
-    /// The open epoch's grant: the transaction's number and the producer to send on.
-    grant: Option<Grant>,
+    /// This partition's place in the worker's transaction: its open epoch.
+    epoch: Participant,
     /// The next input offset: committed with every epoch, so that every transaction this
     /// partition is part of carries its position (the group fences a stale worker's commit).
     position: i64,
-    consumer: StreamConsumer<kafka::LagContext>,
+    /// This partition's records, from the worker's reader (`reader.rs`).
+    input: crate::reader::Input,
     core: PartitionCore,
     bound: Bound,
     inflight: JoinSet<Response>,
@@ -90,8 +85,6 @@ pub(crate) struct Task {
     records: usize,
     /// Input records of the last committed epoch (see `epoch::close_when_idle`).
     previous_epoch_records: usize,
-    /// When the open transaction began (`None`: none is open).
-    txn_began: Option<Instant>,
     /// The safety net for refused records, kept across reopens by [`super::run`].
     net: Arc<Mutex<Net>>,
     /// Whether this epoch is isolated (fixed when it begins).
@@ -104,13 +97,13 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// Fences the previous owner, restores the partition's state and positions the consumer at
-    /// the committed offset. Parked addresses are dispatched again in an epoch of their own.
+    /// Restores the partition's state and starts reading at the committed offset. Parked addresses are dispatched again in an epoch of their own.
     pub(super) async fn open(
         shared: Arc<Shared>,
         p: i32,
         net: Arc<Mutex<Net>>,
     ) -> Result<Self, EpochError> {
+        let opening = shared.opening.acquire().await.expect("never closed");
         let started = Instant::now();
         let cfg = &shared.cfg;
         let txn = shared.txn.clone();
@@ -118,6 +111,11 @@ impl Task {
         // The committed position first, read as stable: a transaction of an earlier owner
         // still committing it (a stalled worker) is waited for, so the changelog below holds
         // everything that position stands for.
+        let reader = shared.readers.get(&kafka::reader_config(
+            &shared.bootstrap,
+            &cfg.cluster,
+            "earliest",
+        ))?;
         let position = match crate::offsets::committed(
             &shared.bootstrap,
             &cfg.members_group(),
@@ -128,7 +126,7 @@ impl Task {
         .await?
         {
             Some(o) => o,
-            None => kafka::low_watermark(&shared.bootstrap, &messages, p).await?,
+            None => reader.low_watermark(&messages, p).await?,
         };
 
         let mut store = PartitionStore::open(&shared.db, p)?;
@@ -153,21 +151,8 @@ impl Task {
             epochs: m.partition_epochs.with_label_values(&[&label]),
             commit_seconds: m.partition_commit_seconds.with_label_values(&[&label]),
         };
-        let lag = kafka::LagContext {
-            lag: m.consumer_lag.with_label_values(&[&bound.messages, &label]),
-        };
-        let consumer: StreamConsumer<kafka::LagContext> = kafka::client_config(&shared.bootstrap)
-            .set("group.id", &cfg.cluster)
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
-            .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
-            .create_with_context(lag)?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&bound.messages, p, Offset::Offset(position))?;
-        consumer.assign(&tpl)?;
+        let lag = m.consumer_lag.with_label_values(&[&bound.messages, &label]);
+        let input = reader.open(&bound.messages, p, position, Some(lag));
 
         let core_cfg = CoreConfig {
             partition: p,
@@ -198,14 +183,13 @@ impl Task {
             "partition restored in {:.3}s",
             secs
         );
+        drop(opening);
         Ok(Task {
-            who: (bound.messages.clone(), p),
+            epoch: Participant::new(txn, (bound.messages.clone(), p)),
             shared,
             p,
-            txn,
-            grant: None,
             position,
-            consumer,
+            input,
             core,
             bound,
             inflight: JoinSet::new(),
@@ -216,7 +200,6 @@ impl Task {
             other_input: false,
             records: 0,
             previous_epoch_records: 0,
-            txn_began: None,
             net,
             isolating: false,
             produced: BTreeSet::new(),
@@ -240,7 +223,7 @@ impl Task {
             // Idle: wait for input, a parked request's outcome, a due delayed message, the
             // expiry sweep, or the stop. (An epoch may already be open: restore dispatches
             // inboxes inside one.)
-            if self.grant.is_none() {
+            if !self.epoch.is_open() {
                 let timer_at = self.next_timer_instant();
                 // A partition holding its bound of bytes waits for responses to drain it.
                 let take = !self.core.is_over_queued_bytes();
@@ -248,7 +231,7 @@ impl Task {
                     biased;
                     _ = stop.cancelled() => return Ok(()),
                     Some(done) = self.inflight.join_next() => Event::Done(done),
-                    m = self.consumer.recv(), if take => Event::Record(m.map(read)),
+                    m = self.input.recv(), if take => Event::Record(m.map(read)),
                     _ = sleep_until_opt(timer_at) => Event::WindowClosed,
                     _ = tokio::time::sleep_until(next_sweep.into()) => Event::WindowClosed,
                 };
@@ -287,7 +270,6 @@ impl Task {
             self.previous_epoch_records,
             cfg.early_close_below,
         );
-        let seq = self.grant.as_ref().map_or(0, |g| g.seq);
         loop {
             if fire_timers {
                 let pending = self.core.delayed();
@@ -300,7 +282,7 @@ impl Task {
                 records: self.records,
                 // Another epoch of the worker's transaction waits for the commit: close as
                 // at a stop.
-                stopping: stop.is_cancelled() || self.txn.is_closing(seq),
+                stopping: stop.is_cancelled() || self.epoch.is_closing(),
                 settled: self.core.settled(),
                 backpressured: self.core.is_backpressured(),
             };
@@ -318,7 +300,7 @@ impl Task {
                     let ready = if self.core.is_over_queued_bytes() {
                         None
                     } else {
-                        self.consumer.recv().now_or_never()
+                        self.input.try_recv()
                     };
                     match ready {
                         Some(m) => {
@@ -334,10 +316,10 @@ impl Task {
             let ev = tokio::select! {
                 biased;
                 Some(done) = self.inflight.join_next() => Event::Done(done),
-                m = self.consumer.recv(), if take => Event::Record(m.map(read)),
+                m = self.input.recv(), if take => Event::Record(m.map(read)),
                 _ = tokio::time::sleep_until(deadline) => Event::WindowClosed,
                 _ = stop.cancelled(), if intake => Event::WindowClosed,
-                _ = self.txn.closing(seq), if intake => Event::WindowClosed,
+                _ = self.epoch.closing(), if intake => Event::WindowClosed,
             };
             self.on_event(ev).await?;
         }
@@ -372,17 +354,16 @@ impl Task {
 
     /// Begins an epoch in the worker's transaction (alone in it while isolating).
     async fn begin(&mut self) -> Result<(), EpochError> {
-        if self.grant.is_none() {
+        if !self.epoch.is_open() {
             self.isolating = self.net.lock().expect("net").isolating();
-            self.grant = Some(self.txn.begin(&self.who, self.isolating).await?);
-            self.txn_began = Some(Instant::now());
+            self.epoch.begin(self.isolating).await?;
         }
         Ok(())
     }
 
     /// The producer of the open epoch's transaction.
     pub(super) fn producer(&self) -> &FutureProducer {
-        &self.grant.as_ref().expect("an epoch is open").producer
+        self.epoch.producer()
     }
 
     /// What this epoch took of its input.
@@ -429,9 +410,7 @@ impl Task {
             }
         }
         let input = vec![(self.bound.messages.clone(), self.p, self.position)];
-        self.txn.commit(&self.who, input).await?;
-        self.grant = None;
-        self.txn_began = None;
+        self.epoch.commit(input).await?;
         // Committed: every changelog record is delivered; the checkpoint may move to the end.
         let mut next_offset = None;
         for d in deliveries {
@@ -461,35 +440,12 @@ impl Task {
         Ok(())
     }
 
-    fn txn_clock(&self) -> kafka::TxnClock {
-        kafka::TxnClock {
-            open_for: self.txn_began.map(|t| t.elapsed()),
-            timeout: self.shared.txn_timeout,
-        }
-    }
-
-    /// Abandons the epoch after a failure: its transaction aborts (the worker's transaction
-    /// coordinator aborts it once the other epochs in it closed), the overlay and in-flight
-    /// calls are dropped.
-    fn abort_epoch(&mut self, err: &EpochError) {
+    /// Abandons the epoch after a failure: the overlay and in-flight calls are dropped (its
+    /// transaction was abandoned by the caller, `Participant::abandon`).
+    fn abort_epoch(&mut self) {
         self.inflight.abort_all();
         self.at_least_once.clear();
         self.core.discard();
-        if self.grant.take().is_some() && !matches!(err, EpochError::Txn(_)) {
-            self.txn.abort(&self.who, &err.to_string());
-        }
-        self.txn_began = None;
-    }
-}
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        // An epoch left open (a panic, a cancelled future) must not hold the worker's
-        // transaction: it is aborted like a failed one.
-        if self.grant.is_some() {
-            self.txn
-                .abort(&self.who, "the partition task stopped with its epoch open");
-        }
     }
 }
 
@@ -501,8 +457,10 @@ impl PartitionTask for Task {
     }
 
     async fn abort(&mut self, err: &EpochError) -> ErrorClass {
-        let txn = self.txn_clock();
-        let producer = self.grant.as_ref().map(|g| g.producer.clone());
+        let txn = self.epoch.clock(self.shared.txn_timeout);
+        let producer = self
+            .epoch
+            .abandon(&err.to_string(), matches!(err, EpochError::Txn(_)));
         let mut class = err.class(producer.as_ref(), txn);
         if txn.expired() && class == ErrorClass::Transient {
             tracing::warn!(
@@ -517,7 +475,7 @@ impl PartitionTask for Task {
         }
         let mut reason = err.to_string();
         let deliveries = std::mem::take(&mut self.deliveries);
-        self.abort_epoch(err);
+        self.abort_epoch();
         if class == ErrorClass::Transient {
             if let Some((topic, e)) = kafka::first_refused(deliveries, REPORTS_WITHIN).await {
                 class = ErrorClass::Record;

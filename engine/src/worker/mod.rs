@@ -187,7 +187,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         tls,
         invoker: Invoker::new(&module, metrics.invocation_retries.clone())?,
-        plain: kafka::plain_producer(&bootstrap, txn_timeout)?,
+        plain: Default::default(),
         metrics,
         db,
         txn_timeout,
@@ -196,6 +196,8 @@ pub async fn run(
         state_delete_retention,
         limits,
         known_topics: Default::default(),
+        readers: Default::default(),
+        opening: tokio::sync::Semaphore::new(crate::context::OPENING_AT_ONCE),
         phases: Default::default(),
         assigned_at: Mutex::new(None),
         bootstrap,

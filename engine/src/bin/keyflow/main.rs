@@ -53,6 +53,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking Kafka calls (a partition's opening, a commit) come in bursts: their
+        // threads go soon after, instead of lingering 10 s (`keyflow_worker_threads`).
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()?;
     match cli.command {
         Command::Run(mut cfg) => rt.block_on(async move {

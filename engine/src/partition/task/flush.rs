@@ -96,7 +96,7 @@ impl Task {
                 self.shared.ensure_topic(&e.topic).await?;
                 let producer = match e.delivery {
                     DeliverySemantic::ExactlyOnce { .. } => self.producer(),
-                    DeliverySemantic::AtLeastOnce | DeliverySemantic::None => &self.shared.plain,
+                    DeliverySemantic::AtLeastOnce | DeliverySemantic::None => self.shared.plain(),
                 };
                 let delivery = kafka::send(
                     producer,
