@@ -10,6 +10,7 @@
 //!   restart, returns it again;
 //! - a restart resumes at the first record not taken; nothing is lost or repeated;
 //! - if the commit fails the record stays at the head of the queue (503, retry).
+//!
 //! Several workers serving one playground egress each follow the same committed position but
 //! do not coordinate: two `GET`s on two workers at once can return the same record. The
 //! playground is a one-process tool; give its ports to one worker (`--playground-bind`).
