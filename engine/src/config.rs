@@ -120,6 +120,13 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_INGRESS_ADDR", value_parser = parse_ingress_addr)]
     pub ingress_addr: Option<IngressAddr>,
 
+    /// Where the playground ports of module.yaml listen (`io.statefun.playground.v1/ingress`
+    /// and `/egress`, each on its `port`): an IP address, `0.0.0.0` by default as in the
+    /// playground image, or `off` to serve neither on this worker (its functions still write
+    /// playground egress records). With several workers on one machine, give the ports to one.
+    #[arg(long, env = "KEYFLOW_PLAYGROUND_BIND", default_value = "0.0.0.0", value_parser = parse_playground_bind)]
+    pub playground_bind: PlaygroundBind,
+
     /// How long a request-reply HTTP request waits for the function's reply before it answers
     /// 504 with the message id (the reply can be fetched later at `/replies/<message-id>`).
     #[arg(long, env = "KEYFLOW_REPLY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -183,6 +190,23 @@ pub enum IngressAddr {
     At(SocketAddr),
 }
 
+/// Where the playground ports listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaygroundBind {
+    Off,
+    At(std::net::IpAddr),
+}
+
+fn parse_playground_bind(s: &str) -> Result<PlaygroundBind, String> {
+    if s.trim() == "off" {
+        return Ok(PlaygroundBind::Off);
+    }
+    s.trim()
+        .parse()
+        .map(PlaygroundBind::At)
+        .map_err(|_| format!("`{s}` is not an IP address like 0.0.0.0 or 127.0.0.1 (or `off`)"))
+}
+
 /// The HTTP ingress's address when `--ingress-addr` is not given.
 pub const DEFAULT_INGRESS_ADDR: &str = "127.0.0.1:8081";
 
@@ -232,6 +256,11 @@ impl EngineConfig {
     }
 
     /// Replies to HTTP ingress requests (1 partition, read by every worker).
+    /// The Kafka topic keeping the records of playground egress topic `topic`.
+    pub fn topic_playground(&self, topic: &str) -> String {
+        crate::module::PlaygroundEgress::kafka_topic(&self.cluster, topic)
+    }
+
     pub fn topic_replies(&self) -> String {
         format!("{}-replies", self.cluster)
     }

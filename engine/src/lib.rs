@@ -24,7 +24,9 @@
 //! - [`introspect`]: an address's state and pending delayed messages as JSON (pure).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the admin HTTP server (health, readiness, metrics, status).
-//! - [`http`]: HTTP ingress: messages, request-reply, committed state over HTTP; TLS and tokens.
+//! - [`http`]: HTTP ingress: messages, request-reply, committed state over HTTP; TLS and tokens;
+//!   the StateFun playground's ingress and egress ports.
+//! - [`playground`]: the playground egress's records, followed in Kafka and taken one by one.
 //!
 //! # Invariants
 //! Each partition has exactly one task (the owner's), and nothing else touches its state.
@@ -50,6 +52,7 @@ pub mod module;
 pub(crate) mod offsets;
 pub(crate) mod partition;
 pub mod partitioner;
+pub(crate) mod playground;
 pub(crate) mod reader;
 pub mod replay;
 pub(crate) mod restore;

@@ -2,9 +2,10 @@
 //! function types, which Kafka topics feed which functions, and which Kafka egresses functions
 //! may write to.
 //!
-//! A module file is multi-document YAML; each document is a `kind:` and a `spec:`. Three kinds
+//! A module file is multi-document YAML; each document is a `kind:` and a `spec:`. These kinds
 //! are read, with StateFun's spellings and defaults: `io.statefun.endpoints.v2/http`,
-//! `io.statefun.kafka.v1/ingress` and `io.statefun.kafka.v1/egress`. `${VAR}` and
+//! `io.statefun.kafka.v1/ingress`, `io.statefun.kafka.v1/egress`, and the playground image's
+//! `io.statefun.playground.v1/ingress` and `io.statefun.playground.v1/egress`. `${VAR}` and
 //! `${VAR:-default}` in any string value are replaced from the environment before the value is
 //! read (see `env`), so one file serves Docker (`kafka:9092`) and a laptop (`127.0.0.1:9092`).
 //!
@@ -18,6 +19,7 @@
 mod components;
 mod env;
 mod grammar;
+mod playground;
 mod values;
 mod yaml;
 
@@ -30,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use playground::{
+    PlaygroundEgress, PlaygroundIngress, PLAYGROUND_EGRESS_ID, PLAYGROUND_EGRESS_RECORD,
+};
 use yaml::{Component, Document};
 
 /// A loaded module: the endpoints, ingresses and egresses of all its documents, in file order.
@@ -38,6 +43,10 @@ pub struct Module {
     pub endpoints: Vec<HttpEndpoint>,
     pub ingresses: Vec<KafkaIngress>,
     pub egresses: Vec<KafkaEgress>,
+    /// The `io.statefun.playground.v1/ingress` document, if any (at most one).
+    pub playground_ingress: Option<PlaygroundIngress>,
+    /// The `io.statefun.playground.v1/egress` document, if any (at most one).
+    pub playground_egress: Option<PlaygroundEgress>,
 }
 
 /// A type name `namespace/name`: a function type, a message value type, an ingress or egress id.
@@ -326,7 +335,10 @@ fn assemble(documents: Vec<Document>, source_name: &str) -> Result<Module, Modul
         endpoints: Vec::new(),
         ingresses: Vec::new(),
         egresses: Vec::new(),
+        playground_ingress: None,
+        playground_egress: None,
     };
+    let mut playground_egress_origin = None;
     let mut endpoint_origins: Vec<usize> = Vec::new();
     let mut ingress_origins: Vec<Origin> = Vec::new();
     let mut egress_origins: Vec<usize> = Vec::new();
@@ -381,6 +393,13 @@ fn assemble(documents: Vec<Document>, source_name: &str) -> Result<Module, Modul
                 }
                 module.egresses.push(egress);
                 egress_origins.push(origin.document);
+            }
+            Component::PlaygroundIngress(ingress) => playground::add_ingress(&mut module, ingress)
+                .map_err(|(field, message)| error(origin, field.into(), message))?,
+            Component::PlaygroundEgress(egress) => {
+                playground::add_egress(&mut module, egress)
+                    .map_err(|(field, message)| error(origin, field.into(), message))?;
+                playground_egress_origin = Some(origin);
             }
         }
     }
@@ -460,6 +479,11 @@ fn assemble(documents: Vec<Document>, source_name: &str) -> Result<Module, Modul
                 ));
             }
         }
+    }
+    if let (Err((field, message)), Some(origin)) =
+        (playground::check(&module), playground_egress_origin)
+    {
+        return Err(error(origin, field.into(), message));
     }
     Ok(module)
 }

@@ -161,7 +161,11 @@ fn content_typename(headers: &HeaderMap) -> Result<String, Rejection> {
 
 /// The body, at most `--max-request-bytes` (413 otherwise), which is never more than fits in
 /// a message envelope on `<cluster>-messages`.
-async fn read_body(ing: &Ingress, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+pub(super) async fn read_body(
+    ing: &Ingress,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Rejection> {
     let limit = ing.shared.limits.http_body;
     let too_large = || {
         error(

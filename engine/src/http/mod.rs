@@ -25,6 +25,9 @@
 //!   processor (an `introspect` envelope answered through `<cluster>-replies`).
 //! - `GET /state/<namespace>/<type>`: ids with state in the partitions this worker owns.
 //!
+//! The playground image's ingress and egress ports (module.yaml's
+//! `io.statefun.playground.v1/*` kinds) are served by playground.rs on their own listeners.
+//!
 //! The files: messages.rs (`POST` of messages and callbacks, and waiting for the reply),
 //! replies.rs (reading `<cluster>-replies`, `GET /replies/..`), reads.rs (`GET /state/..` and
 //! `GET /timers/..`), auth.rs (bearer tokens, also for the admin server), tls.rs (HTTPS, also
@@ -42,6 +45,7 @@ use crate::context::Shared;
 
 pub(crate) mod auth;
 mod messages;
+pub(crate) mod playground;
 mod reads;
 mod replies;
 pub(crate) mod tls;

@@ -170,6 +170,19 @@ impl Grammar for CountG {
     }
 }
 
+/// A TCP port, 1 to 65535.
+pub(super) struct PortG;
+impl Grammar for PortG {
+    type Out = u16;
+    const EXPECTING: &'static str = "a port number";
+    fn parse(text: String) -> Result<u16, String> {
+        match text.trim().parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(format!("`{text}` is not a port number from 1 to 65535")),
+        }
+    }
+}
+
 /// A Kafka offset: a whole number of at least 0.
 pub(super) struct OffsetG;
 impl Grammar for OffsetG {

@@ -556,7 +556,8 @@ fn unknown_kind() {
         message,
         "module.yaml document 3 (line 12): kind: unknown kind `io.statefun.kafka.v2/ingress`; \
          known kinds: io.statefun.endpoints.v2/http, io.statefun.kafka.v1/ingress, \
-         io.statefun.kafka.v1/egress; did you mean `io.statefun.kafka.v1/ingress`?"
+         io.statefun.kafka.v1/egress, io.statefun.playground.v1/ingress, \
+         io.statefun.playground.v1/egress; did you mean `io.statefun.kafka.v1/ingress`?"
     );
 }
 
@@ -1035,4 +1036,149 @@ fn yaml_syntax_error() {
         "{message}"
     );
     assert_contains(&message, &["module.yaml document 2", "YAML syntax error"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The playground's kinds.
+
+/// The official playground greeter's module.yaml (apache/flink-statefun-playground 3.3.0,
+/// python/greeter), addresses and all.
+const PLAYGROUND_GREETER: &str = "kind: io.statefun.endpoints.v2/http
+spec:
+  functions: example/*
+  urlPathTemplate: http://functions:8000/statefun
+  transport:
+    type: io.statefun.transports.v1/async
+---
+kind: io.statefun.playground.v1/ingress
+spec:
+  port: 8090
+---
+kind: io.statefun.playground.v1/egress
+spec:
+  port: 8091
+  topics:
+    - greetings
+";
+
+#[test]
+fn the_playground_greeter_module_is_read() {
+    let module = parse(PLAYGROUND_GREETER).unwrap();
+    assert_eq!(
+        module.playground_ingress,
+        Some(PlaygroundIngress { port: 8090 })
+    );
+    assert_eq!(
+        module.playground_egress,
+        Some(PlaygroundEgress {
+            port: 8091,
+            topics: vec!["greetings".into()],
+        })
+    );
+    assert!(module.ingresses.is_empty() && module.egresses.is_empty());
+}
+
+#[test]
+fn playground_ports_default_to_the_examples_and_topics_are_a_set() {
+    let text = format!(
+        "{ENDPOINT}---
+kind: io.statefun.playground.v1/ingress
+spec: {{}}
+---
+kind: io.statefun.playground.v1/egress
+spec:
+  topics: [a, b, a]
+"
+    );
+    let module = parse(&text).unwrap();
+    assert_eq!(module.playground_ingress.unwrap().port, 8090);
+    let egress = module.playground_egress.unwrap();
+    assert_eq!(
+        (egress.port, egress.topics),
+        (8091, vec!["a".into(), "b".into()])
+    );
+}
+
+#[test]
+fn playground_egress_errors() {
+    let text = |spec: &str| {
+        format!("{ENDPOINT}---\nkind: io.statefun.playground.v1/egress\nspec:\n{spec}")
+    };
+    let message = doc_error(&text("  port: 8091\n"), 2, 8);
+    assert_contains(&message, &["missing field `topics`"]);
+    let message = doc_error(&text("  topics: []\n"), 2, 8);
+    assert_contains(&message, &["`topics` is empty"]);
+    let message = doc_error(&text("  topics: [a/b]\n"), 2, 8);
+    assert_contains(
+        &message,
+        &["spec.topics[0]", "`a/b` is not a Kafka topic name"],
+    );
+    let message = doc_error(&text("  port: 70000\n  topics: [a]\n"), 2, 8);
+    assert_contains(&message, &["spec.port", "`70000` is not a port number"]);
+    let message = doc_error(&text("  topic: [a]\n"), 2, 8);
+    assert_contains(
+        &message,
+        &["unknown field `topic`", "did you mean `topics`?"],
+    );
+}
+
+#[test]
+fn a_module_has_one_playground_ingress_and_one_playground_egress() {
+    let two_ingresses = format!(
+        "{ENDPOINT}---
+kind: io.statefun.playground.v1/ingress
+spec: {{port: 1}}
+---
+kind: io.statefun.playground.v1/ingress
+spec: {{port: 2}}
+"
+    );
+    let message = doc_error(&two_ingresses, 3, 9);
+    assert_contains(
+        &message,
+        &["at most one `io.statefun.playground.v1/ingress`"],
+    );
+    let two_egresses = format!(
+        "{ENDPOINT}---
+kind: io.statefun.playground.v1/egress
+spec: {{topics: [a]}}
+---
+kind: io.statefun.playground.v1/egress
+spec: {{topics: [b]}}
+"
+    );
+    let message = doc_error(&two_egresses, 3, 9);
+    assert_contains(&message, &["at most one", "list every topic in one"]);
+}
+
+#[test]
+fn the_playground_servers_need_two_ports_and_their_own_egress_id() {
+    let same_port = format!(
+        "{ENDPOINT}---
+kind: io.statefun.playground.v1/ingress
+spec: {{port: 8090}}
+---
+kind: io.statefun.playground.v1/egress
+spec: {{port: 8090, topics: [a]}}
+"
+    );
+    let message = doc_error(&same_port, 3, 9);
+    assert_contains(
+        &message,
+        &["spec.port", "port 8090 is the playground ingress's port"],
+    );
+    let clash = format!(
+        "{ENDPOINT}---
+kind: io.statefun.kafka.v1/egress
+spec: {{id: io.statefun.playground/egress, address: kafka:9092}}
+---
+kind: io.statefun.playground.v1/egress
+spec: {{topics: [a]}}
+"
+    );
+    let message = doc_error(&clash, 3, 9);
+    assert_contains(
+        &message,
+        &["a Kafka egress already has the id `io.statefun.playground/egress`"],
+    );
 }

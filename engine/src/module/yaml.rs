@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 use super::grammar::{Checked, Keyword, Parsed, Word};
 use super::values::with_suggestion;
-use super::{HttpEndpoint, KafkaEgress, KafkaIngress, ModuleError};
+use super::{
+    HttpEndpoint, KafkaEgress, KafkaIngress, ModuleError, PlaygroundEgress, PlaygroundIngress,
+};
 
 /// One document of a module file.
 pub(super) struct Document {
@@ -31,6 +33,8 @@ pub(super) enum Component {
     Endpoint(HttpEndpoint),
     Ingress(KafkaIngress),
     Egress(KafkaEgress),
+    PlaygroundIngress(PlaygroundIngress),
+    PlaygroundEgress(PlaygroundEgress),
 }
 
 /// Reads every document of `text`, or the first error.
@@ -234,6 +238,12 @@ impl<'de> DeserializeSeed<'de> for SpecSeed {
             Kind::Endpoint => Component::Endpoint(Checked::deserialize(deserializer)?.0),
             Kind::Ingress => Component::Ingress(Checked::deserialize(deserializer)?.0),
             Kind::Egress => Component::Egress(Checked::deserialize(deserializer)?.0),
+            Kind::PlaygroundIngress => {
+                Component::PlaygroundIngress(Checked::deserialize(deserializer)?.0)
+            }
+            Kind::PlaygroundEgress => {
+                Component::PlaygroundEgress(Checked::deserialize(deserializer)?.0)
+            }
         })
     }
 }
@@ -243,6 +253,8 @@ enum Kind {
     Endpoint,
     Ingress,
     Egress,
+    PlaygroundIngress,
+    PlaygroundEgress,
 }
 
 impl Keyword for Kind {
@@ -252,6 +264,8 @@ impl Keyword for Kind {
         ("io.statefun.endpoints.v2/http", Kind::Endpoint),
         ("io.statefun.kafka.v1/ingress", Kind::Ingress),
         ("io.statefun.kafka.v1/egress", Kind::Egress),
+        ("io.statefun.playground.v1/ingress", Kind::PlaygroundIngress),
+        ("io.statefun.playground.v1/egress", Kind::PlaygroundEgress),
     ];
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct CoreConfig {
     pub partitions: i32,
     /// `<cluster>-messages` (dead letters name their origin in it).
     pub messages_topic: String,
+    /// The cluster's name (the playground egress's topics are named after it).
+    pub cluster: String,
     pub module: Arc<Module>,
     /// How long completed idempotency records and used callback tokens are kept.
     pub idempotency_retention: Duration,

@@ -12,12 +12,12 @@
 
 use std::collections::HashSet;
 
-use keyflow_protocol::egress::KafkaProducerRecord;
 use keyflow_protocol::from_function::expiration_spec::ExpireMode;
 use keyflow_protocol::from_function::persisted_value_mutation::MutationType;
 use keyflow_protocol::from_function::{InvocationResponse, PersistedValueSpec};
-use keyflow_protocol::{Address, Message, TypedValue, KAFKA_PRODUCER_RECORD_TYPENAME};
+use keyflow_protocol::{Address, TypedValue};
 
+use super::egress::{self, EgressKind};
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::{AddressState, StoredValue};
 use crate::module::DeliverySemantic;
@@ -36,7 +36,7 @@ pub enum Delayed {
     },
 }
 
-/// One record for a Kafka egress.
+/// One record for an egress (a Kafka egress's topic, or a playground topic's Kafka topic).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EgressRecord {
     pub egress: String,
@@ -62,7 +62,7 @@ pub struct Env<'a> {
     /// The specs registered for the target's function type.
     pub specs: &'a [PersistedValueSpec],
     /// Looks up an egress by `namespace/type`.
-    pub egress: &'a dyn Fn(&str) -> Option<DeliverySemantic>,
+    pub egress: &'a dyn Fn(&str) -> Option<EgressKind<'a>>,
     /// True when a delayed message with this token is pending.
     pub token_live: &'a dyn Fn(&str) -> bool,
 }
@@ -181,29 +181,9 @@ fn validate(
 
     for e in resp.outgoing_egresses {
         let id = format!("{}/{}", e.egress_namespace, e.egress_type);
-        let delivery = (env.egress)(&id)
+        let kind = (env.egress)(&id)
             .ok_or_else(|| format!("unknown egress `{id}`: module.yaml declares no such egress"))?;
-        let arg = e.argument.unwrap_or_default();
-        if arg.typename != KAFKA_PRODUCER_RECORD_TYPENAME {
-            return Err(format!(
-                "egress `{id}` is a Kafka egress and takes `{KAFKA_PRODUCER_RECORD_TYPENAME}` values, got `{}`",
-                arg.typename
-            ));
-        }
-        let rec = KafkaProducerRecord::decode(arg.value.as_ref())
-            .map_err(|err| format!("egress `{id}`: undecodable KafkaProducerRecord: {err}"))?;
-        if rec.topic.is_empty() {
-            return Err(format!(
-                "egress `{id}`: the KafkaProducerRecord names no topic"
-            ));
-        }
-        fx.egress.push(EgressRecord {
-            egress: id,
-            topic: rec.topic,
-            key: (!rec.key.is_empty()).then(|| rec.key.into_bytes()),
-            value: rec.value_bytes,
-            delivery,
-        });
+        fx.egress.push(egress::record(id, kind, e)?);
     }
 
     if !resp.state_mutations.is_empty() {
@@ -314,10 +294,11 @@ pub fn purge_expired(state: &mut AddressState, now_ms: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyflow_protocol::builtin;
+    use keyflow_protocol::egress::KafkaProducerRecord;
     use keyflow_protocol::from_function::{
         DelayedInvocation, EgressMessage, ExpirationSpec, Invocation, PersistedValueMutation,
     };
+    use keyflow_protocol::{builtin, Message, KAFKA_PRODUCER_RECORD_TYPENAME};
 
     fn spec(name: &str, ty: &str, mode: ExpireMode, ms: i64) -> PersistedValueSpec {
         PersistedValueSpec {
@@ -330,10 +311,10 @@ mod tests {
         }
     }
 
-    fn egress(id: &str) -> Option<DeliverySemantic> {
-        (id == "com.example/receipts").then_some(DeliverySemantic::ExactlyOnce {
+    fn egress<'a>(id: &str) -> Option<EgressKind<'a>> {
+        (id == "com.example/receipts").then_some(EgressKind::Kafka(DeliverySemantic::ExactlyOnce {
             transaction_timeout: std::time::Duration::from_secs(60),
-        })
+        }))
     }
 
     fn run(

@@ -30,6 +30,7 @@ pub(crate) mod core;
 pub(crate) mod dedup;
 pub(crate) mod dispatch;
 pub(crate) mod effects;
+mod egress;
 pub(crate) mod epoch;
 mod inbox;
 pub(crate) mod isolation;

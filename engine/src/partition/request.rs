@@ -11,11 +11,12 @@ use keyflow_protocol::{Address, FromFunction, Message, ToFunction};
 use super::core::{PartitionCore, Result};
 use super::dedup;
 use super::effects;
+use super::egress::EgressKind;
 use super::outbox::{Invocation, Response};
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::{Envelope, RegisteredSpecs};
 use crate::invoker::InvokeError;
-use crate::module::TypeName;
+use crate::module::{TypeName, PLAYGROUND_EGRESS_ID};
 use crate::now_ms;
 
 impl PartitionCore {
@@ -105,11 +106,17 @@ impl PartitionCore {
                 let outcome = {
                     let specs = self.specs.get(&ftype).map(Vec::as_slice).unwrap_or(&[]);
                     let module = &self.cfg.module;
-                    let egress = |id: &str| {
-                        id.parse::<TypeName>()
+                    let cluster = self.cfg.cluster.as_str();
+                    let egress = |id: &str| match &module.playground_egress {
+                        Some(p) if id == PLAYGROUND_EGRESS_ID => Some(EgressKind::Playground {
+                            topics: &p.topics,
+                            cluster,
+                        }),
+                        _ => id
+                            .parse::<TypeName>()
                             .ok()
                             .and_then(|t| module.egress(&t))
-                            .map(|e| e.delivery.clone())
+                            .map(|e| EgressKind::Kafka(e.delivery.clone())),
                     };
                     let timers = &self.timers;
                     let live = |t: &str| timers.is_live(&addr, t);

@@ -158,6 +158,7 @@ impl Task {
             partition: p,
             partitions: cfg.partition_count(),
             messages_topic: bound.messages.clone(),
+            cluster: cfg.cluster.clone(),
             module: shared.module.clone(),
             idempotency_retention: cfg.idempotency_retention,
             max_inbox_messages: cfg.max_inbox_messages.get(),

@@ -28,6 +28,7 @@ use crate::module::{DeliverySemantic, Module};
 use crate::{admin, http, partition, router};
 
 mod membership;
+mod playground;
 
 use membership::{Change, Membership};
 
@@ -43,6 +44,16 @@ pub enum WorkerError {
     Admin {
         addr: std::net::SocketAddr,
         err: std::io::Error,
+    },
+    #[error(
+        "playground {what} on {addr} (module.yaml's `port`): {err}{hint} (change the \
+             port in module.yaml, or serve the playground elsewhere with --playground-bind)"
+    )]
+    Playground {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+        hint: String,
     },
     #[error("HTTP ingress on {addr}: {err} (choose another --ingress-addr, or `off`)")]
     Ingress {
@@ -138,6 +149,7 @@ pub async fn run(
             });
         }
     }
+    topics.extend(playground::topics(&module, &cfg.cluster));
     kafka::ensure_topics(&bootstrap, &topics, cfg.replication_factor).await?;
     let state_delete_retention = kafka::delete_retention(&bootstrap, &cfg.topic_state()).await?;
     tracing::info!(
@@ -216,6 +228,7 @@ pub async fn run(
     let ingress_task = bind_ingress(shared.cfg.ingress_addr)
         .await?
         .map(|listener| tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone())));
+    let playground_tasks = playground::start(&shared, &shutdown).await?;
     tracing::info!(worker = %worker_id, cluster = %shared.cfg.cluster, partitions = n, admin = %admin_addr, "worker starting");
 
     let (changes_tx, mut changes) = mpsc::unbounded_channel();
@@ -291,6 +304,9 @@ pub async fn run(
     let _ = shared.db.flush_async().await;
     let _ = admin_task.await;
     if let Some(t) = ingress_task {
+        let _ = t.await;
+    }
+    for t in playground_tasks {
         let _ = t.await;
     }
     tracing::info!("worker stopped");

@@ -125,6 +125,7 @@ impl Harness {
             partition: setup.partition,
             partitions: setup.partitions,
             messages_topic: "t-messages".into(),
+            cluster: "t".into(),
             module: Arc::new(module),
             idempotency_retention: setup.retention,
             max_inbox_messages: setup.max_inbox_messages,
