@@ -1060,12 +1060,22 @@ fn engine_view(a: &Page, b: &Page) -> Value {
     };
     let batch_all = hist_delta(a, b, "keyflow_invocation_batch_size");
     let diff = |name: &str| b.sum(name) - a.sum(name);
+    let ages: BTreeMap<String, HistDelta> = ["ingress", "messages"]
+        .iter()
+        .map(|i| {
+            let h = hist_delta_for(a, b, "keyflow_input_age_seconds", "input", i);
+            (i.to_string(), h)
+        })
+        .collect();
     json!({
         "epoch_commit_seconds": commit,
         "epoch_records": epoch_records,
         "invocation_batch_size": batch_all,
         "invocation_batch_size_by_type": per_type("keyflow_invocation_batch_size"),
         "invocation_duration_seconds_by_type": per_type("keyflow_invocation_duration_seconds"),
+        // Each record's age when a task took it: `ingress` (the driver's produce to the router)
+        // and `messages` (a sender's commit and read_committed visibility to the processor).
+        "input_age_seconds": ages,
         "invocations": diff("keyflow_invocations_total"),
         "ingress_records": diff("keyflow_ingress_records_total"),
         "egress_records": diff("keyflow_egress_records_total"),
@@ -1228,6 +1238,18 @@ fn print_table(r: &Value) {
             format!("{} ({}/{})", ms(&h["mean"]), ms(&h["p50"]), ms(&h["p99"]))
         }),
     );
+    for (label, input) in [
+        ("ingress record age at take mean (p50/p99) ms", "ingress"),
+        ("message age at take mean (p50/p99) ms", "messages"),
+    ] {
+        row(
+            label,
+            both(&|e| {
+                let h = &e["input_age_seconds"][input];
+                format!("{} ({}/{})", ms(&h["mean"]), ms(&h["p50"]), ms(&h["p99"]))
+            }),
+        );
+    }
     row(
         "epoch commits",
         both(&|e| {

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub partitions_owned: IntGauge,
     /// OS threads of the worker process, read at each scrape.
     pub worker_threads: IntGauge,
+    /// Age of an input record (now - its Kafka timestamp) when a task takes it, by input:
+    /// `ingress` (routers) or `messages` (processors: the sender's commit, read_committed
+    /// visibility and the wait for the task, together).
+    pub input_age_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -154,7 +158,7 @@ impl Metrics {
                     "epoch_commit_seconds",
                     "Time to commit one epoch's Kafka transaction",
                 )
-                .buckets(latency),
+                .buckets(latency.clone()),
             )
             .unwrap(),
             epoch_records: Histogram::with_opts(
@@ -209,6 +213,15 @@ impl Metrics {
             .unwrap(),
             partitions_owned: IntGauge::new("partitions_owned", "Partitions this worker processes")
                 .unwrap(),
+            input_age_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "input_age_seconds",
+                    "Age of an input record (now minus its Kafka timestamp) when a task takes it",
+                )
+                .buckets(latency.clone()),
+                &["input"],
+            )
+            .unwrap(),
             worker_threads: IntGauge::new(
                 "worker_threads",
                 "OS threads of this worker process (bounded: not one per partition)",
@@ -241,6 +254,7 @@ impl Metrics {
         r.register(Box::new(m.restore_seconds.clone())).unwrap();
         r.register(Box::new(m.partitions_owned.clone())).unwrap();
         r.register(Box::new(m.worker_threads.clone())).unwrap();
+        r.register(Box::new(m.input_age_seconds.clone())).unwrap();
         // Every reason kind is known: exported at 0 from the start, so a dashboard or an alert
         // sees 0 rather than no data.
         for kind in crate::dead_letter::DeadLetterKind::ALL {

@@ -155,6 +155,7 @@ impl Reader {
         p: i32,
         offset: i64,
         lag: Option<prometheus::IntGauge>,
+        age: Option<prometheus::Histogram>,
     ) -> Input {
         let gen = self.gens.fetch_add(1, Ordering::Relaxed) + 1;
         let key = (topic.to_string(), p);
@@ -175,6 +176,7 @@ impl Reader {
             cmds: self.cmds.clone(),
             key,
             gen,
+            age,
         }
     }
 }
@@ -186,6 +188,8 @@ pub(crate) struct Input {
     cmds: mpsc::Sender<Cmd>,
     key: Key,
     gen: u64,
+    /// Observes each record's age (now - its timestamp) as the task takes it.
+    age: Option<prometheus::Histogram>,
 }
 
 impl Input {
@@ -209,6 +213,9 @@ impl Input {
             return Err(KafkaError::Canceled);
         };
         if let Ok(m) = &d {
+            if let (Some(h), Some(ts)) = (&self.age, m.timestamp().to_millis()) {
+                h.observe((crate::now_ms() - ts).max(0) as f64 / 1e3);
+            }
             let left = self.state.bytes.fetch_sub(cost(m), Ordering::Relaxed) - cost(m);
             if left < PAUSE_BYTES / 2
                 && self

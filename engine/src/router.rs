@@ -156,7 +156,11 @@ impl Router {
                     .0
             }
         };
-        let input = reader.open(topic, p, position, Some(lag));
+        let age = shared
+            .metrics
+            .input_age_seconds
+            .with_label_values(&["ingress"]);
+        let input = reader.open(topic, p, position, Some(lag), Some(age));
         drop(opening);
         let mut epoch = Participant::new(shared.txn.clone(), (topic.to_string(), p));
         if !committed {

@@ -1,7 +1,8 @@
 //! A worker's OS threads are bounded (issue 15): its partition tasks read through one consumer
 //! per consumer configuration (`reader.rs`), not one each, so a worker that owns 64 partitions
 //! runs about as many threads as one that owns 8. Each worker also routes an 8-partition
-//! ingress topic, and records flow through both before the count is read.
+//! ingress topic, and records flow through both before the count is read (and their ages at
+//! each take are observed, `keyflow_input_age_seconds`).
 
 mod common;
 
@@ -64,7 +65,17 @@ fn threads_of_a_worker_with(partitions: usize) -> f64 {
     produce_str(&input, &recs);
     let got = wait_for(&out, Duration::from_secs(60), |r| r.len() >= 40);
     assert_eq!(got.len(), 40, "{}", engine.log_tail(40));
-    let owned = metric_sum(&engine.metrics(), "keyflow_partitions_owned").unwrap_or(0.0);
+    // Each record's age was observed as the router and then the processor took it.
+    let page = engine.metrics();
+    for input in ["ingress", "messages"] {
+        let taken = metric_matching(
+            &page,
+            "keyflow_input_age_seconds_count",
+            &format!("input=\"{input}\""),
+        );
+        assert!(taken >= 40.0, "{taken} {input} records' ages observed");
+    }
+    let owned = metric_sum(&page, "keyflow_partitions_owned").unwrap_or(0.0);
     assert_eq!(owned, partitions as f64, "partitions owned");
     // Blocking threads of the opening go 1 s after their last call: the fewest seen over a
     // few seconds is what the worker keeps.

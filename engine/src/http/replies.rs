@@ -234,7 +234,7 @@ async fn open_replies_consumer(shared: &Shared) -> Result<(crate::reader::Input,
     // Start at the high watermark as it is now: a reply to any request accepted from here on
     // is produced later, so it lies at or past this offset.
     let high = reader.high_watermark(&topic, 0).await?;
-    Ok((reader.open(&topic, 0, high, None), high))
+    Ok((reader.open(&topic, 0, high, None, None), high))
 }
 
 pub(super) fn reply_response(message_id: &str, reply: Reply) -> Response {

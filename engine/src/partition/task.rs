@@ -152,7 +152,8 @@ impl Task {
             commit_seconds: m.partition_commit_seconds.with_label_values(&[&label]),
         };
         let lag = m.consumer_lag.with_label_values(&[&bound.messages, &label]);
-        let input = reader.open(&bound.messages, p, position, Some(lag));
+        let age = m.input_age_seconds.with_label_values(&["messages"]);
+        let input = reader.open(&bound.messages, p, position, Some(lag), Some(age));
 
         let core_cfg = CoreConfig {
             partition: p,

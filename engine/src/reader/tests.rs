@@ -69,13 +69,13 @@ async fn next(input: &mut Input) -> OwnedMessage {
 async fn a_partition_reopened_at_another_position_reads_from_there_only() {
     let topic = topic_with("reader-reopen", 1, 300, 16).await;
     let r = reader();
-    let mut input = r.open(&topic, 0, 0, gauge());
+    let mut input = r.open(&topic, 0, 0, gauge(), None);
     for want in 0..100 {
         assert_eq!(next(&mut input).await.offset(), want);
     }
     // The reader has fetched well past 100 by now; none of that reaches the new input.
     drop(input);
-    let mut input = r.open(&topic, 0, 40, gauge());
+    let mut input = r.open(&topic, 0, 40, gauge(), None);
     for want in 40..300 {
         assert_eq!(
             next(&mut input).await.offset(),
@@ -84,7 +84,7 @@ async fn a_partition_reopened_at_another_position_reads_from_there_only() {
         );
     }
     // Reopened without dropping first (a task that replaces its input): the same.
-    let mut again = r.open(&topic, 0, 250, gauge());
+    let mut again = r.open(&topic, 0, 250, gauge(), None);
     for want in 250..300 {
         assert_eq!(
             next(&mut again).await.offset(),
@@ -101,7 +101,7 @@ async fn a_partition_paused_for_its_unread_bytes_resumes_as_its_task_reads() {
     let records = 2 * PAUSE_BYTES / (256 * 1024) + 8;
     let topic = topic_with("reader-pause", 1, records, 256 * 1024).await;
     let r = reader();
-    let mut input = r.open(&topic, 0, 0, gauge());
+    let mut input = r.open(&topic, 0, 0, gauge(), None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !input.state.paused.load(Ordering::Acquire) {
         assert!(
@@ -125,8 +125,8 @@ async fn a_partition_paused_for_its_unread_bytes_resumes_as_its_task_reads() {
 async fn partitions_of_one_consumer_reach_their_own_tasks() {
     let topic = topic_with("reader-two", 2, 200, 16).await;
     let r = reader();
-    let mut zero = r.open(&topic, 0, 0, gauge());
-    let mut one = r.open(&topic, 1, 10, gauge());
+    let mut zero = r.open(&topic, 0, 0, gauge(), None);
+    let mut one = r.open(&topic, 1, 10, gauge(), None);
     for want in 0..100 {
         let m = next(&mut zero).await;
         assert_eq!((m.partition(), m.offset()), (0, want));
