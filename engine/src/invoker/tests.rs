@@ -213,6 +213,8 @@ async fn a_reply_over_payload_max_bytes_is_refused_naming_the_function_and_the_b
             text.contains("`example/fn`") && text.contains("payload_max_bytes (1000 bytes)"),
             "{text}"
         );
+        // An announced length is refused before the body is read, and named.
+        assert_eq!(text.contains("a body of 2000 bytes"), !chunked, "{text}");
         assert_eq!(err.dead_letter_kind(), DeadLetterKind::TooLarge);
         assert_eq!(seen.requests.load(Ordering::SeqCst), 1, "not retried");
     }
