@@ -265,7 +265,11 @@ async fn a_reply_that_stalls_fails_the_attempt_after_the_read_timeout() {
 #[tokio::test]
 async fn a_call_past_its_call_timeout_fails_as_a_retryable_invocation_error() {
     let (port, _) = server(Behaviour::Silent).await;
-    let m = module(port, "    call: 300ms\n");
+    // Read and write timeouts longer than the call's: only the call timeout can end it.
+    let m = module(
+        port,
+        "    timeouts: {call: 300ms, read: 1min, write: 1min}\n",
+    );
     let retried = retries();
     let invoker = Invoker::new(&m, retried.clone()).unwrap();
     let result = call(&m, &invoker, b"x".to_vec()).await;
@@ -355,14 +359,21 @@ async fn retry_counters_exist_at_zero_for_every_reason_before_any_call() {
     let m = Module::parse(&text, "module.yaml", &|_| None).unwrap();
     let retried = retries();
     let _invoker = Invoker::new(&m, retried.clone()).unwrap();
-    for reason in RetryReason::ALL {
-        let c = retried.get_metric_with_label_values(&["example/exact", reason.as_str()]);
-        assert_eq!(c.unwrap().get(), 0);
-    }
-    assert_eq!(
-        prometheus::core::Collector::collect(&retried)[0]
-            .get_metric()
-            .len(),
-        RetryReason::ALL.len()
-    );
+    // Read through `collect`, which (unlike a lookup by labels) makes no series.
+    let families = prometheus::core::Collector::collect(&retried);
+    let mut series: Vec<(String, f64)> = families[0]
+        .get_metric()
+        .iter()
+        .map(|m| {
+            let labels: Vec<&str> = m.get_label().iter().map(|l| l.value()).collect();
+            (labels.join(" "), m.get_counter().get_value())
+        })
+        .collect();
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected: Vec<(String, f64)> = RetryReason::ALL
+        .iter()
+        .map(|r| (format!("example/exact {}", r.as_str()), 0.0))
+        .collect();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(series, expected);
 }
