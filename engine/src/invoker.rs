@@ -240,6 +240,9 @@ impl Call<'_> {
         let call_timeout = self.endpoint.call_timeout;
         let started = Instant::now();
         let mut attempt = 0u32;
+        // The last attempt that failed on its own: when the call timeout cuts the next one
+        // short, this says why the call kept failing.
+        let mut failed: Option<String> = None;
         loop {
             attempt += 1;
             let remaining = call_timeout.saturating_sub(started.elapsed());
@@ -247,10 +250,18 @@ impl Call<'_> {
             let (reason, last) = match outcome {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(Attempt::Fatal(e))) => return Err(e),
-                Ok(Err(Attempt::Transient { reason, why })) => (reason, why),
+                Ok(Err(Attempt::Transient { reason, why })) => {
+                    failed = Some(why.clone());
+                    (reason, why)
+                }
                 Err(_) => (
                     RetryReason::Timeout,
-                    format!("no reply within the call timeout ({call_timeout:?})"),
+                    match &failed {
+                        Some(why) => format!(
+                            "{why} (then an attempt ran into the call timeout, {call_timeout:?})"
+                        ),
+                        None => format!("no reply within the call timeout ({call_timeout:?})"),
+                    },
                 ),
             };
             count_retry(reason);
