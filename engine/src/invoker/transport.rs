@@ -56,7 +56,7 @@ pub(super) struct Transport {
 
 impl Transport {
     pub(super) fn new(ep: &HttpEndpoint) -> Result<Self, reqwest::Error> {
-        let pool_size = ep.pool_size.max(1);
+        let pool_size = ep.pool_size.clamp(1, Semaphore::MAX_PERMITS);
         let client = build(ep.connect_timeout, ep.pool_ttl, pool_size)?;
         Ok(Transport {
             connect: ep.connect_timeout,
