@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use keyflow_protocol::{FromFunction, Message};
 
 use crate::dead_letter::DeadLetterKind;
-use crate::module::{FunctionSelector, HttpEndpoint, Module, TypeName};
+use crate::module::{FunctionSelector, Module, TypeName};
 
 mod body;
 mod transport;
@@ -211,33 +211,27 @@ impl Invoker {
         self.count_retries_of(&ftype);
         let call = Call {
             transport: &self.transports[idx],
-            endpoint: ep,
+            call_timeout: ep.call_timeout,
             function: &ftype,
             url: &url,
+            retries: &self.retries,
         };
-        let retried = self.retries.clone();
-        let label = ftype.clone();
-        let count =
-            move |reason: RetryReason| retried.with_label_values(&[&label, reason.as_str()]).inc();
-        Some(call.run(bytes::Bytes::from(body), &count).await)
+        Some(call.run(bytes::Bytes::from(body)).await)
     }
 }
 
 /// One call: attempts and retries within the endpoint's call timeout.
 struct Call<'a> {
     transport: &'a Transport,
-    endpoint: &'a HttpEndpoint,
+    call_timeout: Duration,
     function: &'a str,
     url: &'a str,
+    retries: &'a prometheus::IntCounterVec,
 }
 
 impl Call<'_> {
-    async fn run(
-        &self,
-        body: bytes::Bytes,
-        count_retry: &(dyn Fn(RetryReason) + Send + Sync),
-    ) -> Result<FromFunction, InvokeError> {
-        let call_timeout = self.endpoint.call_timeout;
+    async fn run(&self, body: bytes::Bytes) -> Result<FromFunction, InvokeError> {
+        let call_timeout = self.call_timeout;
         let started = Instant::now();
         let mut attempt = 0u32;
         // The last attempt that failed on its own: when the call timeout cuts the next one
@@ -264,7 +258,9 @@ impl Call<'_> {
                     },
                 ),
             };
-            count_retry(reason);
+            self.retries
+                .with_label_values(&[self.function, reason.as_str()])
+                .inc();
             let pause = backoff(attempt - 1);
             if started.elapsed() + pause >= call_timeout {
                 return Err(InvokeError::Exhausted {

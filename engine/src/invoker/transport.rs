@@ -13,7 +13,7 @@
 //!
 //! The call timeout bounds attempts and retries together; the invoker applies it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -51,7 +51,8 @@ pub(super) struct Transport {
     payload_max_bytes: usize,
     /// The client new requests use, and when it was made.
     pool: Mutex<(reqwest::Client, Instant)>,
-    slots: Arc<Semaphore>,
+    /// One per request in flight: `pool_size` of them.
+    slots: Semaphore,
 }
 
 impl Transport {
@@ -66,7 +67,7 @@ impl Transport {
             pool_size,
             payload_max_bytes: ep.payload_max_bytes,
             pool: Mutex::new((client, Instant::now())),
-            slots: Arc::new(Semaphore::new(pool_size)),
+            slots: Semaphore::new(pool_size),
         })
     }
 
@@ -104,12 +105,13 @@ impl Transport {
             why = progress.stalled(self.write, self.read) => return Err(Failure::Timeout(why)),
         };
         let status = resp.status().as_u16();
-        if let Some(size) = resp.content_length() {
-            if size > self.payload_max_bytes as u64 {
-                return Err(Failure::TooLarge { size: Some(size) });
-            }
+        let announced = resp.content_length().unwrap_or(0);
+        if announced > self.payload_max_bytes as u64 {
+            return Err(Failure::TooLarge {
+                size: Some(announced),
+            });
         }
-        let mut body = BytesMut::new();
+        let mut body = BytesMut::with_capacity(announced as usize);
         loop {
             let chunk = match tokio::time::timeout(self.read, resp.chunk()).await {
                 Err(_) => {
