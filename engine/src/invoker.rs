@@ -1,14 +1,23 @@
-//! Calling remote functions over HTTP: one pooled client per endpoint, StateFun's retry
-//! policy (I/O errors and HTTP 408, 409, 420, 429, 499, >= 500 retried with exponential
+//! Calling remote functions over HTTP: one transport per endpoint enforcing its `transport`
+//! settings (timeouts, pool, payload bound: [`transport`]), StateFun's retry policy (I/O
+//! errors, timeouts and HTTP 408, 409, 420, 429, 499, >= 500 retried with exponential
 //! back-off, bounded by the endpoint's call timeout), and a clear reason when a call fails
 //! for good. The caller decides what a failure means (the processor dead-letters the batch);
 //! the invoker never holds state.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keyflow_protocol::{FromFunction, Message};
 
-use crate::module::{HttpEndpoint, Module, TypeName};
+use crate::dead_letter::DeadLetterKind;
+use crate::module::{FunctionSelector, Module, TypeName};
+
+mod body;
+mod transport;
+
+use transport::{Failure, Transport};
 
 /// Why an invocation failed for good.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -28,11 +37,103 @@ pub enum InvokeError {
     },
     #[error("function endpoint {url} answered a body that is not a FromFunction: {err}")]
     Garbage { url: String, err: String },
+    #[error("function `{function}` at {url} answered a body of {size}, over its endpoint's transport.payload_max_bytes ({limit} bytes); make the response smaller or raise payload_max_bytes in module.yaml")]
+    TooLarge {
+        function: String,
+        url: String,
+        /// "N bytes" when the reply announced its length, else "more than that".
+        size: String,
+        limit: usize,
+    },
 }
 
-/// True for the HTTP statuses StateFun retries.
-pub fn is_retryable_status(status: u16) -> bool {
-    matches!(status, 408 | 409 | 420 | 429 | 499) || status >= 500
+impl InvokeError {
+    /// The dead-letter kind of a batch this error ends.
+    pub fn dead_letter_kind(&self) -> DeadLetterKind {
+        match self {
+            InvokeError::Rejected { .. } => DeadLetterKind::FunctionRejected,
+            InvokeError::Exhausted { .. } => DeadLetterKind::FunctionUnavailable,
+            InvokeError::Garbage { .. } => DeadLetterKind::FunctionGarbage,
+            InvokeError::TooLarge { .. } => DeadLetterKind::TooLarge,
+        }
+    }
+}
+
+/// Why an attempt was retried: the `reason` label of `keyflow_invocation_retries_total`, a
+/// fixed set (every value is exported at 0 from the start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// No connection: refused, unreachable, or not within the connect timeout.
+    Connect,
+    /// No reply in time: the read, write or call timeout.
+    Timeout,
+    /// The connection broke during the exchange.
+    Io,
+    Http408,
+    Http409,
+    Http420,
+    Http429,
+    Http499,
+    Http500,
+    Http502,
+    Http503,
+    Http504,
+    /// Any other 5xx.
+    Http5xx,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 13] = [
+        RetryReason::Connect,
+        RetryReason::Timeout,
+        RetryReason::Io,
+        RetryReason::Http408,
+        RetryReason::Http409,
+        RetryReason::Http420,
+        RetryReason::Http429,
+        RetryReason::Http499,
+        RetryReason::Http500,
+        RetryReason::Http502,
+        RetryReason::Http503,
+        RetryReason::Http504,
+        RetryReason::Http5xx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Io => "io",
+            RetryReason::Http408 => "http-408",
+            RetryReason::Http409 => "http-409",
+            RetryReason::Http420 => "http-420",
+            RetryReason::Http429 => "http-429",
+            RetryReason::Http499 => "http-499",
+            RetryReason::Http500 => "http-500",
+            RetryReason::Http502 => "http-502",
+            RetryReason::Http503 => "http-503",
+            RetryReason::Http504 => "http-504",
+            RetryReason::Http5xx => "http-5xx",
+        }
+    }
+
+    /// The reason for a retried HTTP status (StateFun retries 408, 409, 420, 429, 499 and
+    /// every 5xx); `None` for a status that is not retried.
+    pub fn of_status(status: u16) -> Option<RetryReason> {
+        Some(match status {
+            408 => RetryReason::Http408,
+            409 => RetryReason::Http409,
+            420 => RetryReason::Http420,
+            429 => RetryReason::Http429,
+            499 => RetryReason::Http499,
+            500 => RetryReason::Http500,
+            502 => RetryReason::Http502,
+            503 => RetryReason::Http503,
+            504 => RetryReason::Http504,
+            s if s >= 500 => RetryReason::Http5xx,
+            _ => return None,
+        })
+    }
 }
 
 /// Exponential back-off: 10 ms doubling, at most 1 s between attempts.
@@ -43,8 +144,10 @@ pub fn backoff(attempt: u32) -> Duration {
 pub struct Invoker {
     /// Counts transient failures that were retried, by function type and reason.
     retries: prometheus::IntCounterVec,
-    /// One client per endpoint of the module, in the module's order.
-    clients: Vec<reqwest::Client>,
+    /// Function types whose retry counters exist (at 0 until a retry).
+    counted: Mutex<HashSet<String>>,
+    /// One transport per endpoint of the module, in the module's order.
+    transports: Vec<Transport>,
 }
 
 impl Invoker {
@@ -52,19 +155,46 @@ impl Invoker {
         module: &Module,
         retries: prometheus::IntCounterVec,
     ) -> Result<Self, reqwest::Error> {
-        let clients = module
+        let transports = module
             .endpoints
             .iter()
-            .map(|ep| {
-                reqwest::Client::builder()
-                    .connect_timeout(ep.connect_timeout)
-                    .pool_idle_timeout(ep.pool_ttl)
-                    .pool_max_idle_per_host(ep.pool_size)
-                    .tcp_nodelay(true)
-                    .build()
-            })
+            .map(Transport::new)
             .collect::<Result<_, _>>()?;
-        Ok(Invoker { retries, clients })
+        let invoker = Invoker {
+            retries,
+            counted: Mutex::new(HashSet::new()),
+            transports,
+        };
+        // The function types known before any message: those an endpoint names exactly and
+        // the ingresses' targets. Types of a namespace endpoint get theirs when first called.
+        let exact = module
+            .endpoints
+            .iter()
+            .filter_map(|ep| match &ep.functions {
+                FunctionSelector::Exact(t) => Some(t),
+                FunctionSelector::Namespace(_) => None,
+            });
+        let targets = module
+            .ingresses
+            .iter()
+            .flat_map(|i| &i.topics)
+            .flat_map(|t| &t.targets)
+            .filter(|t| module.endpoint_for(t).is_some());
+        for t in exact.chain(targets) {
+            invoker.count_retries_of(&t.to_string());
+        }
+        Ok(invoker)
+    }
+
+    /// Makes `function_type`'s retry counters, every reason at 0, once.
+    fn count_retries_of(&self, function_type: &str) {
+        let mut counted = self.counted.lock().expect("counted lock");
+        if counted.insert(function_type.to_string()) {
+            for reason in RetryReason::ALL {
+                self.retries
+                    .with_label_values(&[function_type, reason.as_str()]);
+            }
+        }
     }
 
     /// POSTs one `ToFunction` body to the endpoint serving `function_type`, retrying transient
@@ -77,48 +207,71 @@ impl Invoker {
     ) -> Option<Result<FromFunction, InvokeError>> {
         let (idx, ep) = module.endpoint_index_for(function_type)?;
         let url = ep.url_for(function_type);
-        let retried = self.retries.clone();
         let ftype = function_type.to_string();
-        let count = move |reason: &str| retried.with_label_values(&[&ftype, reason]).inc();
-        Some(
-            self.invoke_endpoint(&self.clients[idx], ep, &url, body, &count)
-                .await,
-        )
+        self.count_retries_of(&ftype);
+        let call = Call {
+            transport: &self.transports[idx],
+            call_timeout: ep.call_timeout,
+            function: &ftype,
+            url: &url,
+            retries: &self.retries,
+        };
+        Some(call.run(bytes::Bytes::from(body)).await)
     }
+}
 
-    async fn invoke_endpoint(
-        &self,
-        client: &reqwest::Client,
-        ep: &HttpEndpoint,
-        url: &str,
-        body: Vec<u8>,
-        count_retry: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<FromFunction, InvokeError> {
-        let body = bytes::Bytes::from(body);
+/// One call: attempts and retries within the endpoint's call timeout.
+struct Call<'a> {
+    transport: &'a Transport,
+    call_timeout: Duration,
+    function: &'a str,
+    url: &'a str,
+    retries: &'a prometheus::IntCounterVec,
+}
+
+impl Call<'_> {
+    async fn run(&self, body: bytes::Bytes) -> Result<FromFunction, InvokeError> {
+        let call_timeout = self.call_timeout;
         let started = Instant::now();
         let mut attempt = 0u32;
+        // The last attempt that failed on its own: when the call timeout cuts the next one
+        // short, this says why the call kept failing.
+        let mut failed: Option<String> = None;
         loop {
             attempt += 1;
-            let remaining = ep.call_timeout.saturating_sub(started.elapsed());
-            let last = match self.attempt(client, url, body.clone(), remaining).await {
-                Ok(reply) => return Ok(reply),
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Transient { reason, why }) => {
-                    count_retry(&reason);
-                    why
+            let remaining = call_timeout.saturating_sub(started.elapsed());
+            let outcome = tokio::time::timeout(remaining, self.attempt(body.clone())).await;
+            let (reason, last) = match outcome {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(Attempt::Fatal(e))) => return Err(e),
+                Ok(Err(Attempt::Transient { reason, why })) => {
+                    failed = Some(why.clone());
+                    (reason, why)
                 }
+                Err(_) => (
+                    RetryReason::Timeout,
+                    match &failed {
+                        Some(why) => format!(
+                            "{why} (then an attempt ran into the call timeout, {call_timeout:?})"
+                        ),
+                        None => format!("no reply within the call timeout ({call_timeout:?})"),
+                    },
+                ),
             };
+            self.retries
+                .with_label_values(&[self.function, reason.as_str()])
+                .inc();
             let pause = backoff(attempt - 1);
-            if started.elapsed() + pause >= ep.call_timeout {
+            if started.elapsed() + pause >= call_timeout {
                 return Err(InvokeError::Exhausted {
-                    url: url.to_string(),
+                    url: self.url.to_string(),
                     attempts: attempt,
                     elapsed: started.elapsed(),
                     last,
                 });
             }
             tracing::debug!(
-                url,
+                url = self.url,
                 attempt,
                 "transient failure, retrying in {pause:?}: {last}"
             );
@@ -126,48 +279,39 @@ impl Invoker {
         }
     }
 
-    async fn attempt(
-        &self,
-        client: &reqwest::Client,
-        url: &str,
-        body: bytes::Bytes,
-        timeout: Duration,
-    ) -> Result<FromFunction, Attempt> {
-        let resp = client
-            .post(url)
-            .header("Content-Type", "application/octet-stream")
-            .header("Accept", "application/octet-stream")
-            .timeout(timeout.max(Duration::from_millis(1)))
-            .body(body)
-            .send()
+    async fn attempt(&self, body: bytes::Bytes) -> Result<FromFunction, Attempt> {
+        let transient = |reason, why| Attempt::Transient { reason, why };
+        let reply = self
+            .transport
+            .post(self.url, body)
             .await
-            .map_err(|e| Attempt::Transient {
-                reason: "io".into(),
-                why: format!("{e}"),
+            .map_err(|f| match f {
+                Failure::Connect(why) => transient(RetryReason::Connect, why),
+                Failure::Timeout(why) => transient(RetryReason::Timeout, why),
+                Failure::Io(why) => transient(RetryReason::Io, why),
+                Failure::TooLarge { size } => Attempt::Fatal(InvokeError::TooLarge {
+                    function: self.function.to_string(),
+                    url: self.url.to_string(),
+                    size: size.map_or_else(|| "more than that".into(), |n| format!("{n} bytes")),
+                    limit: self.transport.payload_max_bytes(),
+                }),
             })?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| Attempt::Transient {
-            reason: "io".into(),
-            why: format!("reading the reply: {e}"),
-        })?;
+        let status = reply.status;
+        let bytes = reply.body;
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
-            return if is_retryable_status(status) {
-                Err(Attempt::Transient {
-                    reason: format!("http-{status}"),
-                    why: format!("HTTP {status}: {text}"),
-                })
-            } else {
-                Err(Attempt::Fatal(InvokeError::Rejected {
-                    url: url.to_string(),
+            return match RetryReason::of_status(status) {
+                Some(reason) => Err(transient(reason, format!("HTTP {status}: {text}"))),
+                None => Err(Attempt::Fatal(InvokeError::Rejected {
+                    url: self.url.to_string(),
                     status,
                     body: text,
-                }))
+                })),
             };
         }
         FromFunction::decode(bytes.as_ref()).map_err(|e| {
             Attempt::Fatal(InvokeError::Garbage {
-                url: url.to_string(),
+                url: self.url.to_string(),
                 err: e.to_string(),
             })
         })
@@ -175,34 +319,13 @@ impl Invoker {
 }
 
 enum Attempt {
-    /// `reason` labels the retry metric: `io` or `http-<status>`.
+    /// `reason` labels the retry metric.
     Transient {
-        reason: String,
+        reason: RetryReason,
         why: String,
     },
     Fatal(InvokeError),
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statefun_retry_statuses() {
-        for s in [408, 409, 420, 429, 499, 500, 502, 503, 599] {
-            assert!(is_retryable_status(s), "{s}");
-        }
-        for s in [400, 401, 403, 404, 413, 422] {
-            assert!(!is_retryable_status(s), "{s}");
-        }
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(10));
-        assert_eq!(backoff(1), Duration::from_millis(20));
-        assert_eq!(backoff(6), Duration::from_millis(640));
-        assert_eq!(backoff(7), Duration::from_secs(1));
-        assert_eq!(backoff(40), Duration::from_secs(1));
-    }
-}
+mod tests;

@@ -12,6 +12,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 mod errors;
+pub mod lag;
 pub use errors::is_fenced;
 pub(crate) use errors::{class_of, first_refused, is_refused_topic, ErrorClass, TxnClock};
 

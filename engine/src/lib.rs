@@ -12,7 +12,8 @@
 //! - [`partition`]: a partition of `<cluster>-messages`: the Kafka task and the pure core
 //!   (admission, requests, effects, parking, timers, idempotency keys), one transaction per
 //!   epoch.
-//! - [`invoker`]: HTTP calls to function endpoints, StateFun's retry policy.
+//! - [`invoker`]: HTTP calls to function endpoints: StateFun's transport settings and retry
+//!   policy.
 //! - [`store`]: a partition's state: sled checkpoint + the epoch's overlay.
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).

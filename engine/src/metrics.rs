@@ -1,5 +1,12 @@
 //! Every metric the engine exports, in one place: names, help texts and labels. The admin
 //! server renders [`Metrics::registry`] at `/metrics` in Prometheus text format.
+//!
+//! Counters whose labels take a fixed set of values are exported at 0 from the start, so a
+//! dashboard or an alert sees 0 rather than no data: `dead_letters_total{reason}` for every
+//! [`DeadLetterKind`](crate::dead_letter::DeadLetterKind) (here), and
+//! `invocation_retries_total{function_type, reason}` for every
+//! [`RetryReason`](crate::invoker::RetryReason) of every function type the module names (by
+//! the invoker, which knows the module; a type of a namespace endpoint when first called).
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
@@ -12,10 +19,11 @@ pub struct Metrics {
     pub ingress_records: IntCounterVec,
     /// Bytes of ingress record values routed, by topic.
     pub ingress_bytes: IntCounterVec,
-    /// Records between a partition task's position and the end of its input, by topic and
-    /// partition (librdkafka's view, refreshed every few seconds).
+    /// Records of an input the worker can read and has not read yet, by topic and partition
+    /// (from librdkafka's statistics every few seconds: `kafka::lag::lag_of`).
     pub consumer_lag: IntGaugeVec,
-    /// Requests to functions retried after a transient failure, by function type and reason.
+    /// Requests to functions retried after a transient failure, by function type and reason
+    /// (`invoker::RetryReason`, a fixed set).
     pub invocation_retries: IntCounterVec,
     /// Messages delivered to functions, by function type.
     pub invocations: IntCounterVec,

@@ -96,15 +96,17 @@ pub struct HttpEndpoint {
     pub call_timeout: Duration,
     /// `transport.connect` / `transport.timeouts.connect`.
     pub connect_timeout: Duration,
-    /// `transport.timeouts.read`: the longest silence while reading a reply.
+    /// `transport.timeouts.read`: the longest wait for the reply once the request is sent, and
+    /// between its chunks.
     pub read_timeout: Duration,
     /// `transport.timeouts.write`: the longest stall while writing a request.
     pub write_timeout: Duration,
-    /// `transport.pool_ttl` (default 15 s): how long an idle pooled connection is kept.
+    /// `transport.pool_ttl` (default 15 s): the longest life of a pooled connection.
     pub pool_ttl: Duration,
-    /// `transport.pool_size` (default 1024): the most pooled connections.
+    /// `transport.pool_size` (default 1024): the most requests in flight to the endpoint at once
+    /// (so the most connections in use).
     pub pool_size: usize,
-    /// `transport.payload_max_bytes` (default 32 MiB): the largest request or reply body.
+    /// `transport.payload_max_bytes` (default 32 MiB): the largest reply body.
     pub payload_max_bytes: usize,
 }
 

@@ -41,22 +41,18 @@ const RECORD_OVERHEAD: usize = 128;
 type Key = (String, i32);
 type Delivery = KafkaResult<OwnedMessage>;
 
-/// Sets each owned partition's `keyflow_consumer_lag` from the consumer's statistics.
+/// Sets each owned partition's `keyflow_consumer_lag` from the consumer's statistics (the
+/// rule: [`crate::kafka::lag::lag_of`]).
 pub(crate) struct ReaderContext {
     lags: Mutex<HashMap<Key, prometheus::IntGauge>>,
 }
 
 impl rdkafka::ClientContext for ReaderContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let lags = self.lags.lock().expect("lags");
-        for (topic, t) in &statistics.topics {
-            for p in t.partitions.values() {
-                if p.partition < 0 || p.consumer_lag < 0 {
-                    continue;
-                }
-                if let Some(g) = lags.get(&(topic.clone(), p.partition)) {
-                    g.set(p.consumer_lag);
-                }
+        let gauges = self.lags.lock().expect("lags");
+        for (topic, partition, lag) in crate::kafka::lag::lags(&statistics) {
+            if let Some(g) = gauges.get(&(topic.to_string(), partition)) {
+                g.set(lag);
             }
         }
     }

@@ -300,9 +300,10 @@ fn bad_records_go_to_dead_letters_and_nothing_stops() {
         Some(8.0),
         "{m}"
     );
-    // The down endpoint was retried (connection refused: `io`), the picky one too (HTTP 500).
+    // The down endpoint was retried (connection refused: `connect`), the picky one too (HTTP
+    // 500).
     assert!(
-        metric_matching(&m, "keyflow_invocation_retries_total", "reason=\"io\"") > 0.0,
+        metric_matching(&m, "keyflow_invocation_retries_total", "reason=\"connect\"") > 0.0,
         "{m}"
     );
     assert!(

@@ -15,7 +15,6 @@ use super::egress::EgressKind;
 use super::outbox::{Invocation, Response};
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::{Envelope, RegisteredSpecs};
-use crate::invoker::InvokeError;
 use crate::module::{TypeName, PLAYGROUND_EGRESS_ID};
 use crate::now_ms;
 
@@ -85,12 +84,7 @@ impl PartitionCore {
         }
         match result.map(|r| r.response) {
             Err(e) => {
-                let kind = match e {
-                    InvokeError::Rejected { .. } => DeadLetterKind::FunctionRejected,
-                    InvokeError::Exhausted { .. } => DeadLetterKind::FunctionUnavailable,
-                    InvokeError::Garbage { .. } => DeadLetterKind::FunctionGarbage,
-                };
-                self.dead_letter_batch(&batch, kind, &e.to_string())?;
+                self.dead_letter_batch(&batch, e.dead_letter_kind(), &e.to_string())?;
             }
             Ok(None) => {}
             Ok(Some(from_function::Response::IncompleteInvocationContext(ctx))) => {
