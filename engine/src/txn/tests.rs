@@ -190,6 +190,10 @@ async fn an_epoch_given_up_before_it_took_its_grant_holds_no_transaction() {
         let (txn, a) = (txn.clone(), who(0));
         async move { txn.commit(&a, vec![]).await }
     });
+    // The commit request has reached the coordinator once it asks the open epochs to close.
+    tokio::time::timeout(Duration::from_secs(10), txn.closing(1))
+        .await
+        .expect("the first commit asks the open epochs to close");
     let late = who(2);
     let mut given_up = Box::pin(txn.begin(&late, false));
     let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
