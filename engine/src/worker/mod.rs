@@ -483,3 +483,46 @@ async fn bind_ingress(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn egress(properties: &str) -> Module {
+        let yaml = format!(
+            "kind: io.statefun.kafka.v1/egress\nspec:\n  id: t/out\n  address: k:9092\n  \
+             properties:\n{properties}"
+        );
+        Module::parse(&yaml, "module.yaml", &|_| None).unwrap()
+    }
+
+    fn engine(props: &[(&str, &str)]) -> kafka::Connection {
+        let props = props
+            .iter()
+            .map(|(k, v)| ("flag".to_string(), k.to_string(), v.to_string()))
+            .collect();
+        kafka::Connection::new("k:9092", props).unwrap()
+    }
+
+    #[test]
+    fn egress_security_properties_must_repeat_the_engines() {
+        let sasl = engine(&[("security.protocol", "SASL_SSL")]);
+        let same = egress("    - security.protocol: SASL_SSL\n    - acks: all\n");
+        assert!(check_egress_properties(&same, &sasl).is_ok());
+        let other = egress("    - security.protocol: SSL\n");
+        let err = check_egress_properties(&other, &sasl)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("egress `t/out` sets `security.protocol=SSL`")
+                && err.contains("`SASL_SSL`")
+                && err.contains("--kafka-property security.protocol="),
+            "{err}"
+        );
+        let secret = egress("    - sasl.password: hunter2\n");
+        let err = check_egress_properties(&secret, &engine(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unset") && !err.contains("hunter2"), "{err}");
+    }
+}

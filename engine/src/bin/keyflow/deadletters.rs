@@ -116,13 +116,10 @@ pub struct ReplayArgs {
 }
 
 pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
-    let cluster = match &args.command {
-        DeadLettersCommand::List(a) => &a.cluster,
-        DeadLettersCommand::Show(a) => &a.cluster,
-        DeadLettersCommand::Replay(a) => &a.cluster,
-    };
-    // Once, before any reading: a refused password fails here, with its reason.
-    cluster.broker.connect().await?;
+    let (DeadLettersCommand::List(ListArgs { cluster, .. })
+    | DeadLettersCommand::Show(ShowArgs { cluster, .. })
+    | DeadLettersCommand::Replay(ReplayArgs { cluster, .. })) = &args.command;
+    cluster.broker.connect().await?; // once: a refused password fails here, with its reason
     match args.command {
         DeadLettersCommand::List(a) => list(a).await,
         DeadLettersCommand::Show(a) => show(a).await,
