@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::kafka::{Connection, PropertyError};
+
 #[derive(Debug, Clone, Args)]
 pub struct EngineConfig {
     /// A YAML file of settings: keys are these flags' names (`commit-interval: 20ms`).
@@ -42,6 +44,9 @@ pub struct EngineConfig {
     /// `address` in module.yaml, else 127.0.0.1:9092.
     #[arg(long, env = "KEYFLOW_BOOTSTRAP")]
     pub bootstrap: Option<String>,
+
+    #[command(flatten)]
+    pub kafka: KafkaProperties,
 
     /// Longest time an epoch takes input before it commits (e.g. `50ms`, `1s`). An idle
     /// partition commits at once.
@@ -181,6 +186,63 @@ pub struct EngineConfig {
     /// How often expired state is swept from the store (it is never served before that).
     #[arg(long, env = "KEYFLOW_EXPIRY_SWEEP", default_value = "10s", value_parser = parse_duration)]
     pub expiry_sweep: Duration,
+}
+
+/// librdkafka properties for every Kafka client (security settings above all): README,
+/// "Kafka security". Later sources win: the file, then the list, then each `--kafka-property`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KafkaProperties {
+    /// A librdkafka property for every Kafka client, as KEY=VALUE (repeatable), e.g.
+    /// `security.protocol=SASL_SSL`. Settings the engine controls (isolation.level,
+    /// transactional.id, enable.idempotence, group.id, ...) are refused.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_kafka_property)]
+    pub kafka_property: Vec<(String, String)>,
+
+    /// Several properties in one value: KEY=VALUE entries separated by newlines, or by commas
+    /// (a comma starts a new entry only when `key=` follows it, so `debug=broker,security`
+    /// stays one entry). In the --config file: a mapping of keys to values.
+    #[arg(
+        long,
+        env = "KEYFLOW_KAFKA_PROPERTIES",
+        value_name = "LIST",
+        hide_env_values = true
+    )]
+    pub kafka_properties: Option<String>,
+
+    /// A Java .properties file of client properties (`key=value` lines, `#` comments), like
+    /// the `--command-config` file of Kafka's own tools (librdkafka's names).
+    #[arg(long, env = "KEYFLOW_KAFKA_PROPERTIES_FILE", value_name = "PATH")]
+    pub kafka_properties_file: Option<PathBuf>,
+}
+
+fn parse_kafka_property(s: &str) -> Result<(String, String), String> {
+    crate::kafka::parse_property(s).map_err(|s| format!("`{s}` is not KEY=VALUE"))
+}
+
+impl KafkaProperties {
+    /// The connection every client of this process uses: `bootstrap` with these properties,
+    /// checked (reserved and unknown keys refused) but not yet tried against the cluster.
+    pub fn connection(&self, bootstrap: &str) -> Result<Connection, PropertyError> {
+        let mut all = Vec::new();
+        if let Some(path) = &self.kafka_properties_file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|err| PropertyError::File {
+                path: shown.clone(),
+                err,
+            })?;
+            all.extend(crate::kafka::parse_properties_file(&shown, &text)?);
+        }
+        if let Some(list) = &self.kafka_properties {
+            all.extend(crate::kafka::parse_properties_list(
+                "--kafka-properties (KEYFLOW_KAFKA_PROPERTIES)",
+                list,
+            )?);
+        }
+        for (k, v) in &self.kafka_property {
+            all.push(("--kafka-property".to_string(), k.clone(), v.clone()));
+        }
+        Connection::new(bootstrap, all)
+    }
 }
 
 /// Where the HTTP ingress listens.
@@ -325,6 +387,21 @@ fn config_settings(text: &str) -> Result<Vec<(String, String, String)>, String> 
             ));
         };
         let value = match value {
+            // The one setting that is a mapping: as KEYFLOW_KAFKA_PROPERTIES, one per line.
+            serde_norway::Value::Mapping(m) if key == "kafka-properties" => {
+                let mut lines = Vec::new();
+                for (k, v) in m {
+                    match (scalar(&k), scalar(&v)) {
+                        (Some(k), Some(v)) => lines.push(format!("{k}={v}")),
+                        _ => {
+                            return Err(format!(
+                                "`kafka-properties` must map property names to strings, numbers or booleans, not {k:?}: {v:?}"
+                            ))
+                        }
+                    }
+                }
+                lines.join("\n")
+            }
             serde_norway::Value::String(s) => s,
             serde_norway::Value::Number(n) => n.to_string(),
             serde_norway::Value::Bool(b) => b.to_string(),
@@ -337,6 +414,15 @@ fn config_settings(text: &str) -> Result<Vec<(String, String, String)>, String> 
         out.push((key, env.clone(), value));
     }
     Ok(out)
+}
+
+fn scalar(v: &serde_norway::Value) -> Option<String> {
+    match v {
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
 }
 
 /// Parses `250ms`, `2s`, `1min`, `1h` or a bare number of milliseconds.
@@ -408,6 +494,37 @@ mod tests {
             "{err}"
         );
         assert!(config_settings("- a\n- b").unwrap_err().contains("mapping"));
+    }
+
+    #[test]
+    fn config_file_kafka_properties_are_a_mapping() {
+        let got = config_settings(
+            "kafka-properties:\n  security.protocol: SASL_SSL\n  sasl.mechanism: SCRAM-SHA-512\n  debug: broker,security\nkafka-properties-file: /etc/keyflow/kafka.properties\n",
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "kafka-properties".into(),
+                    "KEYFLOW_KAFKA_PROPERTIES".into(),
+                    "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\ndebug=broker,security".into()
+                ),
+                (
+                    "kafka-properties-file".into(),
+                    "KEYFLOW_KAFKA_PROPERTIES_FILE".into(),
+                    "/etc/keyflow/kafka.properties".into()
+                ),
+            ]
+        );
+        let props = KafkaProperties {
+            kafka_properties: Some(got[0].2.clone()),
+            kafka_property: vec![("security.protocol".into(), "SASL_PLAINTEXT".into())],
+            kafka_properties_file: None,
+        };
+        let conn = props.connection("127.0.0.1:9092").unwrap();
+        assert_eq!(conn.property("security.protocol"), Some("SASL_PLAINTEXT"));
+        assert_eq!(conn.property("debug"), Some("broker,security"));
     }
 
     #[test]

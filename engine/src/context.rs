@@ -28,7 +28,7 @@ pub struct Shared {
     /// An `Arc`: a partition task can hold the module without the rest of `Shared`.
     pub module: Arc<Module>,
     /// The one Kafka cluster of this engine (transactions cannot span clusters).
-    pub bootstrap: String,
+    pub kafka: kafka::Connection,
     pub invoker: Invoker,
     pub metrics: Metrics,
     /// For at-least-once and fire-and-forget egress and HTTP ingress messages: made on first
@@ -70,7 +70,7 @@ impl Shared {
     /// other client of the worker was already made with.)
     pub fn plain(&self) -> &FutureProducer {
         self.plain.get_or_init(|| {
-            kafka::plain_producer(&self.bootstrap, self.txn_timeout)
+            kafka::plain_producer(&self.kafka, self.txn_timeout)
                 .expect("the worker's Kafka settings make clients")
         })
     }
@@ -126,9 +126,9 @@ impl Shared {
             exact_partitions: false,
             retention: None,
         };
-        kafka::ensure_topics(&self.bootstrap, &[spec], self.cfg.replication_factor).await?;
+        kafka::ensure_topics(&self.kafka, &[spec], self.cfg.replication_factor).await?;
         // Best effort: without DescribeConfigs the broker's default stays the limit.
-        match kafka::max_message_bytes(&self.bootstrap, &[topic]).await {
+        match kafka::max_message_bytes(&self.kafka, &[topic]).await {
             Ok(max) => {
                 if let Some(&max) = max.first() {
                     self.limits.learn_egress(topic, max);

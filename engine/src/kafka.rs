@@ -11,8 +11,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
+mod connection;
 mod errors;
 pub mod lag;
+pub use connection::{
+    check as check_connection, is_security_property, parse_properties_file, parse_properties_list,
+    parse_property, ConnectError, Connection, PropertyError, RESERVED,
+};
 pub use errors::is_fenced;
 pub(crate) use errors::{class_of, first_refused, is_refused_topic, ErrorClass, TxnClock};
 
@@ -59,22 +64,16 @@ pub enum TopicError {
     Kafka(#[from] KafkaError),
 }
 
-/// Settings every client of the engine shares.
-pub fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("socket.nagle.disable", "true")
-        // Only 127.0.0.1 brokers in tests: fail over to a restarted broker quickly.
-        .set("reconnect.backoff.max.ms", "1000")
-        .set("log_level", "4");
-    c
+/// Settings every client of the engine shares: [`Connection::config`].
+pub fn client_config(kafka: &Connection) -> ClientConfig {
+    kafka.config()
 }
 
 /// A reader's consumer (`reader.rs`): read_committed, positions set by the tasks (never
 /// committed by the consumer), fetches answered within 10 ms, statistics for the lag gauges.
 /// `group` only names whose committed offsets a lookup reads.
-pub fn reader_config(bootstrap: &str, group: &str, offset_reset: &str) -> ClientConfig {
-    let mut c = client_config(bootstrap);
+pub fn reader_config(kafka: &Connection, group: &str, offset_reset: &str) -> ClientConfig {
+    let mut c = client_config(kafka);
     reader_settings(&mut c, group, offset_reset);
     c
 }
@@ -92,12 +91,12 @@ pub fn reader_settings(c: &mut ClientConfig, group: &str, offset_reset: &str) {
 
 /// A transactional producer: idempotent, low linger, one `transactional.id`.
 pub fn transactional_producer(
-    bootstrap: &str,
+    kafka: &Connection,
     transactional_id: &str,
     txn_timeout: Duration,
 ) -> Result<FutureProducer, KafkaError> {
     let txn_ms = txn_timeout.as_millis().clamp(1_000, 900_000);
-    client_config(bootstrap)
+    client_config(kafka)
         .set("transactional.id", transactional_id)
         .set("enable.idempotence", "true")
         .set("transaction.timeout.ms", txn_ms.to_string())
@@ -122,17 +121,17 @@ pub fn transactional_producer(
 /// `txn_timeout` is the partitions' transaction timeout: an epoch awaits its at-least-once
 /// deliveries inside its open transaction.
 pub fn plain_producer(
-    bootstrap: &str,
+    kafka: &Connection,
     txn_timeout: Duration,
 ) -> Result<FutureProducer, KafkaError> {
-    plain_producer_config(bootstrap, txn_timeout).create()
+    plain_producer_config(kafka, txn_timeout).create()
 }
 
-fn plain_producer_config(bootstrap: &str, txn_timeout: Duration) -> ClientConfig {
+fn plain_producer_config(kafka: &Connection, txn_timeout: Duration) -> ClientConfig {
     // A delivery that cannot finish in half the transaction's time fails the epoch (which is
     // replayed: at-least-once) before the broker would abort the transaction under it.
     let delivery_ms = (txn_timeout.as_millis() / 2).clamp(500, 300_000);
-    let mut c = client_config(bootstrap);
+    let mut c = client_config(kafka);
     c.set("enable.idempotence", "true")
         .set("message.timeout.ms", delivery_ms.to_string())
         .set("linger.ms", "1")
@@ -145,8 +144,11 @@ fn plain_producer_config(bootstrap: &str, txn_timeout: Duration) -> ClientConfig
 
 /// The `max.message.bytes` of each of `topics`, in order (Kafka's default when a topic's
 /// value cannot be read).
-pub async fn max_message_bytes(bootstrap: &str, topics: &[&str]) -> Result<Vec<usize>, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+pub async fn max_message_bytes(
+    kafka: &Connection,
+    topics: &[&str],
+) -> Result<Vec<usize>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
     let specs: Vec<ResourceSpecifier<'_>> =
         topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
@@ -163,8 +165,8 @@ pub async fn max_message_bytes(bootstrap: &str, topics: &[&str]) -> Result<Vec<u
 }
 
 /// The names of the cluster's topics (Kafka's internal ones left out).
-pub async fn topic_names(bootstrap: &str) -> Result<Vec<String>, TopicError> {
-    let admin = client_config(bootstrap).create::<AdminClient<DefaultClientContext>>()?;
+pub async fn topic_names(kafka: &Connection) -> Result<Vec<String>, TopicError> {
+    let admin = client_config(kafka).create::<AdminClient<DefaultClientContext>>()?;
     let names = blocking(move || {
         admin
             .inner()
@@ -183,8 +185,8 @@ pub async fn topic_names(bootstrap: &str) -> Result<Vec<String>, TopicError> {
 
 /// The broker's `message.max.bytes`: the limit of topics that set none (Kafka's default, with
 /// a warning, when it cannot be read).
-pub async fn broker_max_message_bytes(bootstrap: &str) -> usize {
-    match read_broker_max_message_bytes(bootstrap).await {
+pub async fn broker_max_message_bytes(kafka: &Connection) -> usize {
+    match read_broker_max_message_bytes(kafka).await {
         Ok(n) => n,
         Err(e) => {
             let n = crate::limits::KAFKA_DEFAULT_MAX_MESSAGE_BYTES;
@@ -196,9 +198,9 @@ pub async fn broker_max_message_bytes(bootstrap: &str) -> usize {
     }
 }
 
-async fn read_broker_max_message_bytes(bootstrap: &str) -> Result<usize, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
-    let md_admin = client_config(bootstrap).create::<AdminClient<DefaultClientContext>>()?;
+async fn read_broker_max_message_bytes(kafka: &Connection) -> Result<usize, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let md_admin = client_config(kafka).create::<AdminClient<DefaultClientContext>>()?;
     let broker = blocking(move || {
         md_admin
             .inner()
@@ -242,14 +244,14 @@ pub const DELETE_RETENTION_MS: &str = "86400000";
 /// Creates the topics that are missing and checks the partition counts of those that exist,
 /// and that an existing topic that must be compacted has `cleanup.policy=compact`.
 pub async fn ensure_topics(
-    bootstrap: &str,
+    kafka: &Connection,
     topics: &[TopicSpec],
     replication: i32,
 ) -> Result<(), TopicError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
     let existing = {
-        let bootstrap = bootstrap.to_string();
-        let admin_md = client_config(&bootstrap).create::<AdminClient<DefaultClientContext>>()?;
+        let bootstrap = kafka.bootstrap().to_string();
+        let admin_md = client_config(kafka).create::<AdminClient<DefaultClientContext>>()?;
         blocking(move || {
             admin_md
                 .inner()
@@ -280,7 +282,7 @@ pub async fn ensure_topics(
             None => missing.push(t),
         }
     }
-    check_compacted(&admin, bootstrap, &compacted).await?;
+    check_compacted(&admin, kafka.bootstrap(), &compacted).await?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -322,8 +324,8 @@ pub async fn ensure_topics(
 
 /// The `delete.retention.ms` of a compacted `topic`: how long its tombstones stay readable,
 /// which bounds how old a local checkpoint of it may be (`restore::stale_checkpoint`).
-pub async fn delete_retention(bootstrap: &str, topic: &str) -> Result<Duration, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+pub async fn delete_retention(kafka: &Connection, topic: &str) -> Result<Duration, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
@@ -550,7 +552,7 @@ mod tests {
         // message.timeout.ms (300 s) would let the broker abort the transaction first.
         for secs in [10, 60, 900] {
             let txn = Duration::from_secs(secs);
-            let c = plain_producer_config("127.0.0.1:9092", txn);
+            let c = plain_producer_config(&Connection::plain("127.0.0.1:9092"), txn);
             let ms: u64 = c
                 .get("message.timeout.ms")
                 .unwrap_or("300000")

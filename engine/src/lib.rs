@@ -17,7 +17,8 @@
 //! - [`store`]: a partition's state: sled checkpoint + the epoch's overlay.
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
-//! - [`kafka`]: client settings, transactional producers, topics.
+//! - [`kafka`]: client settings (the user's security properties included), transactional
+//!   producers, topics.
 //! - [`limits`]: how large a record each topic takes (checked before anything is produced).
 //! - [`dead_letter`]: why a record was dead-lettered (`DeadLetterKind`).
 //! - [`replay`]: which dead letters can be replayed, and the record that replays one.

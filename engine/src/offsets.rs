@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::module::{OffsetReset, StartupPosition};
 
-use crate::kafka::{blocking, client_config, QuietEof};
+use crate::kafka::{blocking, client_config, Connection, QuietEof};
 
 /// How long a committed-offset lookup may take (a transaction still committing the position
 /// holds it up to `transaction.timeout.ms`).
@@ -20,12 +20,12 @@ const LOOKUP: Duration = Duration::from_secs(30);
 
 /// The next offset to read of `topic`/`p` committed by group `group` (`None`: none).
 pub(crate) async fn committed_in(
-    bootstrap: &str,
+    kafka: &Connection,
     group: &str,
     topic: &str,
     p: i32,
 ) -> Result<Option<i64>, KafkaError> {
-    let consumer: BaseConsumer<QuietEof> = client_config(bootstrap)
+    let consumer: BaseConsumer<QuietEof> = client_config(kafka)
         .set("group.id", group)
         // read_committed makes librdkafka ask for stable offsets only (KIP-447).
         .set("isolation.level", "read_committed")
@@ -42,16 +42,16 @@ pub(crate) async fn committed_in(
 
 /// The committed position of `topic`/`p`: the members group's, else the `legacy` group's.
 pub(crate) async fn committed(
-    bootstrap: &str,
+    kafka: &Connection,
     members: &str,
     legacy: &str,
     topic: &str,
     p: i32,
 ) -> Result<Option<i64>, KafkaError> {
-    if let Some(o) = committed_in(bootstrap, members, topic, p).await? {
+    if let Some(o) = committed_in(kafka, members, topic, p).await? {
         return Ok(Some(o));
     }
-    let legacy_offset = committed_in(bootstrap, legacy, topic, p).await?;
+    let legacy_offset = committed_in(kafka, legacy, topic, p).await?;
     if let Some(o) = legacy_offset {
         tracing::info!(
             topic,

@@ -68,7 +68,7 @@ pub enum Taken {
 impl Topics {
     /// Starts following every topic of `egress`; the consumers stop at `shutdown`.
     pub fn start(
-        bootstrap: &str,
+        kafka: &kafka::Connection,
         cluster: &str,
         egress: &PlaygroundEgress,
         shutdown: &CancellationToken,
@@ -76,7 +76,7 @@ impl Topics {
         let mut topics = HashMap::new();
         for name in &egress.topics {
             let kafka_topic = PlaygroundEgress::kafka_topic(cluster, name);
-            let consumer: StreamConsumer = kafka::client_config(bootstrap)
+            let consumer: StreamConsumer = kafka::client_config(kafka)
                 .set("group.id", format!("{cluster}-playground"))
                 .set("isolation.level", "read_committed")
                 .set("enable.auto.commit", "false")

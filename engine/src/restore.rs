@@ -16,7 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{blocking, client_config, QuietEof};
+use crate::kafka::{blocking, client_config, Connection, QuietEof};
 use crate::store::{PartitionStore, StoreError};
 
 /// Replay batches: bounded memory, and a checkpoint every this many records.
@@ -87,7 +87,7 @@ pub fn stale_checkpoint(
 /// Replays the changelog tail into `store`; `delete_retention` is the changelog topic's
 /// `delete.retention.ms` (see [`stale_checkpoint`]).
 pub async fn catch_up(
-    bootstrap: &str,
+    kafka: &Connection,
     topic: &str,
     partition: i32,
     store: &PartitionStore,
@@ -117,14 +117,14 @@ pub async fn catch_up(
             from = 0;
         }
     }
-    let (bootstrap, topic_owned) = (bootstrap.to_string(), topic.to_string());
+    let (kafka, topic_owned) = (kafka.clone(), topic.to_string());
     // sled trees are cheap handles onto the same data; the blocking task gets its own.
     let tree_store = store.handle();
-    blocking(move || replay(&bootstrap, &topic_owned, partition, from, &tree_store)).await
+    blocking(move || replay(&kafka, &topic_owned, partition, from, &tree_store)).await
 }
 
 fn replay(
-    bootstrap: &str,
+    kafka: &Connection,
     topic: &str,
     partition: i32,
     from: i64,
@@ -135,7 +135,7 @@ fn replay(
         partition,
         err,
     };
-    let consumer: BaseConsumer<QuietEof> = client_config(bootstrap)
+    let consumer: BaseConsumer<QuietEof> = client_config(kafka)
         .set("group.id", format!("{topic}-restore"))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")

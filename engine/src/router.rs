@@ -112,7 +112,7 @@ impl Router {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
         };
-        let mut cfg = kafka::client_config(&shared.bootstrap);
+        let mut cfg = kafka::client_config(&shared.kafka);
         for (k, v) in &spec.properties {
             cfg.set(k, v);
         }
@@ -125,7 +125,7 @@ impl Router {
             .consumer_lag
             .with_label_values(&[topic, &p.to_string()]);
         let committed = crate::offsets::committed(
-            &shared.bootstrap,
+            &shared.kafka,
             &shared.cfg.members_group(),
             &spec.consumer_group_id,
             topic,
@@ -550,7 +550,7 @@ impl PartitionTask for Router {
 fn callbacks_ingress(shared: &Shared) -> KafkaIngress {
     KafkaIngress {
         id: crate::module::TypeName::new("keyflow.callbacks", "kafka"),
-        address: shared.bootstrap.clone(),
+        address: shared.kafka.bootstrap().to_string(),
         consumer_group_id: shared.cfg.topic_callbacks(),
         topics: Vec::new(),
         startup_position: StartupPosition::Earliest,

@@ -86,16 +86,16 @@ impl WorkerTxn {
     /// same worker id (its open transaction is aborted), then serves the participants until
     /// every handle is dropped.
     pub(crate) async fn start(
-        bootstrap: &str,
+        kafka: &kafka::Connection,
         txn_id: &str,
         timeout: Duration,
         group: GroupSource,
     ) -> Result<Self, KafkaError> {
-        let producer = new_producer(bootstrap, txn_id, timeout).await?;
+        let producer = new_producer(kafka, txn_id, timeout).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (closing_tx, closing) = watch::channel(0);
         let actor = Actor {
-            bootstrap: bootstrap.to_string(),
+            kafka: kafka.clone(),
             txn_id: txn_id.to_string(),
             timeout,
             group,
@@ -304,18 +304,18 @@ fn gone() -> TxnFailed {
 }
 
 async fn new_producer(
-    bootstrap: &str,
+    kafka: &kafka::Connection,
     txn_id: &str,
     timeout: Duration,
 ) -> Result<FutureProducer, KafkaError> {
-    let producer = kafka::transactional_producer(bootstrap, txn_id, timeout)?;
+    let producer = kafka::transactional_producer(kafka, txn_id, timeout)?;
     let pr = producer.clone();
     blocking(move || pr.init_transactions(TXN_CALL_TIMEOUT)).await?;
     Ok(producer)
 }
 
 struct Actor {
-    bootstrap: String,
+    kafka: kafka::Connection,
     txn_id: String,
     timeout: Duration,
     group: GroupSource,
@@ -577,7 +577,7 @@ impl Actor {
         rebuild |= self.producer.client().fatal_error().is_some();
         let mut pause = Duration::from_millis(100);
         while rebuild {
-            match new_producer(&self.bootstrap, &self.txn_id, self.timeout).await {
+            match new_producer(&self.kafka, &self.txn_id, self.timeout).await {
                 Ok(p) => {
                     tracing::info!(txn_id = %self.txn_id, "the worker's transactional producer was rebuilt");
                     self.producer = p;

@@ -227,7 +227,7 @@ pub(super) async fn consume_replies(
 async fn open_replies_consumer(shared: &Shared) -> Result<(crate::reader::Input, i64), KafkaError> {
     let topic = shared.cfg.topic_replies();
     let reader = shared.readers.get(&kafka::reader_config(
-        &shared.bootstrap,
+        &shared.kafka,
         &shared.cfg.cluster,
         "earliest",
     ))?;
@@ -295,10 +295,10 @@ pub(super) async fn get_reply(
             serde_json::json!({ "messageId": message_id, "error": "`from` must be an offset (0 or more)" }),
         );
     }
-    let (bootstrap, topic) = (ing.shared.bootstrap.clone(), ing.shared.cfg.topic_replies());
+    let (kafka, topic) = (ing.shared.kafka.clone(), ing.shared.cfg.topic_replies());
     let group = format!("{}-replies-lookup", ing.shared.cfg.cluster);
     let id = message_id.clone();
-    match blocking(move || find_reply(&bootstrap, &topic, &group, &id, from)).await {
+    match blocking(move || find_reply(&kafka, &topic, &group, &id, from)).await {
         Ok(Lookup::Found(reply)) => {
             ing.replies.remember(&message_id, reply.clone());
             reply_response(&message_id, reply)
@@ -345,13 +345,13 @@ enum LookupError {
 /// Reads partition 0 of `topic` (read_committed) from `from` to its end, looking for the reply
 /// to `message_id`. Blocking: run it via [`blocking`].
 fn find_reply(
-    bootstrap: &str,
+    kafka: &kafka::Connection,
     topic: &str,
     group: &str,
     message_id: &str,
     from: i64,
 ) -> Result<Lookup, LookupError> {
-    let consumer: BaseConsumer<kafka::QuietEof> = kafka::client_config(bootstrap)
+    let consumer: BaseConsumer<kafka::QuietEof> = kafka::client_config(kafka)
         .set("group.id", group)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")

@@ -112,12 +112,12 @@ impl Task {
         // still committing it (a stalled worker) is waited for, so the changelog below holds
         // everything that position stands for.
         let reader = shared.readers.get(&kafka::reader_config(
-            &shared.bootstrap,
+            &shared.kafka,
             &cfg.cluster,
             "earliest",
         ))?;
         let position = match crate::offsets::committed(
-            &shared.bootstrap,
+            &shared.kafka,
             &cfg.members_group(),
             &cfg.cluster,
             &messages,
@@ -131,7 +131,7 @@ impl Task {
 
         let mut store = PartitionStore::open(&shared.db, p)?;
         let restored = restore::catch_up(
-            &shared.bootstrap,
+            &shared.kafka,
             &cfg.topic_state(),
             p,
             &store,

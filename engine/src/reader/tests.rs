@@ -23,10 +23,10 @@ async fn topic_with(name: &str, partitions: i32, records: usize, size: usize) ->
         exact_partitions: true,
         retention: None,
     };
-    kafka::ensure_topics(&bootstrap(), &[spec], 1)
+    kafka::ensure_topics(&kafka::Connection::plain(bootstrap()), &[spec], 1)
         .await
         .expect("topic");
-    let producer: FutureProducer = kafka::client_config(&bootstrap())
+    let producer: FutureProducer = kafka::client_config(&kafka::Connection::plain(bootstrap()))
         .set("linger.ms", "5")
         .create()
         .expect("producer");
@@ -48,7 +48,11 @@ async fn topic_with(name: &str, partitions: i32, records: usize, size: usize) ->
 
 fn reader() -> Reader {
     Reader::start(
-        &kafka::reader_config(&bootstrap(), "reader-tests", "earliest"),
+        &kafka::reader_config(
+            &kafka::Connection::plain(bootstrap()),
+            "reader-tests",
+            "earliest",
+        ),
         "test",
     )
     .expect("reader")

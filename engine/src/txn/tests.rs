@@ -18,7 +18,7 @@ fn bootstrap() -> String {
 }
 
 fn member(group: &str, topic: &str) -> BaseConsumer<QuietEof> {
-    let c: BaseConsumer<QuietEof> = kafka::client_config(&bootstrap())
+    let c: BaseConsumer<QuietEof> = kafka::client_config(&kafka::Connection::plain(bootstrap()))
         .set("group.id", group)
         .set("session.timeout.ms", "6000")
         .set("enable.auto.commit", "false")
@@ -45,7 +45,7 @@ fn generation(c: &BaseConsumer<QuietEof>) -> i32 {
 
 /// The values a read_committed reader sees in `topic` partition 0.
 fn committed_values(topic: &str) -> Vec<String> {
-    let c: BaseConsumer<QuietEof> = kafka::client_config(&bootstrap())
+    let c: BaseConsumer<QuietEof> = kafka::client_config(&kafka::Connection::plain(bootstrap()))
         .set("group.id", "unused")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -84,9 +84,13 @@ async fn a_commit_of_an_ended_generation_is_fenced_by_the_group_and_commits_noth
         exact_partitions: false,
         retention: None,
     };
-    kafka::ensure_topics(&bootstrap(), &[spec(&input), spec(&out)], -1)
-        .await
-        .expect("topics");
+    kafka::ensure_topics(
+        &kafka::Connection::plain(bootstrap()),
+        &[spec(&input), spec(&out)],
+        -1,
+    )
+    .await
+    .expect("topics");
 
     // Worker A joins; its metadata now is what a worker that stalls right here would send.
     let a = member(&group, &input);
@@ -110,7 +114,7 @@ async fn a_commit_of_an_ended_generation_is_fenced_by_the_group_and_commits_noth
             .ok_or_else(|| "no metadata".to_string())
     }));
     let txn = WorkerTxn::start(
-        &bootstrap(),
+        &kafka::Connection::plain(bootstrap()),
         &format!("{run}-w"),
         Duration::from_secs(10),
         source,
@@ -150,15 +154,16 @@ async fn a_commit_of_an_ended_generation_is_fenced_by_the_group_and_commits_noth
         .expect("a live generation commits");
 
     assert_eq!(committed_values(&out), vec!["from-a-member".to_string()]);
-    let offsets = crate::offsets::committed_in(&bootstrap(), &group, &input, 0)
-        .await
-        .expect("committed");
+    let offsets =
+        crate::offsets::committed_in(&kafka::Connection::plain(bootstrap()), &group, &input, 0)
+            .await
+            .expect("committed");
     assert_eq!(offsets, Some(1));
 }
 
 #[test]
 fn a_consumer_that_never_joined_has_no_live_generation() {
-    let c: BaseConsumer<QuietEof> = kafka::client_config(&bootstrap())
+    let c: BaseConsumer<QuietEof> = kafka::client_config(&kafka::Connection::plain(bootstrap()))
         .set("group.id", "never-joined")
         .create_with_context(QuietEof)
         .expect("consumer");
@@ -175,7 +180,7 @@ async fn an_epoch_given_up_before_it_took_its_grant_holds_no_transaction() {
     // waits for it (an isolating one, alone) waits for ever.
     let run = format!("txnleave-{}", crate::now_ms());
     let txn = WorkerTxn::start(
-        &bootstrap(),
+        &kafka::Connection::plain(bootstrap()),
         &format!("{run}-w"),
         Duration::from_secs(10),
         GroupSource::default(),

@@ -73,7 +73,7 @@ impl Membership {
         topics: &[String],
         changes: mpsc::UnboundedSender<Change>,
     ) -> Result<Self, WorkerError> {
-        let mut config = kafka::client_config(&shared.bootstrap);
+        let mut config = kafka::client_config(&shared.kafka);
         if shared.cfg.static_membership {
             config.set(
                 "group.instance.id",

@@ -35,6 +35,12 @@ use membership::{Change, Membership};
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
+    Properties(#[from] kafka::PropertyError),
+    #[error(transparent)]
+    Connect(#[from] kafka::ConnectError),
+    #[error("module.yaml: {0}")]
+    EgressProperties(String),
+    #[error(transparent)]
     Topic(#[from] kafka::TopicError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -88,6 +94,11 @@ pub async fn run(
             tracing::warn!("module.yaml names Kafka at `{addr}` but the engine uses `{bootstrap}` for everything: one engine, one Kafka cluster (transactions cannot span clusters)");
         }
     }
+    let kafka = cfg.kafka.connection(&bootstrap)?;
+    check_egress_properties(&module, &kafka)?;
+    let check = kafka.clone();
+    kafka::blocking(move || kafka::check_connection(&check, CONNECT_TIMEOUT)).await?;
+    tracing::info!(listener = %kafka.describe(), "connected to Kafka");
     let worker_id = cfg.worker_id();
     let n = cfg.partition_count();
 
@@ -150,15 +161,15 @@ pub async fn run(
         }
     }
     topics.extend(playground::topics(&module, &cfg.cluster));
-    kafka::ensure_topics(&bootstrap, &topics, cfg.replication_factor).await?;
-    let state_delete_retention = kafka::delete_retention(&bootstrap, &cfg.topic_state()).await?;
+    kafka::ensure_topics(&kafka, &topics, cfg.replication_factor).await?;
+    let state_delete_retention = kafka::delete_retention(&kafka, &cfg.topic_state()).await?;
     tracing::info!(
         topic = %cfg.topic_state(),
         delete_retention_ms = state_delete_retention.as_millis() as u64,
         max_checkpoint_age_s = crate::restore::max_checkpoint_age(state_delete_retention).as_secs(),
         "local checkpoints older than max_checkpoint_age_s are replayed from the changelog's start"
     );
-    let limits = learn_limits(&bootstrap, &cfg).await?;
+    let limits = learn_limits(&kafka, &cfg).await?;
 
     let data = cfg.data_dir.join(&worker_id);
     let db = sled::Config::new()
@@ -189,7 +200,7 @@ pub async fn run(
     // Fences an earlier process with this worker id (its open transaction is aborted)
     // before this one joins the group.
     let txn_id = format!("{}-w-{worker_id}", cfg.cluster);
-    let txn = crate::txn::WorkerTxn::start(&bootstrap, &txn_id, txn_timeout, group.clone()).await?;
+    let txn = crate::txn::WorkerTxn::start(&kafka, &txn_id, txn_timeout, group.clone()).await?;
     tracing::info!(transactional_id = %txn_id, timeout = ?txn_timeout, "the worker's transactional producer is ready");
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::http::tls::acceptor(cert, key)?),
@@ -212,7 +223,7 @@ pub async fn run(
         opening: tokio::sync::Semaphore::new(crate::context::OPENING_AT_ONCE),
         phases: Default::default(),
         assigned_at: Mutex::new(None),
-        bootstrap,
+        kafka,
         module: Arc::new(module),
         cfg,
     });
@@ -313,6 +324,49 @@ pub async fn run(
     Ok(())
 }
 
+/// How long the start waits for the cluster's first answer (a refused password or
+/// certificate ends the wait at once).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Every egress record goes through the worker's own producers (exactly-once ones through its
+/// one transactional producer), so an egress's `properties` cannot configure a producer of
+/// its own as in StateFun: security settings must match the engine's (one cluster, one
+/// identity), anything else is ignored with a warning.
+fn check_egress_properties(module: &Module, kafka: &kafka::Connection) -> Result<(), WorkerError> {
+    for egress in &module.egresses {
+        let id = &egress.id;
+        let mut ignored = Vec::new();
+        for (key, value) in &egress.properties {
+            if !kafka::is_security_property(key) {
+                ignored.push(key.as_str());
+                continue;
+            }
+            match kafka.property(key) {
+                Some(v) if v == value => {}
+                engine => {
+                    let engine = engine.map_or("unset".to_string(), |v| format!("`{v}`"));
+                    let shown = if key.contains("password") {
+                        "***"
+                    } else {
+                        value.as_str()
+                    };
+                    return Err(WorkerError::EgressProperties(format!(
+                        "egress `{id}` sets `{key}={shown}` but the engine's Kafka clients have it {engine}: every egress record goes through the worker's own producers, so security settings are given once, to the engine (--kafka-property {key}=..., or --kafka-properties-file), and an egress may only repeat them"
+                    )));
+                }
+            }
+        }
+        if !ignored.is_empty() {
+            tracing::warn!(
+                egress = %id,
+                "egress properties {} are not applied: every egress record goes through the worker's own producers (exactly-once ones through its one transactional producer); set producer properties for all of them with --kafka-property",
+                ignored.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Drops the local checkpoint of partition `p`, given up to another worker: whatever that
 /// worker deletes may reach the changelog only as tombstones that compaction removes, so this
 /// checkpoint could bring deleted state back if the partition returns (docs/design.md,
@@ -340,8 +394,11 @@ async fn drop_checkpoint(shared: &Arc<Shared>, p: i32) {
 
 /// The largest record each engine topic takes (limits.rs), from the broker's configs, and the
 /// HTTP body limit that follows: `--max-request-bytes` never exceeds what fits an envelope.
-async fn learn_limits(bootstrap: &str, cfg: &EngineConfig) -> Result<Limits, WorkerError> {
-    let broker = kafka::broker_max_message_bytes(bootstrap).await;
+async fn learn_limits(
+    kafka: &kafka::Connection,
+    cfg: &EngineConfig,
+) -> Result<Limits, WorkerError> {
+    let broker = kafka::broker_max_message_bytes(kafka).await;
     let names = [
         cfg.topic_messages(),
         cfg.topic_state(),
@@ -349,7 +406,7 @@ async fn learn_limits(bootstrap: &str, cfg: &EngineConfig) -> Result<Limits, Wor
         cfg.topic_dead_letters(),
     ];
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let max = kafka::max_message_bytes(bootstrap, &refs).await?;
+    let max = kafka::max_message_bytes(kafka, &refs).await?;
     let mut limits = Limits::uniform(broker);
     limits.messages = record_limit(max[0]);
     limits.state = record_limit(max[1]);
@@ -357,10 +414,10 @@ async fn learn_limits(bootstrap: &str, cfg: &EngineConfig) -> Result<Limits, Wor
     limits.dead_letters = record_limit(max[3]);
     // Egress topics are named per record; those that exist already are learned now, so a
     // topic with a larger limit than the broker's default takes its first large record.
-    let known = match kafka::topic_names(bootstrap).await {
+    let known = match kafka::topic_names(kafka).await {
         Ok(all) => {
             let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            kafka::max_message_bytes(bootstrap, &refs)
+            kafka::max_message_bytes(kafka, &refs)
                 .await
                 .map(|max| all.into_iter().zip(max).collect::<Vec<_>>())
         }
@@ -424,5 +481,48 @@ async fn bind_ingress(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn egress(properties: &str) -> Module {
+        let yaml = format!(
+            "kind: io.statefun.kafka.v1/egress\nspec:\n  id: t/out\n  address: k:9092\n  \
+             properties:\n{properties}"
+        );
+        Module::parse(&yaml, "module.yaml", &|_| None).unwrap()
+    }
+
+    fn engine(props: &[(&str, &str)]) -> kafka::Connection {
+        let props = props
+            .iter()
+            .map(|(k, v)| ("flag".to_string(), k.to_string(), v.to_string()))
+            .collect();
+        kafka::Connection::new("k:9092", props).unwrap()
+    }
+
+    #[test]
+    fn egress_security_properties_must_repeat_the_engines() {
+        let sasl = engine(&[("security.protocol", "SASL_SSL")]);
+        let same = egress("    - security.protocol: SASL_SSL\n    - acks: all\n");
+        assert!(check_egress_properties(&same, &sasl).is_ok());
+        let other = egress("    - security.protocol: SSL\n");
+        let err = check_egress_properties(&other, &sasl)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("egress `t/out` sets `security.protocol=SSL`")
+                && err.contains("`SASL_SSL`")
+                && err.contains("--kafka-property security.protocol="),
+            "{err}"
+        );
+        let secret = egress("    - sasl.password: hunter2\n");
+        let err = check_egress_properties(&secret, &engine(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unset") && !err.contains("hunter2"), "{err}");
     }
 }

@@ -54,7 +54,7 @@ pub(super) async fn start(
     }
     if let Some(egress) = &module.playground_egress {
         let listener = bind(shared, "egress", SocketAddr::new(ip, egress.port)).await?;
-        let topics = Topics::start(&shared.bootstrap, &shared.cfg.cluster, egress, shutdown)?;
+        let topics = Topics::start(&shared.kafka, &shared.cfg.cluster, egress, shutdown)?;
         tasks.push(tokio::spawn(serve_egress(
             listener,
             Arc::new(topics),

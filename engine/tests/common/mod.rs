@@ -204,11 +204,12 @@ impl Engine {
             worker_id.into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
-            "--bootstrap".into(),
-            bootstrap(),
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
         ];
+        if !extra.contains(&"--bootstrap") {
+            args.extend(["--bootstrap".to_string(), bootstrap()]);
+        }
         let ingress_port = match extra.iter().position(|a| *a == "--ingress-addr") {
             Some(i) => extra[i + 1]
                 .rsplit(':')

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use keyflow_engine::config::parse_duration;
-use keyflow_engine::kafka::{self, TopicSpec};
+use keyflow_engine::kafka::{self, Connection, TopicSpec};
 use keyflow_engine::replay::{self, NotReplayable};
 
 use crate::tools::{
@@ -116,6 +116,10 @@ pub struct ReplayArgs {
 }
 
 pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
+    let (DeadLettersCommand::List(ListArgs { cluster, .. })
+    | DeadLettersCommand::Show(ShowArgs { cluster, .. })
+    | DeadLettersCommand::Replay(ReplayArgs { cluster, .. })) = &args.command;
+    cluster.broker.connect().await?; // once: a refused password fails here, with its reason
     match args.command {
         DeadLettersCommand::List(a) => list(a).await,
         DeadLettersCommand::Show(a) => show(a).await,
@@ -199,13 +203,14 @@ fn since_ms(f: &Filters) -> anyhow::Result<Option<i64>> {
 
 /// Reads `topic` (read_committed) from `start_ms` (or its beginning) to its current end.
 async fn read_topic(
-    bootstrap: &str,
+    kafka: &Connection,
     topic: &str,
     start_ms: Option<i64>,
     progress: &str,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let context = ToolContext::default();
-    let consumer: StreamConsumer<ToolContext> = tool_config(bootstrap)
+    let bootstrap = kafka.bootstrap();
+    let consumer: StreamConsumer<ToolContext> = tool_config(kafka)
         .set("group.id", format!("keyflow-cli-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -282,9 +287,10 @@ async fn read_topic(
     Ok(out)
 }
 
-async fn topic_exists(bootstrap: &str, topic: &str) -> anyhow::Result<bool> {
+async fn topic_exists(kafka: &Connection, topic: &str) -> anyhow::Result<bool> {
+    let bootstrap = kafka.bootstrap();
     let context = ToolContext::default();
-    let client: rdkafka::consumer::BaseConsumer<ToolContext> = tool_config(bootstrap)
+    let client: rdkafka::consumer::BaseConsumer<ToolContext> = tool_config(kafka)
         .create_with_context(context.clone())
         .context("creating the Kafka client")?;
     let t = topic.to_string();
@@ -298,7 +304,13 @@ async fn topic_exists(bootstrap: &str, topic: &str) -> anyhow::Result<bool> {
 async fn dead_letters(c: &ClusterArgs, filters: &Filters) -> anyhow::Result<Vec<DeadLetter>> {
     let since = since_ms(filters)?;
     let topic = format!("{}-deadletters", c.cluster);
-    let all = read_topic(&c.broker.bootstrap, &topic, since, "reading dead letters").await?;
+    let all = read_topic(
+        &c.broker.connection()?,
+        &topic,
+        since,
+        "reading dead letters",
+    )
+    .await?;
     Ok(all
         .into_iter()
         .filter(|d| d.matches(filters, since))
@@ -308,10 +320,11 @@ async fn dead_letters(c: &ClusterArgs, filters: &Filters) -> anyhow::Result<Vec<
 /// The dead letters replayed already: the markers in `<cluster>-deadletters-replayed`.
 async fn replayed(c: &ClusterArgs) -> anyhow::Result<HashSet<(i32, i64)>> {
     let topic = replay::replayed_topic(&c.cluster);
-    if !topic_exists(&c.broker.bootstrap, &topic).await? {
+    let kafka = c.broker.connection()?;
+    if !topic_exists(&kafka, &topic).await? {
         return Ok(HashSet::new());
     }
-    let markers = read_topic(&c.broker.bootstrap, &topic, None, "reading replay markers").await?;
+    let markers = read_topic(&kafka, &topic, None, "reading replay markers").await?;
     Ok(markers
         .iter()
         .filter_map(|m| parse_position(&m.text(replay::REPLAYED_OFFSET_HEADER)).ok())
@@ -377,7 +390,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let (p, o) = parse_position(&args.offset)?;
     let topic = format!("{}-deadletters", args.cluster.cluster);
-    let all = read_topic(&args.cluster.broker.bootstrap, &topic, None, "reading").await?;
+    let all = read_topic(&args.cluster.broker.connection()?, &topic, None, "reading").await?;
     let Some(d) = all.iter().find(|d| d.partition == p && d.offset == o) else {
         bail!(
             "no dead letter at {} in `{topic}` (`keyflow deadletters list` shows the offsets)",
@@ -414,7 +427,8 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let c = &args.cluster;
-    let bootstrap = &c.broker.bootstrap;
+    let kafka = c.broker.connection()?;
+    let bootstrap = kafka.bootstrap();
     let wanted: Vec<(i32, i64)> = args
         .offsets
         .iter()
@@ -425,7 +439,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         selected.retain(|d| wanted.contains(&(d.partition, d.offset)));
     }
     let messages = format!("{}-messages", c.cluster);
-    let md = crate::tools::fetch_metadata(bootstrap, Some(&messages)).await?;
+    let md = crate::tools::fetch_metadata(&kafka, Some(&messages)).await?;
     let partitions = topic_partitions(&md, &messages, bootstrap)?.len() as i32;
     let marker_topic = replay::replayed_topic(&c.cluster);
     let producer = if args.dry_run {
@@ -444,11 +458,11 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             exact_partitions: false,
             retention: None,
         };
-        kafka::ensure_topics(bootstrap, &[spec], replication)
+        kafka::ensure_topics(&kafka, &[spec], replication)
             .await
             .with_context(|| format!("creating `{marker_topic}`"))?;
         let p = kafka::transactional_producer(
-            bootstrap,
+            &kafka,
             &replay::transactional_id(&c.cluster),
             Duration::from_secs(900),
         )?;

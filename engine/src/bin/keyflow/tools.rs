@@ -29,7 +29,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use keyflow_engine::config::parse_duration;
+use keyflow_engine::config::{parse_duration, KafkaProperties};
+use keyflow_engine::kafka::Connection;
 
 /// The broker address used when neither `--bootstrap` nor `KEYFLOW_BOOTSTRAP` is given.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -48,6 +49,28 @@ pub struct BrokerArgs {
     /// Kafka bootstrap servers (host:port, comma-separated).
     #[arg(long, env = "KEYFLOW_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP)]
     pub bootstrap: String,
+
+    #[command(flatten)]
+    pub kafka: KafkaProperties,
+}
+
+impl BrokerArgs {
+    /// The connection every client of the command uses (properties checked, not tried).
+    pub fn connection(&self) -> anyhow::Result<Connection> {
+        Ok(self.kafka.connection(&self.bootstrap)?)
+    }
+
+    /// [`Self::connection`], once the cluster has answered: a refused password or
+    /// certificate fails at once, with librdkafka's reason.
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let conn = self.connection()?;
+        let check = conn.clone();
+        keyflow_engine::kafka::blocking(move || {
+            keyflow_engine::kafka::check_connection(&check, CONNECT_TIMEOUT)
+        })
+        .await?;
+        Ok(conn)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -196,10 +219,9 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         eprintln!("keyflow produce: nothing to send (the input has no records)");
         return Ok(());
     }
-    let bootstrap = &args.broker.bootstrap;
-    check_reachable(bootstrap).await?;
+    let kafka = args.broker.connect().await?;
     let context = ToolContext::default();
-    let producer: FutureProducer<ToolContext> = tool_config(bootstrap)
+    let producer: FutureProducer<ToolContext> = tool_config(&kafka)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set(
@@ -293,9 +315,10 @@ fn records_to_send(args: &ProduceArgs) -> anyhow::Result<Vec<Record>> {
 
 /// `keyflow consume`: prints the topic's records until `--max`, `--to-end` or `--timeout`.
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let bootstrap = &args.broker.bootstrap;
+    let kafka = args.broker.connect().await?;
+    let bootstrap = kafka.bootstrap();
     let context = ToolContext::default();
-    let consumer: StreamConsumer<ToolContext> = tool_config(bootstrap)
+    let consumer: StreamConsumer<ToolContext> = tool_config(&kafka)
         // Offsets are never committed: the group id only satisfies librdkafka.
         .set("group.id", format!("keyflow-cli-{}", std::process::id()))
         .set("enable.auto.commit", "false")
@@ -428,7 +451,7 @@ struct JsonRecord<'a> {
 
 /// `keyflow topics`: one line per topic, `name  N partitions`, sorted by name.
 pub async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
-    let metadata = fetch_metadata(&args.broker.bootstrap, None).await?;
+    let metadata = fetch_metadata(&args.broker.connect().await?, None).await?;
     let mut rows: Vec<(String, usize)> = metadata
         .topics()
         .iter()
@@ -472,18 +495,13 @@ pub(crate) fn topic_partitions(
     }
 }
 
-/// Fails with a hint when nothing answers at `bootstrap`.
-async fn check_reachable(bootstrap: &str) -> anyhow::Result<()> {
-    fetch_metadata(bootstrap, None).await.map(drop)
-}
-
 /// The cluster's metadata (one topic's, or all), on the blocking pool since librdkafka blocks.
 pub(crate) async fn fetch_metadata(
-    bootstrap: &str,
+    kafka: &Connection,
     topic: Option<&str>,
 ) -> anyhow::Result<Metadata> {
     let context = ToolContext::default();
-    let client: BaseConsumer<ToolContext> = tool_config(bootstrap)
+    let client: BaseConsumer<ToolContext> = tool_config(kafka)
         .create_with_context(context.clone())
         .context("creating the Kafka client")?;
     let topic = topic.map(str::to_string);
@@ -491,7 +509,7 @@ pub(crate) async fn fetch_metadata(
         client.fetch_metadata(topic.as_deref(), CONNECT_TIMEOUT)
     })
     .await;
-    result.map_err(|e| broker_unreachable(bootstrap, e, &context))
+    result.map_err(|e| broker_unreachable(kafka.bootstrap(), e, &context))
 }
 
 pub(crate) fn broker_unreachable(
@@ -506,8 +524,8 @@ pub(crate) fn broker_unreachable(
     )
 }
 
-pub(crate) fn tool_config(bootstrap: &str) -> ClientConfig {
-    let mut c = keyflow_engine::kafka::client_config(bootstrap);
+pub(crate) fn tool_config(kafka: &Connection) -> ClientConfig {
+    let mut c = keyflow_engine::kafka::client_config(kafka);
     c.set(
         "socket.connection.setup.timeout.ms",
         CONNECT_TIMEOUT.as_millis().to_string(),
