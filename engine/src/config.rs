@@ -188,8 +188,8 @@ pub struct EngineConfig {
     pub expiry_sweep: Duration,
 }
 
-/// librdkafka properties for every Kafka client (security settings above all): README,
-/// "Kafka security". Later sources win: the file, then the list, then each `--kafka-property`.
+/// librdkafka properties for every Kafka client (security settings above all): docs/security.md.
+/// Later sources win: the file, then the list, then each `--kafka-property`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct KafkaProperties {
     /// A librdkafka property for every Kafka client, as KEY=VALUE (repeatable), e.g.

@@ -2,7 +2,7 @@
 //! dead-letter topic as the `keyflow.reason-kind` header and used as the
 //! `keyflow_dead_letters_total{reason}` label. Routers and partitions both use it.
 
-/// The reason kind of a dead letter (README, "Dead letters").
+/// The reason kind of a dead letter (docs/operations.md, "Dead letters").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadLetterKind {
     /// An ingress record without a key (the key names the function id).
@@ -50,7 +50,7 @@ pub enum DeadLetterKind {
 }
 
 impl DeadLetterKind {
-    /// Every kind, in the README's order.
+    /// Every kind, in the order of docs/operations.md.
     pub const ALL: [DeadLetterKind; 18] = [
         DeadLetterKind::NoKey,
         DeadLetterKind::KeyNotUtf8,
