@@ -42,17 +42,18 @@ type Key = (String, i32);
 type Delivery = KafkaResult<OwnedMessage>;
 
 /// Sets each owned partition's `keyflow_consumer_lag` from the consumer's statistics (the
-/// rule: [`crate::kafka::lag::lag_of`]).
+/// rule: [`crate::kafka::lag::lag_of`]), plus the records handed to its task and not taken
+/// yet: librdkafka counts those as read.
 pub(crate) struct ReaderContext {
-    lags: Mutex<HashMap<Key, prometheus::IntGauge>>,
+    lags: Mutex<HashMap<Key, (prometheus::IntGauge, Arc<Queued>)>>,
 }
 
 impl rdkafka::ClientContext for ReaderContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         let gauges = self.lags.lock().expect("lags");
         for (topic, partition, lag) in crate::kafka::lag::lags(&statistics) {
-            if let Some(g) = gauges.get(&(topic.to_string(), partition)) {
-                g.set(lag);
+            if let Some((g, queued)) = gauges.get(&(topic.to_string(), partition)) {
+                g.set(lag + queued.records.load(Ordering::Relaxed) as i64);
             }
         }
     }
@@ -83,6 +84,7 @@ enum Cmd {
 #[derive(Default)]
 struct Queued {
     bytes: AtomicUsize,
+    records: AtomicUsize,
     paused: AtomicBool,
 }
 
@@ -212,6 +214,7 @@ impl Input {
             if let (Some(h), Some(ts)) = (&self.age, m.timestamp().to_millis()) {
                 h.observe((crate::now_ms() - ts).max(0) as f64 / 1e3);
             }
+            self.state.records.fetch_sub(1, Ordering::Relaxed);
             let left = self.state.bytes.fetch_sub(cost(m), Ordering::Relaxed) - cost(m);
             if left < PAUSE_BYTES / 2
                 && self
@@ -311,6 +314,7 @@ impl Poller {
             return;
         };
         let bytes = slot.state.bytes.fetch_add(cost(&m), Ordering::Relaxed) + cost(&m);
+        slot.state.records.fetch_add(1, Ordering::Relaxed);
         if slot.tx.send(Ok(m)).is_err() {
             // The task is gone; its Unassign is on its way.
             return;
@@ -346,7 +350,7 @@ impl Poller {
                         .lags
                         .lock()
                         .expect("lags")
-                        .insert(key.clone(), lag);
+                        .insert(key.clone(), (lag, state.clone()));
                 }
                 self.slots.insert(key, Slot { gen, tx, state });
             }

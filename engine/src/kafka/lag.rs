@@ -29,9 +29,8 @@
 //! read the few markers since its position. An idle consumer reads 0 on every partition.
 //!
 //! The application here is the worker's reader (`reader.rs`), whose thread polls the
-//! consumer without pause: records it handed to a task that the task has not taken yet are
-//! not counted. They are bounded by `reader::PAUSE_BYTES` per partition, beyond which the
-//! partition is paused and its backlog shows here.
+//! consumer without pause: the records it handed to a task that the task has not taken yet
+//! count as read for librdkafka, so the reader adds them to this figure (`ReaderContext`).
 
 use rdkafka::statistics::Partition;
 

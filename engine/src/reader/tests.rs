@@ -126,6 +126,43 @@ async fn a_partition_paused_for_its_unread_bytes_resumes_as_its_task_reads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_lag_counts_the_records_its_task_has_not_taken() {
+    // The reader polls everything at once, so librdkafka counts all 50 as read: the records
+    // waiting for the task are lag all the same.
+    let topic = topic_with("reader-lag", 1, 50, 16).await;
+    let mut config = kafka::reader_config(
+        &kafka::Connection::plain(bootstrap()),
+        "reader-tests",
+        "earliest",
+    );
+    config.set("statistics.interval.ms", "200");
+    let r = Reader::start(&config, "lag").expect("reader");
+    let lag = prometheus::IntGauge::new("lag", "lag").unwrap();
+    let mut input = r.open(&topic, 0, 0, Some(lag.clone()), None);
+    let wait = |want: i64, what: &'static str| {
+        let lag = lag.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while lag.get() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: lag {} (want {want})",
+                    lag.get()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait(50, "nothing taken yet").await;
+    for want in 0..30 {
+        assert_eq!(next(&mut input).await.offset(), want);
+    }
+    wait(20, "30 taken").await;
+    while input.try_recv().is_some() {}
+    wait(0, "all taken").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_of_one_consumer_reach_their_own_tasks() {
     let topic = topic_with("reader-two", 2, 200, 16).await;
     let r = reader();
