@@ -118,8 +118,8 @@ pub fn transactional_producer(
 }
 
 /// A non-transactional idempotent producer (at-least-once and fire-and-forget egress).
-/// `txn_timeout` is the partitions' transaction timeout: an epoch awaits its at-least-once
-/// deliveries inside its open transaction.
+/// `txn_timeout` is the workers' transaction timeout: an epoch awaits its at-least-once
+/// deliveries before it commits, and gives up well within it.
 pub fn plain_producer(
     kafka: &Connection,
     txn_timeout: Duration,
@@ -492,16 +492,9 @@ pub struct DeadLetter<'a> {
     pub envelope: Option<&'a [u8]>,
 }
 
-/// Writes the original `key` and `value` to the dead-letter `topic` with the reason in the
-/// headers, through `producer` (inside its open transaction when it is transactional). The
-/// returned future resolves with the record's delivery report.
-pub async fn send_dead_letter(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    dl: DeadLetter<'_>,
-) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+/// The headers of a dead letter: the reason, its kind, the context headers and the
+/// envelope. The record itself carries the original key and value.
+pub fn dead_letter_headers(dl: DeadLetter<'_>) -> rdkafka::message::OwnedHeaders {
     use rdkafka::message::{Header, OwnedHeaders};
     let headers = [
         ("keyflow.reason", dl.reason),
@@ -515,14 +508,13 @@ pub async fn send_dead_letter(
             value: Some(value),
         })
     });
-    let headers = match dl.envelope {
+    match dl.envelope {
         Some(env) => headers.insert(Header {
             key: crate::replay::ENVELOPE_HEADER,
             value: Some(env),
         }),
         None => headers,
-    };
-    send(producer, topic, None, key, value, Some(headers)).await
+    }
 }
 
 /// A consumer context for readers that stop at a partition's end (`enable.partition.eof`):

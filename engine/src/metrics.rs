@@ -39,6 +39,8 @@ pub struct Metrics {
     pub epoch_commit_seconds: Histogram,
     /// Input records per epoch.
     pub epoch_records: Histogram,
+    /// Epochs committed together in one of the worker's transactions (group commit).
+    pub worker_txn_epochs: Histogram,
     /// Input records taken by committed epochs, by partition of `<cluster>-messages`.
     pub partition_records: IntCounterVec,
     /// Committed epochs, by partition.
@@ -174,6 +176,14 @@ impl Metrics {
                     .buckets(exponential_buckets(1.0, 2.0, 14).unwrap()),
             )
             .unwrap(),
+            worker_txn_epochs: Histogram::with_opts(
+                HistogramOpts::new(
+                    "worker_txn_epochs",
+                    "Epochs (of processors and ingress routers) committed in one transaction of the worker",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 10).unwrap()),
+            )
+            .unwrap(),
             epoch_failures: IntCounterVec::new(
                 Opts::new("epoch_failures_total", "Epochs aborted and replayed"),
                 &["partition"],
@@ -254,6 +264,7 @@ impl Metrics {
         r.register(Box::new(m.epoch_commit_seconds.clone()))
             .unwrap();
         r.register(Box::new(m.epoch_records.clone())).unwrap();
+        r.register(Box::new(m.worker_txn_epochs.clone())).unwrap();
         r.register(Box::new(m.epoch_failures.clone())).unwrap();
         r.register(Box::new(m.delayed_pending.clone())).unwrap();
         r.register(Box::new(m.parked_messages.clone())).unwrap();

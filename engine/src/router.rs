@@ -18,7 +18,6 @@ use keyflow_protocol::{Address, Message as _, TypedValue};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
@@ -76,9 +75,6 @@ struct Router {
     records: usize,
     /// The safety net for refused records, kept across reopens by [`run`].
     net: Arc<Mutex<Net>>,
-    /// Deliveries of this epoch's records: after a failure, they tell whether the broker
-    /// refused one of them (`kafka::first_refused`).
-    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
 }
 
 impl Router {
@@ -166,7 +162,6 @@ impl Router {
         if !committed {
             // The group's first position is committed at once: a restart resumes from it
             // instead of resolving `latest` again and skipping what arrived meanwhile.
-            epoch.begin(false).await?;
             epoch.commit(vec![(topic.to_string(), p, position)]).await?;
         }
         tracing::info!(topic, partition = p, ?start, "ingress router started");
@@ -187,7 +182,6 @@ impl Router {
             last_offset: None,
             records: 0,
             net,
-            deliveries: Vec::new(),
         })
     }
 
@@ -265,17 +259,13 @@ impl Router {
                 .await;
         }
         for env in envelopes {
-            let payload = env.encode_to_vec();
-            let d = kafka::send(
-                self.producer(),
+            self.epoch.send(
                 &self.messages,
                 Some(partition_for(&id, partitions)),
                 Some(id.as_bytes()),
-                Some(&payload),
+                Some(env.encode_to_vec()),
                 None,
-            )
-            .await?;
-            self.deliveries.push(d);
+            );
         }
         Ok(())
     }
@@ -324,15 +314,14 @@ impl Router {
             headers: headers.split_off(2),
             envelope: None,
         };
-        let d = kafka::send_dead_letter(
-            self.producer(),
+        let headers = kafka::dead_letter_headers(dl);
+        self.epoch.send(
             &self.dead_letters,
+            None,
             fitted.key.as_deref(),
-            fitted.value.as_deref(),
-            dl,
-        )
-        .await?;
-        self.deliveries.push(d);
+            fitted.value,
+            Some(headers),
+        );
         self.shared
             .metrics
             .dead_letters
@@ -425,22 +414,14 @@ impl Router {
                 .dead_letter(&m, &env.origin, DeadLetterKind::TooLarge, &reason)
                 .await;
         }
-        let d = kafka::send(
-            self.producer(),
+        self.epoch.send(
             &self.messages,
             Some(partition),
             Some(id.as_bytes()),
-            Some(&payload),
+            Some(payload),
             None,
-        )
-        .await?;
-        self.deliveries.push(d);
+        );
         Ok(())
-    }
-
-    /// The producer of the open epoch's transaction.
-    fn producer(&self) -> &FutureProducer {
-        self.epoch.producer()
     }
 
     async fn commit(&mut self) -> Result<(), EpochError> {
@@ -455,7 +436,6 @@ impl Router {
         self.first_offset = None;
         self.last_offset = None;
         self.records = 0;
-        self.deliveries.clear();
         Ok(())
     }
 
@@ -482,7 +462,7 @@ impl PartitionTask for Router {
                 m = self.input.recv() => m?,
             };
             let isolating = self.net.lock().expect("net").isolating();
-            self.epoch.begin(isolating).await?;
+            self.epoch.begin(isolating);
             self.route_record(first).await?;
             let window = tokio::time::Instant::now() + self.shared.cfg.commit_interval;
             let max_records = self
@@ -490,7 +470,7 @@ impl PartitionTask for Router {
                 .lock()
                 .expect("net")
                 .max_records(self.shared.cfg.max_epoch_records, true);
-            while self.records < max_records && !stop.is_cancelled() && !self.epoch.is_closing() {
+            while self.records < max_records && !stop.is_cancelled() {
                 // Take what is ready; wait for more only while the window is open and the
                 // previous wait found something (an idle topic commits at once).
                 let next = match self.input.try_recv() {
@@ -515,21 +495,10 @@ impl PartitionTask for Router {
 
     async fn abort(&mut self, err: &EpochError) -> ErrorClass {
         let mut reason = format!("{err} (routing to {})", self.messages);
-        let txn = self.epoch.clock(self.shared.txn_timeout);
-        let producer = self
-            .epoch
-            .abandon(&reason, matches!(err, EpochError::Txn(_)));
-        let mut class = err.class(producer.as_ref(), txn);
-        if txn.expired() && class == ErrorClass::Transient {
-            tracing::warn!(
-                topic = %self.topic,
-                partition = self.p,
-                "the routing transaction was open {:?}, past transaction.timeout.ms ({:?}): the broker aborts it; reopening at once",
-                txn.open_for.unwrap_or_default(),
-                txn.timeout
-            );
-        }
-        let deliveries = std::mem::take(&mut self.deliveries);
+        // The epoch's records were not sent (or its transaction failed, and these are its
+        // records' delivery reports).
+        let deliveries = self.epoch.abandon();
+        let mut class = err.class(None, kafka::TxnClock::default());
         if class == ErrorClass::Transient {
             let within = Duration::from_secs(2);
             if let Some((topic, e)) = kafka::first_refused(deliveries, within).await {

@@ -1,20 +1,20 @@
-//! The worker's one transaction (Kafka Streams' `exactly_once_v2`, KIP-447): every partition
-//! task of the worker (processors and ingress routers: the *participants*) produces into the
-//! same transaction of the worker's one transactional producer (`transactional.id =
-//! <cluster>-w-<worker-id>`), and one commit ends the epochs of all of them at once, with
-//! their input offsets sent under the membership group's metadata (generation, member id),
-//! so that the group coordinator refuses the commit of a worker that lost its partitions.
+//! The worker's transactions (Kafka Streams' `exactly_once_v2`, KIP-447): the epochs of
+//! every partition task of the worker (processors and ingress routers: the *participants*)
+//! are committed by the worker's one transactional producer (`transactional.id =
+//! <cluster>-w-<worker-id>`), with their input offsets sent under the membership group's
+//! metadata (generation, member id), so that the group coordinator refuses the commit of a
+//! worker that lost its partitions.
 //!
-//! A participant asks to [`WorkerTxn::begin`] an epoch (the transaction begins with the
-//! first), sends its records on the producer it was given, and asks to
-//! [`WorkerTxn::commit`] with its input position. The transaction commits when every epoch
-//! begun in it asked to commit; meanwhile no new epoch begins (a barrier), and the open
-//! epochs are told to close early ([`WorkerTxn::closing`]). An epoch that fails dooms the
-//! transaction ([`WorkerTxn::abort`]): it is aborted once every other epoch in it has closed,
-//! and they all reopen from their last commit. An isolating participant (the safety net,
-//! `partition/isolation.rs`) begins an *exclusive* transaction, alone, so that a refused
-//! record is blamed on the one input that produced it; so does, once, every participant of a
-//! shared transaction that Kafka refused without saying whose record it was.
+//! **Group commit.** An epoch keeps its records in its [`Participant`] until it closes, then
+//! hands them over with its input position ([`Participant::commit`]) and waits. The
+//! committer (an actor) puts every epoch handed over since its last transaction into the
+//! next one: begin, send, offsets, commit. A transaction holds closed epochs only, so no
+//! epoch waits for another's invocations, and the next epochs run while a group commits.
+//! An epoch that fails hands nothing over and costs the others nothing. An isolating
+//! participant (the safety net, `partition/isolation.rs`) commits *exclusive* epochs, alone
+//! in their transaction, so that a refused record is blamed on the one input that produced
+//! it; so does, once, every participant of a transaction that Kafka refused without saying
+//! whose record it was.
 //!
 //! docs/design.md, "One transaction per worker", argues why this keeps exactly-once.
 
@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::kafka::{self, blocking, ErrorClass, TXN_CALL_TIMEOUT};
 
@@ -38,10 +39,13 @@ pub(crate) type Who = (String, i32);
 pub(crate) type GroupSource =
     Arc<OnceLock<Box<dyn Fn() -> Result<ConsumerGroupMetadata, String> + Send + Sync>>>;
 
-/// An epoch may begin: in transaction `seq`, producing on `producer`.
-pub(crate) struct Grant {
-    pub seq: u64,
-    pub producer: FutureProducer,
+/// A record an epoch makes, sent into the worker's transaction when the epoch commits.
+pub(crate) struct Outgoing {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
 }
 
 /// Why the transaction an epoch was part of did not commit, and what that means for it.
@@ -52,129 +56,53 @@ pub struct TxnFailed {
     pub(crate) class: ErrorClass,
 }
 
-enum Req {
-    Begin {
-        who: Who,
-        exclusive: bool,
-        reply: oneshot::Sender<Result<Grant, TxnFailed>>,
-    },
-    Commit {
-        who: Who,
-        offsets: Vec<(String, i32, i64)>,
-        reply: oneshot::Sender<Result<(), TxnFailed>>,
-    },
-    Abort {
-        who: Who,
-        reason: String,
-    },
-    /// A begin whose caller went away before taking its grant (its task was dropped): it
-    /// sent nothing, so it leaves without dooming the transaction.
-    Leave {
-        who: Who,
-    },
+/// A closed epoch handed to the committer.
+struct Handed {
+    who: Who,
+    exclusive: bool,
+    records: Vec<Outgoing>,
+    offsets: Vec<(String, i32, i64)>,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// What became of a handed-over epoch: the transaction's result, and the delivery reports of
+/// the records of this epoch that were sent (in their order), to find a refused one.
+struct Outcome {
+    result: Result<(), TxnFailed>,
+    deliveries: Vec<DeliveryFuture>,
 }
 
 /// The handle participants hold (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct WorkerTxn {
-    tx: mpsc::UnboundedSender<Req>,
-    closing: watch::Receiver<u64>,
+    tx: mpsc::UnboundedSender<Handed>,
 }
 
 impl WorkerTxn {
     /// Creates the worker's transactional producer and fences any earlier process with the
-    /// same worker id (its open transaction is aborted), then serves the participants until
-    /// every handle is dropped.
+    /// same worker id (its open transaction is aborted), then commits the participants'
+    /// epochs until every handle is dropped.
     pub(crate) async fn start(
         kafka: &kafka::Connection,
         txn_id: &str,
         timeout: Duration,
         group: GroupSource,
+        metrics: Option<prometheus::Histogram>,
     ) -> Result<Self, KafkaError> {
         let producer = new_producer(kafka, txn_id, timeout).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let (closing_tx, closing) = watch::channel(0);
         let actor = Actor {
             kafka: kafka.clone(),
             txn_id: txn_id.to_string(),
             timeout,
             group,
             producer,
-            seq: 1,
-            open_at: None,
-            exclusive: false,
-            members: HashSet::new(),
-            ready: Vec::new(),
-            doomed: None,
-            waiting: VecDeque::new(),
+            queue: VecDeque::new(),
             suspects: HashSet::new(),
-            closing: closing_tx,
+            group_sizes: metrics,
         };
         tokio::spawn(actor.run(rx));
-        Ok(WorkerTxn { tx, closing })
-    }
-
-    /// Waits until an epoch of `who` may begin (exclusive: alone in its transaction).
-    pub(crate) async fn begin(&self, who: &Who, exclusive: bool) -> Result<Grant, TxnFailed> {
-        let mut leave = LeaveIfDropped {
-            tx: &self.tx,
-            who: Some(who),
-        };
-        let grant = self
-            .ask(|reply| Req::Begin {
-                who: who.clone(),
-                exclusive,
-                reply,
-            })
-            .await;
-        leave.who = None;
-        grant
-    }
-
-    /// Ends the epoch of `who` with its input positions (next offsets), and waits for the
-    /// transaction's outcome.
-    pub(crate) async fn commit(
-        &self,
-        who: &Who,
-        offsets: Vec<(String, i32, i64)>,
-    ) -> Result<(), TxnFailed> {
-        self.ask(|reply| Req::Commit {
-            who: who.clone(),
-            offsets,
-            reply,
-        })
-        .await
-    }
-
-    /// Sends the request `make` builds around its reply channel, and waits for the reply.
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, TxnFailed>>) -> Req,
-    ) -> Result<T, TxnFailed> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
-    }
-
-    /// The epoch of `who` failed: its transaction is aborted once the others closed. (No-op
-    /// when `who` has no epoch open.)
-    pub(crate) fn abort(&self, who: &Who, reason: &str) {
-        let _ = self.tx.send(Req::Abort {
-            who: who.clone(),
-            reason: reason.to_string(),
-        });
-    }
-
-    /// Whether the epochs of transaction `seq` are asked to close (another epoch is waiting
-    /// for the commit, or a new one for the barrier).
-    pub(crate) fn is_closing(&self, seq: u64) -> bool {
-        *self.closing.borrow() >= seq
-    }
-
-    /// Resolves when the epochs of transaction `seq` are asked to close.
-    pub(crate) async fn closing(&self, seq: u64) {
-        let mut rx = self.closing.clone();
-        let _ = rx.wait_for(|c| *c >= seq).await;
+        Ok(WorkerTxn { tx })
     }
 }
 
@@ -189,15 +117,19 @@ fn fenced_by_group(e: &KafkaError) -> bool {
         )
 }
 
-/// One partition task's place in the worker's transaction (processors and routers alike):
-/// its open epoch, if any, and what it was granted. An epoch still open when this is dropped
-/// (a panic, a cancelled future) is aborted like a failed one, so it never holds the
-/// transaction.
+/// One partition task's place in the worker's transactions (processors and routers alike):
+/// its open epoch and the records it made so far.
 pub(crate) struct Participant {
     txn: WorkerTxn,
     who: Who,
-    /// The open epoch's grant, and when it began.
-    open: Option<(Grant, Instant)>,
+    open: Option<Epoch>,
+    /// Delivery reports of the last epoch whose transaction failed (see [`Participant::abandon`]).
+    failed: Vec<DeliveryFuture>,
+}
+
+struct Epoch {
+    exclusive: bool,
+    records: Vec<Outgoing>,
 }
 
 impl Participant {
@@ -206,99 +138,96 @@ impl Participant {
             txn,
             who,
             open: None,
+            failed: Vec::new(),
         }
     }
 
     /// Begins an epoch unless one is open (exclusive: alone in its transaction).
-    pub(crate) async fn begin(&mut self, exclusive: bool) -> Result<(), TxnFailed> {
+    pub(crate) fn begin(&mut self, exclusive: bool) {
         if self.open.is_none() {
-            let grant = self.txn.begin(&self.who, exclusive).await?;
-            self.open = Some((grant, Instant::now()));
+            self.open = Some(Epoch {
+                exclusive,
+                records: Vec::new(),
+            });
         }
-        Ok(())
     }
 
     pub(crate) fn is_open(&self) -> bool {
         self.open.is_some()
     }
 
-    /// The producer of the open epoch's transaction.
-    pub(crate) fn producer(&self) -> &FutureProducer {
-        &self.open.as_ref().expect("an epoch is open").0.producer
-    }
-
-    /// Whether the open epoch is asked to close (another epoch waits for the commit).
-    pub(crate) fn is_closing(&self) -> bool {
+    /// Adds a record to the open epoch; it is sent when the epoch commits.
+    pub(crate) fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<Vec<u8>>,
+        headers: Option<OwnedHeaders>,
+    ) {
         self.open
-            .as_ref()
-            .is_some_and(|(g, _)| self.txn.is_closing(g.seq))
+            .as_mut()
+            .expect("an epoch is open")
+            .records
+            .push(Outgoing {
+                topic: topic.to_string(),
+                partition,
+                key: key.map(<[u8]>::to_vec),
+                value,
+                headers,
+            });
     }
 
-    /// Resolves when the open epoch is asked to close (never, with none open).
-    pub(crate) async fn closing(&self) {
-        match &self.open {
-            Some((g, _)) => self.txn.closing(g.seq).await,
-            None => std::future::pending().await,
-        }
+    /// Records the open epoch holds.
+    pub(crate) fn pending(&self) -> usize {
+        self.open.as_ref().map_or(0, |e| e.records.len())
     }
 
-    /// Ends the open epoch with its input positions. After a failure the epoch stays open
-    /// here (its clock tells how long the transaction ran) until [`Participant::abandon`].
+    /// Commits the open epoch (or an empty one) with its input positions (next offsets) in
+    /// the worker's next transaction, and returns the delivery reports of its records, in
+    /// the order they were added. After a failure the reports are kept for
+    /// [`Participant::abandon`].
     pub(crate) async fn commit(
         &mut self,
         offsets: Vec<(String, i32, i64)>,
-    ) -> Result<(), TxnFailed> {
-        self.txn.commit(&self.who, offsets).await?;
+    ) -> Result<Vec<DeliveryFuture>, TxnFailed> {
+        let epoch = self.open.take().unwrap_or(Epoch {
+            exclusive: false,
+            records: Vec::new(),
+        });
+        let (reply, rx) = oneshot::channel();
+        self.txn
+            .tx
+            .send(Handed {
+                who: self.who.clone(),
+                exclusive: epoch.exclusive,
+                records: epoch.records,
+                offsets,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        let outcome = rx.await.map_err(|_| gone())?;
+        match outcome.result {
+            Ok(()) => Ok(outcome.deliveries),
+            Err(e) => {
+                self.failed = outcome.deliveries;
+                Err(e)
+            }
+        }
+    }
+
+    /// After a failure: drops the open epoch (nothing of it was sent) and returns the
+    /// delivery reports of the failed transaction's records of this participant, if that
+    /// was the failure.
+    pub(crate) fn abandon(&mut self) -> Vec<DeliveryFuture> {
         self.open = None;
-        Ok(())
-    }
-
-    /// How long the open epoch's transaction has been open, against `timeout`.
-    pub(crate) fn clock(&self, timeout: Duration) -> kafka::TxnClock {
-        kafka::TxnClock {
-            open_for: self.open.as_ref().map(|(_, at)| at.elapsed()),
-            timeout,
-        }
-    }
-
-    /// After `err`: the open epoch's producer (to classify `err`) and its abandonment (the
-    /// transaction aborts, unless `err` is the transaction's own failure, which ended it).
-    pub(crate) fn abandon(&mut self, reason: &str, ended: bool) -> Option<FutureProducer> {
-        let (grant, _) = self.open.take()?;
-        if !ended {
-            self.txn.abort(&self.who, reason);
-        }
-        Some(grant.producer)
-    }
-}
-
-impl Drop for Participant {
-    fn drop(&mut self) {
-        if self.open.is_some() {
-            self.txn
-                .abort(&self.who, "the task stopped with its epoch open");
-        }
-    }
-}
-
-/// Sends [`Req::Leave`] when a [`WorkerTxn::begin`] is dropped before its grant arrived:
-/// otherwise the coordinator would count an epoch that never runs, and no commit would come.
-struct LeaveIfDropped<'a> {
-    tx: &'a mpsc::UnboundedSender<Req>,
-    who: Option<&'a Who>,
-}
-
-impl Drop for LeaveIfDropped<'_> {
-    fn drop(&mut self) {
-        if let Some(who) = self.who {
-            let _ = self.tx.send(Req::Leave { who: who.clone() });
-        }
+        std::mem::take(&mut self.failed)
     }
 }
 
 fn gone() -> TxnFailed {
     TxnFailed {
-        reason: "the worker's transaction coordinator stopped".into(),
+        reason: "the worker's transaction committer stopped".into(),
         class: ErrorClass::Transient,
     }
 }
@@ -314,211 +243,176 @@ async fn new_producer(
     Ok(producer)
 }
 
+/// The committer.
 struct Actor {
     kafka: kafka::Connection,
     txn_id: String,
     timeout: Duration,
     group: GroupSource,
     producer: FutureProducer,
-    /// The current transaction's number; it is open while `open_at` is set.
-    seq: u64,
-    open_at: Option<Instant>,
-    /// The open transaction admits no other epoch.
-    exclusive: bool,
-    /// Participants whose epoch in the open transaction has not asked to commit.
-    members: HashSet<Who>,
-    /// Epochs that asked to commit, with their input positions.
-    ready: Vec<Ready>,
-    /// Set when an epoch of the open transaction failed: it will abort.
-    doomed: Option<String>,
-    /// Epochs waiting to begin, first come first served.
-    waiting: VecDeque<Waiting>,
-    /// Participants whose next epoch runs alone: a shared transaction of theirs was refused
-    /// and nobody's delivery report said whose record it was.
+    /// Epochs handed over and not yet in a transaction, first come first served.
+    queue: VecDeque<Handed>,
+    /// Participants whose next epoch commits alone: a shared transaction of theirs was
+    /// refused and nobody's delivery report said whose record it was.
     suspects: HashSet<Who>,
-    closing: watch::Sender<u64>,
-}
-
-/// An epoch waiting to begin: who, exclusive, where the grant goes.
-type Waiting = (Who, bool, oneshot::Sender<Result<Grant, TxnFailed>>);
-
-struct Ready {
-    who: Who,
-    offsets: Vec<(String, i32, i64)>,
-    reply: oneshot::Sender<Result<(), TxnFailed>>,
+    /// Epochs per transaction (`keyflow_worker_txn_epochs`).
+    group_sizes: Option<prometheus::Histogram>,
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Req>) {
-        while let Some(req) = rx.recv().await {
-            self.take(req);
-            // Serve everything already queued before deciding, so that epochs asking at
-            // the same moment share a transaction.
-            while let Ok(req) = rx.try_recv() {
-                self.take(req);
-            }
-            self.settle().await;
-        }
-        if self.open_at.is_some() {
-            let pr = self.producer.clone();
-            let _ = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await;
-        }
-    }
-
-    /// Records a request; [`Actor::settle`] acts on what changed.
-    fn take(&mut self, req: Req) {
-        match req {
-            Req::Begin {
-                who,
-                exclusive,
-                reply,
-            } => self.waiting.push_back((who, exclusive, reply)),
-            Req::Commit {
-                who,
-                offsets,
-                reply,
-            } => {
-                if self.members.remove(&who) {
-                    self.ready.push(Ready {
-                        who,
-                        offsets,
-                        reply,
-                    });
-                    self.ask_to_close();
-                } else {
-                    let _ = reply.send(Err(TxnFailed {
-                        reason: format!("{}/{} committed an epoch it had not begun", who.0, who.1),
-                        class: ErrorClass::Transient,
-                    }));
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Handed>) {
+        loop {
+            if self.queue.is_empty() {
+                match rx.recv().await {
+                    Some(h) => self.queue.push_back(h),
+                    None => return,
                 }
             }
-            Req::Leave { who } => {
-                self.waiting.retain(|(w, _, _)| w != &who);
-                self.members.remove(&who);
+            // Everything handed over while the last transaction committed joins this one.
+            while let Ok(h) = rx.try_recv() {
+                self.queue.push_back(h);
             }
-            Req::Abort { who, reason } => {
-                if self.members.remove(&who) {
-                    self.doomed.get_or_insert_with(|| {
-                        format!("the epoch of {}/{} failed ({reason})", who.0, who.1)
-                    });
-                    self.ask_to_close();
-                }
-            }
+            let group = self.take_group();
+            self.commit_group(group).await;
         }
     }
 
-    fn ask_to_close(&self) {
-        if self.open_at.is_some() {
-            self.closing.send_if_modified(|c| {
-                let changed = *c < self.seq;
-                *c = (*c).max(self.seq);
-                changed
-            });
+    /// The next transaction's epochs: the first in line alone if it must be, else every
+    /// epoch in line that need not be alone, one per participant (a participant hands over
+    /// its next epoch only after this one committed, so that never skips one).
+    fn take_group(&mut self) -> Vec<Handed> {
+        let alone = |h: &Handed, suspects: &HashSet<Who>| h.exclusive || suspects.contains(&h.who);
+        if self.queue.front().is_some_and(|h| alone(h, &self.suspects)) {
+            return self.queue.pop_front().into_iter().collect();
         }
-    }
-
-    /// Ends the open transaction when all its epochs closed, then grants waiting epochs.
-    async fn settle(&mut self) {
-        if self.open_at.is_some() && self.members.is_empty() {
-            if self.doomed.is_none() && !self.ready.is_empty() {
-                self.commit_all().await;
+        let mut group = Vec::new();
+        let mut whos = HashSet::new();
+        let mut rest = VecDeque::new();
+        while let Some(h) = self.queue.pop_front() {
+            if alone(&h, &self.suspects) || whos.contains(&h.who) {
+                rest.push_back(h);
             } else {
-                // Doomed, or empty: opened for an epoch whose task was gone before its grant.
-                self.abort_all().await;
+                whos.insert(h.who.clone());
+                group.push(h);
             }
         }
-        self.grant();
+        self.queue = rest;
+        group
     }
 
-    fn grant(&mut self) {
-        while let Some((who, exclusive, _)) = self.waiting.front() {
-            let alone = *exclusive || self.suspects.contains(who);
-            if self.open_at.is_none() {
-                if let Err(e) = self.producer.begin_transaction() {
-                    let (who, _, reply) = self.waiting.pop_front().expect("front");
-                    let class = kafka::class_of(Some(&self.producer), &e, Default::default());
-                    tracing::warn!(participant = ?who, "beginning the worker's transaction failed: {e}");
-                    let _ = reply.send(Err(TxnFailed {
-                        reason: format!("beginning the transaction: {e}"),
-                        class,
-                    }));
-                    continue;
-                }
-                self.open_at = Some(Instant::now());
-                self.exclusive = alone;
-            } else if self.exclusive || alone || self.doomed.is_some() || !self.ready.is_empty() {
-                // The barrier: the open transaction must end first.
-                self.ask_to_close();
-                return;
-            }
-            let (who, _, reply) = self.waiting.pop_front().expect("front");
-            let grant = Grant {
-                seq: self.seq,
-                producer: self.producer.clone(),
-            };
-            if reply.send(Ok(grant)).is_ok() {
-                self.members.insert(who);
-            }
-            if self.exclusive {
-                return;
-            }
-        }
-    }
-
-    fn clock(&self) -> kafka::TxnClock {
+    fn clock(open_at: Instant, timeout: Duration) -> kafka::TxnClock {
         kafka::TxnClock {
-            open_for: self.open_at.map(|t| t.elapsed()),
-            timeout: self.timeout,
+            open_for: Some(open_at.elapsed()),
+            timeout,
         }
     }
 
-    async fn commit_all(&mut self) {
-        let ready = std::mem::take(&mut self.ready);
+    /// One transaction for `group`. A record the producer refuses as it is sent fails its
+    /// own epoch only: the others go back to the front of the line for the next transaction.
+    async fn commit_group(&mut self, mut group: Vec<Handed>) {
+        if let Some(h) = &self.group_sizes {
+            h.observe(group.len() as f64);
+        }
+        if let Err(e) = self.producer.begin_transaction() {
+            let class = kafka::class_of(Some(&self.producer), &e, Default::default());
+            tracing::warn!("beginning the worker's transaction failed: {e}");
+            self.recover(false).await;
+            let reason = format!("beginning the transaction: {e}");
+            for h in group {
+                fail(h, &reason, class, Vec::new());
+            }
+            return;
+        }
+        let open_at = Instant::now();
+        let mut deliveries: Vec<Vec<DeliveryFuture>> = Vec::with_capacity(group.len());
+        let mut refused = None;
+        'send: for (i, h) in group.iter().enumerate() {
+            let mut mine = Vec::with_capacity(h.records.len());
+            for r in &h.records {
+                match kafka::send(
+                    &self.producer,
+                    &r.topic,
+                    r.partition,
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                    r.headers.clone(),
+                )
+                .await
+                {
+                    Ok(d) => mine.push(d),
+                    Err(e) => {
+                        refused = Some((i, r.topic.clone(), e));
+                        deliveries.push(mine);
+                        break 'send;
+                    }
+                }
+            }
+            deliveries.push(mine);
+        }
+        if let Some((i, topic, e)) = refused {
+            let class =
+                kafka::class_of(Some(&self.producer), &e, Self::clock(open_at, self.timeout));
+            self.recover(true).await;
+            if class == ErrorClass::Record {
+                // That epoch's record, for sure: it fails; the others are sent again.
+                let h = group.remove(i);
+                let reason = format!("Kafka refused a record to `{topic}`: {e}");
+                fail(h, &reason, class, Vec::new());
+                for h in group.into_iter().rev() {
+                    self.queue.push_front(h);
+                }
+            } else {
+                let reason = format!("sending to `{topic}` in the worker's transaction: {e}");
+                tracing::warn!(epochs = group.len(), ?class, "{reason}");
+                for h in group {
+                    fail(h, &reason, class, Vec::new());
+                }
+            }
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
-        for r in &ready {
-            for (topic, p, next) in &r.offsets {
+        for h in &group {
+            for (topic, p, next) in &h.offsets {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
             }
         }
         let result = self.send_offsets_and_commit(tpl).await;
-        let clock = self.clock();
-        self.open_at = None;
-        let exclusive = std::mem::take(&mut self.exclusive);
-        self.seq += 1;
+        let exclusive = group.len() == 1;
         match result {
             Ok(()) => {
-                for r in ready {
+                for (h, d) in group.into_iter().zip(deliveries) {
                     if exclusive {
-                        self.suspects.remove(&r.who);
+                        self.suspects.remove(&h.who);
                     }
-                    let _ = r.reply.send(Ok(()));
+                    let _ = h.reply.send(Outcome {
+                        result: Ok(()),
+                        deliveries: d,
+                    });
                 }
             }
             Err(e) => {
-                let class = kafka::class_of(Some(&self.producer), &e, clock);
-                self.abort_producer().await;
-                let shared = ready.len() > 1;
+                let class =
+                    kafka::class_of(Some(&self.producer), &e, Self::clock(open_at, self.timeout));
+                self.recover(true).await;
+                let shared = group.len() > 1;
                 if class == ErrorClass::Record && shared {
                     // Whose record? Each participant looks at its own delivery reports; if
-                    // none finds it, each runs its next epoch alone.
-                    self.suspects.extend(ready.iter().map(|r| r.who.clone()));
+                    // none finds it, each commits its next epoch alone.
+                    self.suspects.extend(group.iter().map(|h| h.who.clone()));
                 }
                 let reason = if fenced_by_group(&e) {
                     format!("the group fenced this worker's commit (its generation ended: another worker may own its partitions now); nothing of the transaction is committed: {e}")
                 } else {
                     format!("committing the worker's transaction: {e}")
                 };
-                tracing::warn!(participants = ready.len(), ?class, "{reason}");
-                for r in ready {
-                    let mine = if shared && class == ErrorClass::Record {
-                        ErrorClass::Transient
-                    } else {
-                        class
-                    };
-                    let _ = r.reply.send(Err(TxnFailed {
-                        reason: reason.clone(),
-                        class: mine,
-                    }));
+                tracing::warn!(epochs = group.len(), ?class, "{reason}");
+                let mine = if shared && class == ErrorClass::Record {
+                    ErrorClass::Transient
+                } else {
+                    class
+                };
+                for (h, d) in group.into_iter().zip(deliveries) {
+                    fail(h, &reason, mine, d);
                 }
             }
         }
@@ -547,33 +441,19 @@ impl Actor {
         blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await
     }
 
-    async fn abort_all(&mut self) {
-        let reason = self.doomed.take().unwrap_or_default();
-        self.abort_producer().await;
-        self.open_at = None;
-        self.exclusive = false;
-        self.seq += 1;
-        for r in std::mem::take(&mut self.ready) {
-            let _ = r.reply.send(Err(TxnFailed {
-                reason: format!("the worker's transaction was aborted: {reason}"),
-                class: ErrorClass::Transient,
-            }));
-        }
-    }
-
-    /// Aborts the open transaction; a producer in a fatal state is replaced (the new one's
-    /// `init_transactions` aborts whatever the old one left open).
-    async fn abort_producer(&mut self) {
-        let pr = self.producer.clone();
-        let mut rebuild = match blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await {
-            Ok(()) => false,
-            Err(e) => {
+    /// After a failure: aborts the open transaction (`open`) and replaces a producer in a
+    /// fatal state (the new one's `init_transactions` aborts whatever the old one left open).
+    async fn recover(&mut self, open: bool) {
+        let mut rebuild = false;
+        if open {
+            let pr = self.producer.clone();
+            if let Err(e) = blocking(move || pr.abort_transaction(TXN_CALL_TIMEOUT)).await {
                 tracing::info!(
                     "aborting the worker's transaction failed, rebuilding the producer: {e}"
                 );
-                true
+                rebuild = true;
             }
-        };
+        }
         rebuild |= self.producer.client().fatal_error().is_some();
         let mut pause = Duration::from_millis(100);
         while rebuild {
@@ -591,6 +471,17 @@ impl Actor {
             }
         }
     }
+}
+
+/// Tells the participant of `h` that its epoch did not commit.
+fn fail(h: Handed, reason: &str, class: ErrorClass, deliveries: Vec<DeliveryFuture>) {
+    let _ = h.reply.send(Outcome {
+        result: Err(TxnFailed {
+            reason: reason.to_string(),
+            class,
+        }),
+        deliveries,
+    });
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The partition task: the thin Kafka shell around the [`PartitionCore`]. It reads its
 //! partition of `<cluster>-messages` (read_committed) through the worker's reader
-//! (`reader.rs`), takes part in the worker's transaction (`txn.rs`), runs the `select!` loop, feeds the core its inputs, starts the invocations the
-//! core asks for, drains the core's outbox into the open transaction after every input, and
-//! commits: changelog (the overlay), input offset, transaction; then the sled checkpoint.
+//! (`reader.rs`), runs the `select!` loop, feeds the core its inputs, starts the invocations
+//! the core asks for, drains the core's outbox into the open epoch after every input, and
+//! commits: changelog (the overlay) and input offset handed to the worker's transactions
+//! (`txn.rs`, group commit); then the sled checkpoint.
 //! While the safety net isolates refused records (`isolation.rs`), its epochs take one input
 //! record, or none and then fire due delayed messages.
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message as _, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use rdkafka::producer::DeliveryFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -71,9 +72,6 @@ pub(crate) struct Task {
     core: PartitionCore,
     bound: Bound,
     inflight: JoinSet<Response>,
-    /// Deliveries of this epoch's records in its transaction: after a failure, they tell
-    /// whether the broker refused one of them (`kafka::first_refused`).
-    deliveries: Vec<DeliveryFuture>,
     /// Deliveries of this epoch's at-least-once egress records (outside the transaction):
     /// acknowledged before the epoch commits, so that a commit never outruns them.
     at_least_once: Vec<DeliveryFuture>,
@@ -195,7 +193,6 @@ impl Task {
             core,
             bound,
             inflight: JoinSet::new(),
-            deliveries: Vec::new(),
             at_least_once: Vec::new(),
             first_offset: None,
             last_offset: None,
@@ -214,7 +211,7 @@ impl Task {
         // Parked addresses go first: their messages precede any input still to be read. (Or
         // they were refused at restore, and so are the delayed messages due now.)
         if self.core.parked() > 0 || self.refuse_pending.is_some() {
-            self.begin().await?;
+            self.begin();
             self.other_input = true;
             if let Some(reason) = self.refuse_pending.take() {
                 self.core.refuse_due_timers(now_ms(), &reason)?;
@@ -237,7 +234,7 @@ impl Task {
                     _ = sleep_until_opt(timer_at) => Event::WindowClosed,
                     _ = tokio::time::sleep_until(next_sweep.into()) => Event::WindowClosed,
                 };
-                self.begin().await?;
+                self.begin();
                 self.on_event(first).await?;
             }
             if Instant::now() >= next_sweep {
@@ -282,9 +279,7 @@ impl Task {
             let now = Now {
                 at: tokio::time::Instant::now(),
                 records: self.records,
-                // Another epoch of the worker's transaction waits for the commit: close as
-                // at a stop.
-                stopping: stop.is_cancelled() || self.epoch.is_closing(),
+                stopping: stop.is_cancelled(),
                 settled: self.core.settled(),
                 backpressured: self.core.is_backpressured(),
             };
@@ -321,7 +316,6 @@ impl Task {
                 m = self.input.recv(), if take => Event::Record(m.map(read)),
                 _ = tokio::time::sleep_until(deadline) => Event::WindowClosed,
                 _ = stop.cancelled(), if intake => Event::WindowClosed,
-                _ = self.epoch.closing(), if intake => Event::WindowClosed,
             };
             self.on_event(ev).await?;
         }
@@ -354,18 +348,12 @@ impl Task {
         Ok(())
     }
 
-    /// Begins an epoch in the worker's transaction (alone in it while isolating).
-    async fn begin(&mut self) -> Result<(), EpochError> {
+    /// Begins an epoch (committed alone in a transaction while isolating).
+    fn begin(&mut self) {
         if !self.epoch.is_open() {
             self.isolating = self.net.lock().expect("net").isolating();
-            self.epoch.begin(self.isolating).await?;
+            self.epoch.begin(self.isolating);
         }
-        Ok(())
-    }
-
-    /// The producer of the open epoch's transaction.
-    pub(super) fn producer(&self) -> &FutureProducer {
-        self.epoch.producer()
     }
 
     /// What this epoch took of its input.
@@ -389,20 +377,10 @@ impl Task {
     async fn commit(&mut self) -> Result<(), EpochError> {
         let started = Instant::now();
         self.core.write_inboxes();
-        let overlay = self.core.store().overlay();
-        let mut deliveries = Vec::with_capacity(overlay.len());
-        for (k, v) in overlay {
-            deliveries.push(
-                kafka::send(
-                    self.producer(),
-                    &self.bound.state,
-                    Some(self.p),
-                    Some(k),
-                    v.as_deref(),
-                    None,
-                )
-                .await?,
-            );
+        let changelog_from = self.epoch.pending();
+        for (k, v) in self.core.store().overlay() {
+            self.epoch
+                .send(&self.bound.state, Some(self.p), Some(k), v.clone(), None);
         }
         for d in self.at_least_once.drain(..) {
             match d.await {
@@ -412,10 +390,10 @@ impl Task {
             }
         }
         let input = vec![(self.bound.messages.clone(), self.p, self.position)];
-        self.epoch.commit(input).await?;
+        let deliveries = self.epoch.commit(input).await?;
         // Committed: every changelog record is delivered; the checkpoint may move to the end.
         let mut next_offset = None;
-        for d in deliveries {
+        for d in deliveries.into_iter().skip(changelog_from) {
             match d.await {
                 Ok(Ok(d)) => next_offset = next_offset.max(Some(d.offset + 1)),
                 Ok(Err((e, _))) => return Err(e.into()),
@@ -438,7 +416,6 @@ impl Task {
         self.other_input = false;
         self.records = 0;
         self.produced.clear();
-        self.deliveries.clear();
         Ok(())
     }
 
@@ -459,24 +436,11 @@ impl PartitionTask for Task {
     }
 
     async fn abort(&mut self, err: &EpochError) -> ErrorClass {
-        let txn = self.epoch.clock(self.shared.txn_timeout);
-        let producer = self
-            .epoch
-            .abandon(&err.to_string(), matches!(err, EpochError::Txn(_)));
-        let mut class = err.class(producer.as_ref(), txn);
-        if txn.expired() && class == ErrorClass::Transient {
-            tracing::warn!(
-                partition = self.p,
-                "the epoch's transaction was open {:?}, past transaction.timeout.ms ({:?}): the \
-                 broker aborts it; reopening at once (raise the exactly-once egress's \
-                 transaction timeout in module.yaml, or lower --commit-interval / --park-after, \
-                 if this repeats)",
-                txn.open_for.unwrap_or_default(),
-                txn.timeout
-            );
-        }
+        // The epoch's records were not sent (or its transaction failed, and these are its
+        // records' delivery reports).
+        let deliveries = self.epoch.abandon();
+        let mut class = err.class(None, kafka::TxnClock::default());
         let mut reason = err.to_string();
-        let deliveries = std::mem::take(&mut self.deliveries);
         self.abort_epoch();
         if class == ErrorClass::Transient {
             if let Some((topic, e)) = kafka::first_refused(deliveries, REPORTS_WITHIN).await {

@@ -200,13 +200,20 @@ pub async fn run(
     // Fences an earlier process with this worker id (its open transaction is aborted)
     // before this one joins the group.
     let txn_id = format!("{}-w-{worker_id}", cfg.cluster);
-    let txn = crate::txn::WorkerTxn::start(&kafka, &txn_id, txn_timeout, group.clone()).await?;
+    let metrics = Metrics::new();
+    let txn = crate::txn::WorkerTxn::start(
+        &kafka,
+        &txn_id,
+        txn_timeout,
+        group.clone(),
+        Some(metrics.worker_txn_epochs.clone()),
+    )
+    .await?;
     tracing::info!(transactional_id = %txn_id, timeout = ?txn_timeout, "the worker's transactional producer is ready");
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::http::tls::acceptor(cert, key)?),
         _ => None,
     };
-    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
         tls,
         invoker: Invoker::new(&module, metrics.invocation_retries.clone())?,

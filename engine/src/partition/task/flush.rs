@@ -1,7 +1,7 @@
 //! The task's outbox flush: the invocations the core asked for are started, and its records
-//! go into the open transaction in the order the core decided them (exactly-once egress
-//! joins the transaction; at-least-once egress goes through the plain producer and is
-//! awaited before the commit).
+//! join the open epoch in the order the core decided them, to be sent in the worker's
+//! transaction when the epoch commits (exactly-once egress among them; at-least-once egress
+//! goes through the plain producer at once and is awaited before the commit).
 
 use std::time::Instant;
 
@@ -14,8 +14,8 @@ use crate::partition::outbox::{Invocation, Output, Response};
 use crate::partition::EpochError;
 
 impl Task {
-    /// Starts the invocations the core asked for and sends its records into the open
-    /// transaction, in the order the core decided them.
+    /// Starts the invocations the core asked for and adds its records to the open epoch, in
+    /// the order the core decided them.
     pub(super) async fn flush(&mut self) -> Result<(), EpochError> {
         let outbox = self.core.take_outbox();
         for inv in outbox.invocations {
@@ -72,45 +72,49 @@ impl Task {
             } => {
                 let payload = envelope.encode_to_vec();
                 let topic = &self.bound.messages;
-                let key = Some(key.as_bytes());
-                let d = kafka::send(
-                    self.producer(),
+                self.epoch.send(
                     topic,
                     Some(partition),
-                    key,
-                    Some(&payload),
+                    Some(key.as_bytes()),
+                    Some(payload),
                     None,
-                )
-                .await?;
-                self.deliveries.push(d);
+                );
             }
             Output::Reply { caller_id, value } => {
                 let value = value.encode_to_vec();
                 let topic = &self.bound.replies;
-                let key = Some(caller_id.as_bytes());
-                let d =
-                    kafka::send(self.producer(), topic, Some(0), key, Some(&value), None).await?;
-                self.deliveries.push(d);
+                self.epoch.send(
+                    topic,
+                    Some(0),
+                    Some(caller_id.as_bytes()),
+                    Some(value),
+                    None,
+                );
             }
             Output::Egress(e) => {
                 self.shared.ensure_topic(&e.topic).await?;
-                let producer = match e.delivery {
-                    DeliverySemantic::ExactlyOnce { .. } => self.producer(),
-                    DeliverySemantic::AtLeastOnce | DeliverySemantic::None => self.shared.plain(),
-                };
-                let delivery = kafka::send(
-                    producer,
-                    &e.topic,
-                    None,
-                    e.key.as_deref(),
-                    Some(&e.value),
-                    None,
-                )
-                .await?;
                 match e.delivery {
-                    DeliverySemantic::ExactlyOnce { .. } => self.deliveries.push(delivery),
-                    DeliverySemantic::AtLeastOnce => self.at_least_once.push(delivery),
-                    DeliverySemantic::None => {}
+                    DeliverySemantic::ExactlyOnce { .. } => self.epoch.send(
+                        &e.topic,
+                        None,
+                        e.key.as_deref(),
+                        Some(e.value.to_vec()),
+                        None,
+                    ),
+                    DeliverySemantic::AtLeastOnce | DeliverySemantic::None => {
+                        let delivery = kafka::send(
+                            self.shared.plain(),
+                            &e.topic,
+                            None,
+                            e.key.as_deref(),
+                            Some(&e.value),
+                            None,
+                        )
+                        .await?;
+                        if matches!(e.delivery, DeliverySemantic::AtLeastOnce) {
+                            self.at_least_once.push(delivery);
+                        }
+                    }
                 }
             }
             Output::DeadLetter(dl) => {
@@ -121,15 +125,14 @@ impl Task {
                     headers,
                     envelope: dl.envelope.as_deref(),
                 };
-                let d = kafka::send_dead_letter(
-                    self.producer(),
+                let headers = kafka::dead_letter_headers(record);
+                self.epoch.send(
                     &self.bound.dead_letters,
+                    None,
                     dl.key.as_deref(),
-                    dl.value.as_deref(),
-                    record,
-                )
-                .await?;
-                self.deliveries.push(d);
+                    dl.value,
+                    Some(headers),
+                );
             }
         }
         Ok(())
