@@ -44,7 +44,9 @@ fn tool(program: &str) -> Option<PathBuf> {
         })
     };
     if found.is_none() && std::env::var("KEYFLOW_SKIP_DASHBOARD").as_deref() == Ok("1") {
-        eprintln!("note: KEYFLOW_SKIP_DASHBOARD=1 and no `{program}`: the dashboard test is skipped");
+        eprintln!(
+            "note: KEYFLOW_SKIP_DASHBOARD=1 and no `{program}`: the dashboard test is skipped"
+        );
         return None;
     }
     Some(found.unwrap_or_else(|| {
@@ -296,8 +298,11 @@ fn every_dashboard_query_returns_series_from_a_scraped_worker() {
         )],
     );
     wait_metrics(&engine, "the add to cart", |page| {
-        metric_matching(page, "keyflow_invocations_total", "com.example/user-shopping-cart")
-            >= 2.0
+        metric_matching(
+            page,
+            "keyflow_invocations_total",
+            "com.example/user-shopping-cart",
+        ) >= 2.0
     });
     produce_str(
         &format!("checkout-{run}"),
@@ -315,8 +320,8 @@ fn every_dashboard_query_returns_series_from_a_scraped_worker() {
     std::fs::write(&config, derived_config(&target)).unwrap();
     promtool_check(&promtool, &config);
     let prometheus = Prometheus::start(&prometheus_bin, &config, &dir);
-    let job = serde_norway::from_str::<Yaml>(&std::fs::read_to_string(&config).unwrap())
-        .unwrap()["scrape_configs"][0]["job_name"]
+    let job = serde_norway::from_str::<Yaml>(&std::fs::read_to_string(&config).unwrap()).unwrap()
+        ["scrape_configs"][0]["job_name"]
         .as_str()
         .expect("a job name")
         .to_string();

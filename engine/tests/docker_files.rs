@@ -464,13 +464,19 @@ fn assert_pinned_and_local(name: &str, s: &Value, repository: &str) {
         .strip_prefix(&format!("{repository}:"))
         .unwrap_or_else(|| panic!("{name}: image `{image}` is not {repository}:<version>"));
     assert!(
-        tag.chars().next().is_some_and(|c| c.is_ascii_digit() || c == 'v') && tag != "latest",
+        tag.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == 'v')
+            && tag != "latest",
         "{name}: pin a version, not `{image}`"
     );
     let ports = s["ports"].as_sequence().expect("ports published");
     for p in ports {
         let p = p.as_str().unwrap();
-        assert!(p.starts_with("127.0.0.1:"), "{name}: port `{p}` not on 127.0.0.1");
+        assert!(
+            p.starts_with("127.0.0.1:"),
+            "{name}: port `{p}` not on 127.0.0.1"
+        );
     }
 }
 
@@ -543,10 +549,9 @@ fn grafana_provisions_the_prometheus_datasource_and_the_dashboard() {
     assert_eq!(provisioning, "deploy/grafana/provisioning");
 
     // The datasource: the compose file's Prometheus, under the uid the dashboard names.
-    let ds: Value = serde_norway::from_str(&read(&format!(
-        "{provisioning}/datasources/prometheus.yml"
-    )))
-    .expect("datasource provisioning is YAML");
+    let ds: Value =
+        serde_norway::from_str(&read(&format!("{provisioning}/datasources/prometheus.yml")))
+            .expect("datasource provisioning is YAML");
     let ds = &ds["datasources"][0];
     assert_eq!(ds["type"].as_str(), Some("prometheus"));
     let prometheus = service(&c, "prometheus");
@@ -565,10 +570,9 @@ fn grafana_provisions_the_prometheus_datasource_and_the_dashboard() {
     let uid = ds["uid"].as_str().expect("the datasource has a fixed uid");
 
     // The dashboards: the provider's folder is where the compose file mounts the JSON.
-    let provider: Value = serde_norway::from_str(&read(&format!(
-        "{provisioning}/dashboards/keyflow.yml"
-    )))
-    .expect("dashboard provisioning is YAML");
+    let provider: Value =
+        serde_norway::from_str(&read(&format!("{provisioning}/dashboards/keyflow.yml")))
+            .expect("dashboard provisioning is YAML");
     let folder = provider["providers"][0]["options"]["path"]
         .as_str()
         .expect("providers[0].options.path");
