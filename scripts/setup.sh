@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent machine setup for a fresh Debian machine (run as root): system packages needed to
-# build the workspace (rdkafka's cmake build, protobuf), tool checks, and the Kafka broker jars.
+# build the workspace (rdkafka's cmake build, protobuf), tool checks, the Kafka broker jars and
+# Debian's prometheus package unpacked into .tools/ (for the dashboard test).
 # Safe to re-run: every step is skipped when already done.
 set -euo pipefail
 
@@ -61,4 +62,7 @@ say "mvn: $(mvn -v 2>/dev/null | head -n1 | sed 's/\x1b\[[0-9;]*m//g')"
 
 # --- Kafka broker jars -------------------------------------------------------------------------
 "$REPO_ROOT/scripts/kafka.sh" install
+
+# --- Prometheus (Debian's package, unpacked into .tools/; engine/tests/dashboard.rs) ----------
+"$REPO_ROOT/scripts/prometheus.sh" install
 say "done"

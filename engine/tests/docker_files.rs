@@ -416,3 +416,185 @@ fn docker_compose_accepts_the_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Services of the compose file that run `keyflow run`, with their admin address as the
+/// compose network reaches it: `<service>:<port of --admin-addr>`.
+fn worker_admin_addresses(compose: &Value) -> Vec<String> {
+    services(compose)
+        .into_iter()
+        .filter(|(_, s)| command(s).get(..2) == Some(&["keyflow".into(), "run".into()]))
+        .map(|(name, w)| {
+            let cmd = command(&w);
+            let admin = flag(&cmd, "--admin-addr").expect("--admin-addr");
+            format!("{name}:{}", admin.rsplit(':').next().unwrap())
+        })
+        .collect()
+}
+
+fn volumes(s: &Value) -> Vec<(String, String)> {
+    s["volumes"]
+        .as_sequence()
+        .map(|v| {
+            v.iter()
+                .map(|m| {
+                    let mut parts = m.as_str().unwrap().split(':');
+                    (
+                        parts.next().unwrap().to_string(),
+                        parts.next().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The host path (relative to the repository) mounted at `target` in service `s`.
+fn mounted_at(name: &str, s: &Value, target: &str) -> String {
+    volumes(s)
+        .into_iter()
+        .find(|(_, t)| t == target)
+        .map(|(host, _)| host.trim_start_matches("./").to_string())
+        .unwrap_or_else(|| panic!("{name}: nothing mounted at {target}: {:?}", volumes(s)))
+}
+
+/// An official image at a pinned version, with ports on the host's loopback only.
+fn assert_pinned_and_local(name: &str, s: &Value, repository: &str) {
+    let image = s["image"].as_str().unwrap_or_default();
+    let tag = image
+        .strip_prefix(&format!("{repository}:"))
+        .unwrap_or_else(|| panic!("{name}: image `{image}` is not {repository}:<version>"));
+    assert!(
+        tag.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == 'v')
+            && tag != "latest",
+        "{name}: pin a version, not `{image}`"
+    );
+    let ports = s["ports"].as_sequence().expect("ports published");
+    for p in ports {
+        let p = p.as_str().unwrap();
+        assert!(
+            p.starts_with("127.0.0.1:"),
+            "{name}: port `{p}` not on 127.0.0.1"
+        );
+    }
+}
+
+/// Every `datasource` object in the dashboard (panels, targets, template variables).
+fn datasource_uids(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(ds) = m.get("datasource") {
+                let uid = ds["uid"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a datasource without a uid: {ds}"));
+                out.insert(uid.to_string());
+            }
+            m.values().for_each(|v| datasource_uids(v, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| datasource_uids(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn prometheus_scrapes_every_worker_of_the_compose_file() {
+    let c = compose();
+    let prometheus = service(&c, "prometheus");
+    assert_pinned_and_local("prometheus", &prometheus, "prom/prometheus");
+    let config_path = command(&prometheus)
+        .iter()
+        .find_map(|a| a.strip_prefix("--config.file=").map(str::to_string))
+        .expect("prometheus: --config.file=");
+    let host = mounted_at("prometheus", &prometheus, &config_path);
+    assert_eq!(host, "deploy/prometheus/prometheus.yml");
+
+    let config: Value = serde_norway::from_str(&read(&host)).expect("prometheus.yml is YAML");
+    let jobs = config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs");
+    let job = jobs
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("keyflow"))
+        .expect("a scrape job named `keyflow` (the dashboard's default $job)");
+    assert!(
+        matches!(job["metrics_path"].as_str(), None | Some("/metrics")),
+        "the admin server serves /metrics"
+    );
+    let targets: Vec<String> = job["static_configs"]
+        .as_sequence()
+        .expect("static_configs")
+        .iter()
+        .flat_map(|s| s["targets"].as_sequence().cloned().unwrap_or_default())
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let workers = worker_admin_addresses(&c);
+    assert!(workers.len() >= 2, "two engine workers");
+    assert_eq!(
+        targets, workers,
+        "the keyflow job scrapes each worker's admin port"
+    );
+}
+
+#[test]
+fn grafana_provisions_the_prometheus_datasource_and_the_dashboard() {
+    let c = compose();
+    let grafana = service(&c, "grafana");
+    assert_pinned_and_local("grafana", &grafana, "grafana/grafana");
+    assert_eq!(
+        grafana["depends_on"]["prometheus"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    let provisioning = mounted_at("grafana", &grafana, "/etc/grafana/provisioning");
+    assert_eq!(provisioning, "deploy/grafana/provisioning");
+
+    // The datasource: the compose file's Prometheus, under the uid the dashboard names.
+    let ds: Value =
+        serde_norway::from_str(&read(&format!("{provisioning}/datasources/prometheus.yml")))
+            .expect("datasource provisioning is YAML");
+    let ds = &ds["datasources"][0];
+    assert_eq!(ds["type"].as_str(), Some("prometheus"));
+    let prometheus = service(&c, "prometheus");
+    let port = prometheus["ports"][0]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        ds["url"].as_str(),
+        Some(format!("http://prometheus:{port}").as_str()),
+        "the datasource reaches the prometheus service"
+    );
+    let uid = ds["uid"].as_str().expect("the datasource has a fixed uid");
+
+    // The dashboards: the provider's folder is where the compose file mounts the JSON.
+    let provider: Value =
+        serde_norway::from_str(&read(&format!("{provisioning}/dashboards/keyflow.yml")))
+            .expect("dashboard provisioning is YAML");
+    let folder = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("providers[0].options.path");
+    let dashboards = mounted_at("grafana", &grafana, folder);
+    let file = format!("{dashboards}/keyflow.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&read(&file))
+        .unwrap_or_else(|e| panic!("{file} is not valid JSON: {e}"));
+    assert_eq!(
+        env(&grafana, "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"),
+        Some(format!("{folder}/keyflow.json")),
+        "the dashboard is Grafana's home page"
+    );
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(
+        panels.iter().any(|p| p["targets"].is_array()),
+        "{file} has panels with queries"
+    );
+    let mut uids = BTreeSet::new();
+    datasource_uids(&dashboard, &mut uids);
+    assert_eq!(
+        uids,
+        BTreeSet::from([uid.to_string()]),
+        "every datasource of {file} is the provisioned one"
+    );
+}

@@ -149,6 +149,8 @@ impl Task {
             epochs: m.partition_epochs.with_label_values(&[&label]),
             commit_seconds: m.partition_commit_seconds.with_label_values(&[&label]),
         };
+        // From 0 for every owned partition: a dashboard shows no failures, not "no data".
+        m.epoch_failures.with_label_values(&[&label]);
         let lag = m.consumer_lag.with_label_values(&[&bound.messages, &label]);
         let age = m.input_age_seconds.with_label_values(&["messages"]);
         let input = reader.open(&bound.messages, p, position, Some(lag), Some(age));
