@@ -232,7 +232,7 @@ fn main() {
             run_id,
             partitions,
         } => {
-            let topics: Vec<String> = run_topics(&run_id).into_iter().take(4).collect();
+            let topics = ingress_topics(&run_id);
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
             kafka::ensure_topics_with(&bootstrap, &names, partitions)
         }
@@ -424,12 +424,17 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// The topics a run creates: its ingress topics and the engine cluster's internal topics.
-fn run_topics(run: &str) -> Vec<String> {
-    let mut t: Vec<String> = ["add-to-cart", "clear-cart", "checkout", "restock-items"]
+/// A run's ingress topics (the module's, suffixed with the run id).
+fn ingress_topics(run: &str) -> Vec<String> {
+    ["add-to-cart", "clear-cart", "checkout", "restock-items"]
         .iter()
         .map(|b| format!("{b}-{run}"))
-        .collect();
+        .collect()
+}
+
+/// The topics a run creates: its ingress topics and the engine cluster's internal topics.
+fn run_topics(run: &str) -> Vec<String> {
+    let mut t = ingress_topics(run);
     t.extend(
         ["messages", "state", "deadletters", "replies"]
             .iter()
