@@ -320,6 +320,9 @@ mod tests {
         assert_eq!(r.p50, Some(5.0));
         assert!(r.correct);
         assert_eq!(r.settings, "restate-server 1.7.x");
+        let mut short = restate.clone();
+        short["quantity_ok"] = json!(false);
+        assert!(!Row::from_json("restate", &short).correct);
         let mut dup = driver.clone();
         dup["checks"]["duplicate_receipts"] = json!(1);
         assert!(!Row::from_json("kstreams", &dup).correct);
