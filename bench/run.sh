@@ -9,8 +9,9 @@
 #   --no-limit  skip "the limit" (transactional copy loop and function HTTP round trip)
 #   --workers 1,2,4  run the AddToCart throughput phase once per worker count (default 1),
 #             each on a fresh cluster; the first count also gets the latency phase
-#   --peers LIST  then these peers, in this order, each with the same driver phases and checks
-#             (statefun, kstreams) or its own driver (restate), and one table keyflow/peer:
+#   --peers LIST  then these peers (always in the order statefun, kstreams, restate), each
+#             with the same driver phases and checks (statefun, kstreams) or its own driver
+#             (restate), and one table keyflow/peer with a chart (<timestamp>.svg):
 #             statefun: StateFun 3.3.0 on a local Flink MiniCluster (bench/statefun/, Maven,
 #               ~210 MB on first use), once per checkpoint interval in STATEFUN_INTERVALS
 #               (default "10s,1s");
@@ -49,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     --workers) shift; IFS=, read -r -a WORKER_COUNTS <<<"${1:-}" ;;
     --workers=*) IFS=, read -r -a WORKER_COUNTS <<<"${1#--workers=}" ;;
     --) shift; DRIVER_EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
