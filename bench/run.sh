@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of the shopping-cart application on this machine (see bench/README.md).
 #
-#   bench/run.sh [--quick] [--keep] [--no-limit] [--workers 1,2,4] [--restate] [-- <extra keyflow-bench run flags>]
+#   bench/run.sh [--quick] [--keep] [--no-limit] [--workers 1,2,4] [--peers statefun,kstreams,restate]
+#                [-- <extra keyflow-bench run flags>]
 #
 #   --quick   10,000 AddToCart records and 10 s of latency measurement (default 100,000 / 20 s)
 #   --keep    keep the run's temp dir (module, engine data, logs) and its Kafka topics
 #   --no-limit  skip "the limit" (transactional copy loop and function HTTP round trip)
 #   --workers 1,2,4  run the AddToCart throughput phase once per worker count (default 1),
 #             each on a fresh cluster; the first count also gets the latency phase
-#   --restate  then the Restate peer (bench/restate/run.sh, RESTATE_RECORDS AddToCart calls,
-#             default 10,000; npm installs restate-server and the SDK on first use)
+#   --peers LIST  then these peers (always in the order statefun, kstreams, restate), each
+#             with the same driver phases and checks (statefun, kstreams) or its own driver
+#             (restate), and one table keyflow/peer with a chart (<timestamp>.svg):
+#             statefun: StateFun 3.3.0 on a local Flink MiniCluster (bench/statefun/, Maven,
+#               ~210 MB on first use), once per checkpoint interval in STATEFUN_INTERVALS
+#               (default "10s,1s");
+#             kstreams: Kafka Streams 4.4 exactly_once_v2 (bench/kstreams/, Maven, ~25 MB);
+#             restate: Restate 1.7 (bench/restate/, npm; RESTATE_RECORDS AddToCart calls,
+#               default 10,000)
+#   --restate  the same as --peers restate
 #
 # Builds the release binaries, starts the broker when it is not running (and stops it again at
 # the end), starts the shopping-cart functions, measures "the limit" (copy loop, HTTP round
@@ -27,7 +36,7 @@ QUICK=0
 KEEP=0
 LIMIT=1
 LIMIT_RAN=0
-RESTATE=0
+PEERS=()
 WORKER_COUNTS=(1)
 DRIVER_EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -35,11 +44,13 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK=1 ;;
     --keep) KEEP=1 ;;
     --no-limit) LIMIT=0 ;;
-    --restate) RESTATE=1 ;;
+    --restate) PEERS+=(restate) ;;
+    --peers) shift; IFS=, read -r -a P <<<"${1:-}"; PEERS+=("${P[@]}") ;;
+    --peers=*) IFS=, read -r -a P <<<"${1#--peers=}"; PEERS+=("${P[@]}") ;;
     --workers) shift; IFS=, read -r -a WORKER_COUNTS <<<"${1:-}" ;;
     --workers=*) IFS=, read -r -a WORKER_COUNTS <<<"${1#--workers=}" ;;
     --) shift; DRIVER_EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -49,6 +60,13 @@ for n in "${WORKER_COUNTS[@]}"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --workers takes positive counts, e.g. 1,2,4 (got '$n')" >&2; exit 2; }
 done
 [[ ${#WORKER_COUNTS[@]} -gt 0 ]] || { echo "run.sh: --workers needs at least one count" >&2; exit 2; }
+has_peer() { local p; for p in "${PEERS[@]}"; do [[ "$p" == "$1" ]] && return 0; done; return 1; }
+for p in "${PEERS[@]}"; do
+  case "$p" in
+    statefun|kstreams|restate) ;;
+    *) echo "run.sh: unknown peer '$p' (known: statefun, kstreams, restate)" >&2; exit 2 ;;
+  esac
+done
 
 T0=$(date +%s)
 say() { echo "[bench $(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*" >&2; }
@@ -319,32 +337,53 @@ if [[ ${#WORKER_COUNTS[@]} -gt 1 ]]; then
   "$BIN/keyflow-bench" workers-summary "${SUMMARY_ARGS[@]}" --into "$RESULTS/$STAMP.json" || RC=1
 fi
 
-# 7. The Restate peer, after the engine is stopped: the same cart/stock flow as Restate
-# virtual objects; its figures and the keyflow/Restate ratio go into $STAMP.json.
-if [[ $RESTATE -eq 1 && $RC -eq 0 ]]; then
-  # The functions are not needed any more: stop them so that they take no CPU.
-  stop_pid functions "$FUNCTIONS_PID"
+# 7. The peers, after the engine is stopped, each on fresh topics (run id <run>-<peer>), with
+# the same driver phases; then one table keyflow/peer and a chart ($STAMP.svg).
+PEER_ARGS=()
+peer_done() { # peer_done NAME JSON RC
+  if [[ $3 -ne 0 ]]; then RC=1; say "the $1 peer failed (exit code $3)"; fi
+  [[ -f "$2" ]] && PEER_ARGS+=(--peer "$1=$2")
+  return 0
+}
+PEER_QUICK=()
+[[ $QUICK -eq 1 ]] && PEER_QUICK=(--quick)
+if has_peer statefun && [[ $RC -eq 0 ]]; then
+  IFS=, read -r -a SF_INTERVALS <<<"${STATEFUN_INTERVALS:-10s,1s}"
+  for iv in "${SF_INTERVALS[@]}"; do
+    RID="$RUN_ID-sf$iv"
+    RUN_IDS+=("$RID")
+    PJSON="$RESULTS/$STAMP.statefun-$iv.json"
+    say "the StateFun peer, checkpoint interval $iv: run $RID"
+    set +e
+    BROKER_PID="$BROKER_PID" FUNCTIONS_PID="$FUNCTIONS_PID" "$BENCH_DIR/statefun/run.sh" \
+      --bin "$BIN" --run-id "$RID" --module "$(make_module "$RID")" \
+      --functions-url "http://127.0.0.1:$FPORT" --interval "$iv" --json-out "$PJSON" \
+      "${PEER_QUICK[@]}" -- "${DRIVER_EXTRA[@]}"
+    peer_done "statefun-$iv" "$PJSON" $?
+    set -e
+  done
+fi
+# The functions are not needed any more: stop them so that they take no CPU.
+stop_pid functions "$FUNCTIONS_PID"
+if has_peer kstreams && [[ $RC -eq 0 ]]; then
+  RID="$RUN_ID-ks"
+  RUN_IDS+=("$RID")
+  PJSON="$RESULTS/$STAMP.kstreams.json"
+  say "the Kafka Streams peer: run $RID"
+  set +e
+  BROKER_PID="$BROKER_PID" "$BENCH_DIR/kstreams/run.sh" --bin "$BIN" --run-id "$RID" \
+    --json-out "$PJSON" "${PEER_QUICK[@]}" -- "${DRIVER_EXTRA[@]}"
+  peer_done kstreams "$PJSON" $?
+  set -e
+fi
+if has_peer restate && [[ $RC -eq 0 ]]; then
   RJSON="$RESULTS/$STAMP.restate.json"
+  set +e
   "$BENCH_DIR/restate/run.sh" --records "${RESTATE_RECORDS:-10000}" --json-out "$RJSON" \
-    --latency-secs "$(( QUICK == 1 ? 10 : 20 ))" \
-    || { RC=1; say "the Restate peer failed"; }
-  if [[ $RC -eq 0 && -f "$RJSON" ]]; then
-    python3 - "$RESULTS/$STAMP.json" "$RJSON" <<'PY'
-import json, sys
-main, r = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
-k = main["throughput"]["records_per_s"]
-main["restate"] = r
-main["restate"]["keyflow_over_restate"] = k / r["records_per_s"] if k and r["records_per_s"] else None
-json.dump(main, open(sys.argv[1], "w"), indent=2)
-print(f"keyflow / Restate AddToCart/s: {k:,.0f} / {r['records_per_s']:,.0f} = {main['restate']['keyflow_over_restate']:.1f}x"
-      f" ({main['throughput']['records']:,} vs {r['records']:,} records)")
-kl, rl = main.get("latency", {}).get("ms"), r.get("latency", {}).get("ms")
-if kl and rl:
-    print("checkout -> receipt latency, ms      keyflow (Kafka, read_committed) | Restate (HTTP response)")
-    for q in ("p50", "p99", "p999"):
-        print(f"  {q:<5} {kl[q]:>32.1f} | {rl[q]:.1f}   (keyflow / Restate = {kl[q] / rl[q]:.2f})")
-    main["restate"]["latency_keyflow_over_restate"] = {q: kl[q] / rl[q] for q in ("p50", "p99", "p999")}
-    json.dump(main, open(sys.argv[1], "w"), indent=2)
-PY
-  fi
+    --latency-secs "$(( QUICK == 1 ? 10 : 20 ))"
+  peer_done restate "$RJSON" $?
+  set -e
+fi
+if [[ ${#PEER_ARGS[@]} -gt 0 ]]; then
+  "$BIN/keyflow-bench" peers --main "$RESULTS/$STAMP.json" "${PEER_ARGS[@]}" --svg "$RESULTS/$STAMP.svg" || RC=1
 fi

@@ -72,6 +72,10 @@ impl Producer {
             .set("batch.size", "1000000")
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
+            // The Java client's partitioner: a Kafka Streams peer expects its input topics
+            // partitioned by the key as its own producers partition the hop topics (keyflow
+            // routes every ingress record itself, so it does not mind).
+            .set("partitioner", "murmur2_random")
             .create_with_context(Acks::default())
             .context("creating the producer")?;
         Ok(Producer { inner, sent: 0 })
@@ -350,6 +354,15 @@ pub fn ensure_topics_with(bootstrap: &str, topics: &[&str], partitions: i32) -> 
         }
     }
     Ok(())
+}
+
+/// The names of every topic on the broker.
+pub fn topic_names(bootstrap: &str) -> anyhow::Result<Vec<String>> {
+    let md = admin(bootstrap)?
+        .inner()
+        .fetch_metadata(None, META_TIMEOUT)
+        .context("broker metadata")?;
+    Ok(md.topics().iter().map(|t| t.name().to_string()).collect())
 }
 
 /// Deletes the named topics that exist; returns the names deleted.

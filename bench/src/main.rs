@@ -6,6 +6,7 @@
 mod kafka;
 mod limit;
 mod metrics;
+mod peers;
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -62,7 +63,24 @@ enum Command {
         /// The run id (it is also the engine's cluster name).
         #[arg(long)]
         run_id: String,
+        /// Also delete every topic whose name starts with this (a peer's own topics, e.g.
+        /// `kstreams-<run-id>-`; repeatable).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
     },
+    /// Create a run's ingress topics (a peer that does not create them itself).
+    Topics {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[arg(long)]
+        run_id: String,
+        /// Partitions of each topic (the engine's default).
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+    },
+    /// One table of keyflow and its peers from one run (the ratios keyflow/peer) and a chart:
+    /// adds a `peers` section to the main JSON and writes an SVG beside it.
+    Peers(peers::PeersArgs),
 }
 
 #[derive(Args, Debug)]
@@ -73,8 +91,21 @@ struct RunArgs {
     #[arg(long)]
     run_id: String,
     /// The engine's admin address (host:port) for /metrics; several workers: comma-separated.
-    #[arg(long)]
+    /// Empty for a peer system (Kafka Streams, StateFun): no /metrics, and the latency phase
+    /// waits for its baskets with --settle-topics / --settle-secs instead.
+    #[arg(long, default_value = "")]
     admin: String,
+    /// What runs the application, in the title and the JSON (`keyflow`, `kstreams`, ...).
+    #[arg(long, default_value = "keyflow")]
+    system: String,
+    /// Without --admin: topics the ingress group (--ingress-group) consumes after the
+    /// add-to-cart topic, in hop order (comma-separated); the baskets are filled when the
+    /// group's committed offsets reach each topic's end, checked one topic after the other.
+    #[arg(long, default_value = "", value_delimiter = ',')]
+    settle_topics: Vec<String>,
+    /// Without --admin: then wait this long for the baskets (hops that are not on Kafka).
+    #[arg(long, default_value_t = 0.0)]
+    settle_secs: f64,
     /// Consumer group the engine commits its ingress positions in (default `<run-id>-members`:
     /// the engine's cluster is the run id, and every position is committed in its members
     /// group with the worker's transaction).
@@ -177,7 +208,7 @@ struct LimitHttpArgs {
     json_out: Option<PathBuf>,
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
+pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{s}` is not key=value"))
@@ -191,7 +222,21 @@ fn main() {
         Command::LimitHttp(a) => limit_http(a),
         Command::WorkersSummary { runs, into } => workers_summary(&runs, &into),
         Command::FreePort => free_port().map(|p| println!("{p}")),
-        Command::Cleanup { bootstrap, run_id } => cleanup(&bootstrap, &run_id),
+        Command::Cleanup {
+            bootstrap,
+            run_id,
+            prefixes,
+        } => cleanup(&bootstrap, &run_id, &prefixes),
+        Command::Topics {
+            bootstrap,
+            run_id,
+            partitions,
+        } => {
+            let topics = ingress_topics(&run_id);
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            kafka::ensure_topics_with(&bootstrap, &names, partitions)
+        }
+        Command::Peers(a) => peers::run(&a),
     };
     match result {
         Ok(()) => {}
@@ -379,12 +424,17 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// The topics a run creates: its ingress topics and the engine cluster's internal topics.
-fn run_topics(run: &str) -> Vec<String> {
-    let mut t: Vec<String> = ["add-to-cart", "clear-cart", "checkout", "restock-items"]
+/// A run's ingress topics (the module's, suffixed with the run id).
+fn ingress_topics(run: &str) -> Vec<String> {
+    ["add-to-cart", "clear-cart", "checkout", "restock-items"]
         .iter()
         .map(|b| format!("{b}-{run}"))
-        .collect();
+        .collect()
+}
+
+/// The topics a run creates: its ingress topics and the engine cluster's internal topics.
+fn run_topics(run: &str) -> Vec<String> {
+    let mut t = ingress_topics(run);
     t.extend(
         ["messages", "state", "deadletters", "replies"]
             .iter()
@@ -394,8 +444,16 @@ fn run_topics(run: &str) -> Vec<String> {
     t
 }
 
-fn cleanup(bootstrap: &str, run: &str) -> anyhow::Result<()> {
-    let deleted = kafka::delete_topics(bootstrap, &run_topics(run))?;
+fn cleanup(bootstrap: &str, run: &str, prefixes: &[String]) -> anyhow::Result<()> {
+    let mut topics = run_topics(run);
+    if !prefixes.is_empty() {
+        topics.extend(
+            kafka::topic_names(bootstrap)?
+                .into_iter()
+                .filter(|t| prefixes.iter().any(|p| t.starts_with(p.as_str()))),
+        );
+    }
+    let deleted = kafka::delete_topics(bootstrap, &topics)?;
     eprintln!(
         "keyflow-bench: deleted {} topics of run {run}: {}",
         deleted.len(),
@@ -521,7 +579,8 @@ impl Ctx {
     }
 
     fn metrics(&self) -> anyhow::Result<Page> {
-        // Several workers: their pages side by side (every figure used is a sum).
+        // Several workers: their pages side by side (every figure used is a sum). A peer
+        // system has none: every figure is then 0.
         let mut page = Page::default();
         for admin in self.admin.split(',').filter(|s| !s.is_empty()) {
             page.samples.extend(Page::fetch(admin)?.samples);
@@ -727,42 +786,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     if !ctx.wait_adds_routed("latency: routing the baskets", Duration::from_secs(120))? {
         bail!("the engine did not route the latency phase's AddToCart records in time");
     }
-    // Each basket is done after two cart invocations (AddToCart, ItemAvailability) and one
-    // stock invocation (RequestItem); the invocation counters tell when they have happened.
-    let inv_cart0 = m2
-        .by_label("keyflow_invocations_total", "function_type")
-        .get(CART)
-        .copied()
-        .unwrap_or(0.0);
-    let inv_stock0 = m2
-        .by_label("keyflow_invocations_total", "function_type")
-        .get(STOCK)
-        .copied()
-        .unwrap_or(0.0);
-    let settled = wait_until(
-        &ctx.clock,
-        "latency: waiting for the baskets to fill",
-        Duration::from_secs(120),
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-        || {
-            let inv = ctx
-                .metrics()?
-                .by_label("keyflow_invocations_total", "function_type");
-            let cart = inv.get(CART).copied().unwrap_or(0.0) - inv_cart0;
-            let stock = inv.get(STOCK).copied().unwrap_or(0.0) - inv_stock0;
-            Ok((
-                cart >= 2.0 * n_lat as f64 && stock >= n_lat as f64,
-                format!(
-                    "{cart}/{} cart and {stock}/{n_lat} stock invocations",
-                    2 * n_lat
-                ),
-            ))
-        },
-    )?;
-    if !settled {
-        ctx.clock
-            .say("latency: baskets may still be filling; measuring anyway");
+    if a.admin.is_empty() {
+        settle_peer(&ctx, &a, &ingress_group)?;
+    } else {
+        settle_engine(&ctx, &m2, n_lat)?;
     }
     std::thread::sleep(Duration::from_millis(500));
 
@@ -883,6 +910,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let meta: BTreeMap<String, String> = a.meta.iter().cloned().collect();
     let report = json!({
         "run_id": run,
+        "system": a.system,
         "timestamp_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "machine": machine,
         "meta": meta,
@@ -971,6 +999,81 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         quantity_ok && lat_complete && lat_wrong == 0 && duplicates == 0 && oos_events == 0;
     if !correct {
         bail!("correctness checks failed (see the table above)");
+    }
+    Ok(())
+}
+
+/// The latency phase's baskets are filled when every one has had two cart invocations
+/// (AddToCart, ItemAvailability) and one stock invocation (RequestItem): the engine's
+/// invocation counters tell.
+fn settle_engine(ctx: &Ctx, m2: &Page, n_lat: usize) -> anyhow::Result<()> {
+    let inv_cart0 = m2
+        .by_label("keyflow_invocations_total", "function_type")
+        .get(CART)
+        .copied()
+        .unwrap_or(0.0);
+    let inv_stock0 = m2
+        .by_label("keyflow_invocations_total", "function_type")
+        .get(STOCK)
+        .copied()
+        .unwrap_or(0.0);
+    let settled = wait_until(
+        &ctx.clock,
+        "latency: waiting for the baskets to fill",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+        || {
+            let inv = ctx
+                .metrics()?
+                .by_label("keyflow_invocations_total", "function_type");
+            let cart = inv.get(CART).copied().unwrap_or(0.0) - inv_cart0;
+            let stock = inv.get(STOCK).copied().unwrap_or(0.0) - inv_stock0;
+            Ok((
+                cart >= 2.0 * n_lat as f64 && stock >= n_lat as f64,
+                format!(
+                    "{cart}/{} cart and {stock}/{n_lat} stock invocations",
+                    2 * n_lat
+                ),
+            ))
+        },
+    )?;
+    if !settled {
+        ctx.clock
+            .say("latency: baskets may still be filling; measuring anyway");
+    }
+    Ok(())
+}
+
+/// A peer has no invocation counters: its hops through Kafka are done when its group's
+/// committed offsets reach the end of each hop's topic (in hop order: a topic's end is read
+/// only once the hop before has been committed); hops that are not on Kafka get a fixed wait.
+fn settle_peer(ctx: &Ctx, a: &RunArgs, group: &str) -> anyhow::Result<()> {
+    for topic in a.settle_topics.iter().filter(|t| !t.is_empty()) {
+        let probe = RoutedProbe::new(&a.bootstrap, group, topic)?;
+        let end = probe.end()?;
+        let done = wait_until(
+            &ctx.clock,
+            &format!("latency: waiting for {group} to commit {topic}"),
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            Duration::from_secs(2),
+            || {
+                let c = probe.committed()?;
+                Ok((c >= end, format!("{c}/{end}")))
+            },
+        )?;
+        if !done {
+            ctx.clock
+                .say("latency: baskets may still be filling; measuring anyway");
+        }
+    }
+    if a.settle_secs > 0.0 {
+        ctx.clock.say(format!(
+            "latency: waiting {} s for the baskets (hops not visible on Kafka)",
+            a.settle_secs
+        ));
+        std::thread::sleep(Duration::from_secs_f64(a.settle_secs));
     }
     Ok(())
 }
@@ -1108,14 +1211,13 @@ fn grouped(n: f64) -> String {
 fn print_table(r: &Value) {
     let t = &r["throughput"];
     let l = &r["latency"];
-    let c = &r["checks"];
     let m = &r["machine"];
     let row = |k: &str, v: String| println!("  {k:<44} {v}");
-    let ms = |v: &Value| fmt_opt(num(v).map(|s| s * 1e3), 1);
     println!();
     println!(
-        "keyflow-bench {}  ({} cores, {}, {})",
+        "keyflow-bench {} on {}  ({} cores, {}, {})",
         r["run_id"].as_str().unwrap_or(""),
+        r["system"].as_str().unwrap_or("keyflow"),
         m["cores"].as_str().unwrap_or("?"),
         m["cpu"].as_str().unwrap_or("?"),
         m["memory"].as_str().unwrap_or("?"),
@@ -1227,6 +1329,17 @@ fn print_table(r: &Value) {
         );
     }
     row("receipts", format!("{}/{}", l["receipts"], l["checkouts"]));
+    if r["system"].as_str().unwrap_or("keyflow") == "keyflow" {
+        print_engine(t, l);
+    }
+    print_cpu(t, l);
+    print_limit(&r["limit"]);
+    print_checks(r);
+}
+
+fn print_engine(t: &Value, l: &Value) {
+    let row = |k: &str, v: String| println!("  {k:<44} {v}");
+    let ms = |v: &Value| fmt_opt(num(v).map(|s| s * 1e3), 1);
     println!();
     println!("Engine /metrics                                  throughput phase | latency phase");
     let both =
@@ -1279,6 +1392,10 @@ fn print_table(r: &Value) {
             }),
         );
     }
+}
+
+fn print_cpu(t: &Value, l: &Value) {
+    let row = |k: &str, v: String| println!("  {k:<44} {v}");
     println!();
     println!("CPU seconds (share)                              throughput phase | latency phase");
     let roles: BTreeSet<String> = t["cpu"]["cpu_seconds"]
@@ -1331,7 +1448,11 @@ fn print_table(r: &Value) {
             );
         }
     }
-    print_limit(&r["limit"]);
+}
+
+fn print_checks(r: &Value) {
+    let row = |k: &str, v: String| println!("  {k:<44} {v}");
+    let c = &r["checks"];
     println!();
     println!("Checks");
     row(
