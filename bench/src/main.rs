@@ -6,6 +6,7 @@
 mod kafka;
 mod limit;
 mod metrics;
+mod restore;
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -53,6 +54,9 @@ enum Command {
         #[arg(long)]
         into: PathBuf,
     },
+    /// Write shopping-cart state for many ids straight into `<cluster>-state` (partition 0),
+    /// for the restore and failover measurement (bench/restore.sh).
+    RestoreFill(restore::RestoreFillArgs),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
     /// Delete the topics one run created (after its engine stopped).
@@ -190,6 +194,7 @@ fn main() {
         Command::LimitCopy(a) => limit_copy(a),
         Command::LimitHttp(a) => limit_http(a),
         Command::WorkersSummary { runs, into } => workers_summary(&runs, &into),
+        Command::RestoreFill(args) => restore::fill(args),
         Command::FreePort => free_port().map(|p| println!("{p}")),
         Command::Cleanup { bootstrap, run_id } => cleanup(&bootstrap, &run_id),
     };

@@ -69,6 +69,39 @@ pub(crate) mod internal {
     include!(concat!(env!("OUT_DIR"), "/keyflow.internal.rs"));
 }
 
+/// The changelog's record format, for tools that write a cluster's state without running it
+/// (benchmarks).
+pub mod changelog {
+    /// The changelog record of an address's state (`a` + address, an `AddressState`) holding
+    /// `values` as (name, typename, bytes), none expiring: for tools that write a changelog
+    /// without running functions (`keyflow-bench restore-fill`).
+    pub fn address_state_record(
+        addr: &keyflow_protocol::Address,
+        values: &[(&str, &str, &[u8])],
+    ) -> (Vec<u8>, Vec<u8>) {
+        let state = crate::internal::AddressState {
+            values: values
+                .iter()
+                .map(|(name, typename, bytes)| {
+                    let value = crate::internal::StoredValue {
+                        value: Some(keyflow_protocol::TypedValue {
+                            typename: typename.to_string(),
+                            has_value: true,
+                            value: bytes.to_vec().into(),
+                        }),
+                        expires_at_ms: 0,
+                    };
+                    (name.to_string(), value)
+                })
+                .collect(),
+        };
+        (
+            crate::store::address_key(addr),
+            prost::Message::encode_to_vec(&state),
+        )
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch (delayed messages and state expiry are
 /// wall-clock based so that they survive restarts and moves between workers).
 pub fn now_ms() -> i64 {
