@@ -17,6 +17,8 @@
 //! - [`store`]: a partition's state: sled checkpoint + the epoch's overlay.
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
+//! - [`rescale`]: `keyflow rescale`: a stopped cluster's state and positions copied into a
+//!   new cluster with another partition count, exactly once.
 //! - [`kafka`]: client settings (the user's security properties included), transactional
 //!   producers, topics.
 //! - [`limits`]: how large a record each topic takes (checked before anything is produced).
@@ -57,6 +59,7 @@ pub mod partitioner;
 pub(crate) mod playground;
 pub(crate) mod reader;
 pub mod replay;
+pub mod rescale;
 pub(crate) mod restore;
 pub(crate) mod router;
 pub(crate) mod store;
