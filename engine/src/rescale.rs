@@ -11,7 +11,7 @@
 //!   B's routers read on from there.
 //!
 //! Exactly once and resumable: every copy runs in transactions (`transactional.id =
-//! <B>-rescale`) of at most [`CHUNK`] records, and each transaction also commits how far it
+//! <B>-rescale`) of at most [`Plan::chunk`] records, and each transaction also commits how far it
 //! read its source as an offset of consumer group `<B>-rescale`. That offset is the progress
 //! mark: a copy starts where the group's offset says (read stable, after `init_transactions`
 //! fenced and aborted any earlier run), so an interrupted rescale run again repeats nothing
@@ -34,8 +34,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::kafka::{blocking, client_config, Connection, QuietEof, TopicError, TopicSpec};
 use route::{route_message, Route, StateRouter};
 
-/// Records per transaction: bounded memory and transaction time, and the granularity of a
-/// resumed run.
+/// Records per transaction by default: bounded memory and transaction time, and the
+/// granularity of a resumed run.
 pub const CHUNK: usize = 50_000;
 /// How long a read may receive nothing before the rescale gives up.
 const STALL: Duration = Duration::from_secs(60);
@@ -49,6 +49,8 @@ pub struct Plan {
     pub partitions: i32,
     /// Replication factor of the topics created for `to` (-1: the broker's default).
     pub replication: i32,
+    /// Records per transaction ([`CHUNK`] by default).
+    pub chunk: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +347,7 @@ fn copy_all(
             partitions: plan.partitions,
         };
         outcome.copied += copy_partition(
-            &reader, &producer, &group, &t, p, start, high, &dest, progress,
+            &reader, &producer, &group, &t, p, start, high, &dest, plan.chunk, progress,
         )?;
     }
 
@@ -376,7 +378,7 @@ struct Dest {
     partitions: i32,
 }
 
-/// Copies `topic`/`p` from `start` to its end in transactions of [`CHUNK`] records, each
+/// Copies `topic`/`p` from `start` to its end in transactions of `chunk` records, each
 /// committing how far it read as the progress group's offset.
 #[allow(clippy::too_many_arguments)]
 fn copy_partition(
@@ -388,6 +390,7 @@ fn copy_partition(
     start: i64,
     end: i64,
     dest: &Dest,
+    chunk: usize,
     progress: &impl Fn(String),
 ) -> Result<u64, RescaleError> {
     let mut tpl = TopicPartitionList::new();
@@ -399,7 +402,7 @@ fn copy_partition(
     loop {
         producer.begin_transaction()?;
         let (mut n, mut eof, mut last) = (0usize, false, Instant::now());
-        while n < CHUNK {
+        while n < chunk.max(1) {
             match reader.poll(Duration::from_millis(500)) {
                 Some(Ok(m)) => {
                     let (key, value) = (m.key(), m.payload());

@@ -108,16 +108,54 @@ fn send_round(input: &str, seq: u32) {
 }
 
 /// `keyflow rescale` from `from` into `to`: (exit code, stderr).
-fn rescale(from: &str, to: &str, partitions: u32) -> (Option<i32>, String) {
+fn rescale(from: &str, to: &str, partitions: u32, extra: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_keyflow"))
         .args(["rescale", "--bootstrap", &bootstrap(), "--cluster", from])
         .args(["--to-cluster", to, "--partitions", &partitions.to_string()])
+        .args(extra)
         .output()
         .expect("running keyflow rescale");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `keyflow rescale` with 100 records per transaction and kills it (SIGKILL) once three
+/// transactions committed; returns its stderr lines, or `None` when it was refused because A
+/// still has live workers.
+fn interrupted_rescale(from: &str, to: &str) -> Option<Vec<String>> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyflow"))
+        .args(["rescale", "--bootstrap", &bootstrap(), "--cluster", from])
+        .args(["--to-cluster", to, "--partitions", "12"])
+        .args(["--records-per-transaction", "100"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running keyflow rescale");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+        seen.push(line);
+        if seen.iter().filter(|l| l.contains("records copied")).count() >= 3 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if seen.iter().any(|l| l.contains("live worker")) {
+        return None;
+    }
+    Some(seen)
+}
+
+/// The `N` of a rescale's `...: N records to copy` line.
+fn to_copy(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_suffix(" records to copy"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `records to copy` line in {stderr}"))
 }
 
 /// Every id's state as the cluster behind `engine` serves it.
@@ -184,7 +222,7 @@ fn a_rescaled_cluster_reads_the_same_state_fires_every_timer_once_and_counts_on(
         "every id has two delayed messages pending before the rescale"
     );
 
-    let (code, stderr) = rescale(&a, &b, 12);
+    let (code, stderr) = rescale(&a, &b, 12, &[]);
     assert_ne!(code, Some(0), "a rescale while A runs must be refused");
     assert!(
         stderr.contains("live worker") && stderr.contains(&format!("{a}-members")),
@@ -197,10 +235,23 @@ fn a_rescaled_cluster_reads_the_same_state_fires_every_timer_once_and_counts_on(
         "a delayed message fired on A; the test would prove little"
     );
 
-    // A worker with static membership leaves the group when its session times out.
+    // Interrupted: kill -9 after its first transactions (of 100 records each) committed. (A
+    // worker with static membership leaves the group when its session times out: until then
+    // the rescale is refused.)
     let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        if let Some(seen) = interrupted_rescale(&a, &b) {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "A never left its group");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        !seen.iter().any(|l| l.contains("done:")),
+        "the first run finished before it was interrupted: {seen:?}"
+    );
     let stderr = loop {
-        let (code, stderr) = rescale(&a, &b, 12);
+        let (code, stderr) = rescale(&a, &b, 12, &[]);
         if code == Some(0) {
             break stderr;
         }
@@ -212,7 +263,12 @@ fn a_rescaled_cluster_reads_the_same_state_fires_every_timer_once_and_counts_on(
     };
     eprintln!("{stderr}");
     assert!(stderr.contains("done:"), "{stderr}");
-    let (code, again) = rescale(&a, &b, 12);
+    let (all, rest) = (to_copy(&seen.join("\n")), to_copy(&stderr));
+    assert!(
+        rest < all,
+        "the second run resumes where the first stopped: {rest} of {all} records left"
+    );
+    let (code, again) = rescale(&a, &b, 12, &[]);
     assert_eq!(code, Some(0), "{again}");
     assert!(
         again.contains("complete already"),

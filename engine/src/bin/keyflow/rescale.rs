@@ -28,6 +28,10 @@ pub struct RescaleArgs {
     /// Replication factor of the topics created for the new cluster (-1: the broker's default).
     #[arg(long, default_value = "-1")]
     pub replication_factor: i32,
+
+    /// Records per transaction: an interrupted rescale resumes after its last committed one.
+    #[arg(long, default_value_t = keyflow_engine::rescale::CHUNK)]
+    pub records_per_transaction: usize,
 }
 
 pub async fn run(args: RescaleArgs) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub async fn run(args: RescaleArgs) -> anyhow::Result<()> {
         to: args.to_cluster,
         partitions: args.partitions.get() as i32,
         replication: args.replication_factor,
+        chunk: args.records_per_transaction,
     };
     rescale(&kafka, &plan, |line| eprintln!("rescale: {line}"))
         .await
