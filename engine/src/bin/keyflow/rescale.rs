@@ -43,8 +43,10 @@ pub async fn run(args: RescaleArgs) -> anyhow::Result<()> {
         replication: args.replication_factor,
         chunk: args.records_per_transaction,
     };
-    rescale(&kafka, &plan, |line| eprintln!("rescale: {line}"))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Err(e) = rescale(&kafka, &plan, |line| eprintln!("rescale: {line}")).await {
+        // One line, no backtrace (even with RUST_BACKTRACE set): the message says what to do.
+        eprintln!("keyflow rescale: {e}");
+        std::process::exit(1);
+    }
     Ok(())
 }
