@@ -7,6 +7,7 @@ mod kafka;
 mod limit;
 mod metrics;
 mod peers;
+mod restore;
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long)]
         into: PathBuf,
     },
+    /// Write shopping-cart state for many ids straight into `<cluster>-state` (partition 0),
+    /// for the restore and failover measurement (bench/restore.sh).
+    RestoreFill(restore::RestoreFillArgs),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
     /// Delete the topics one run created (after its engine stopped).
@@ -221,6 +225,7 @@ fn main() {
         Command::LimitCopy(a) => limit_copy(a),
         Command::LimitHttp(a) => limit_http(a),
         Command::WorkersSummary { runs, into } => workers_summary(&runs, &into),
+        Command::RestoreFill(args) => restore::fill(args),
         Command::FreePort => free_port().map(|p| println!("{p}")),
         Command::Cleanup {
             bootstrap,

@@ -17,6 +17,8 @@
 //! - [`store`]: a partition's state: sled checkpoint + the epoch's overlay.
 //! - [`restore`]: catching a checkpoint up with the changelog.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
+//! - [`rescale`]: `keyflow rescale`: a stopped cluster's state and positions copied into a
+//!   new cluster with another partition count, exactly once.
 //! - [`kafka`]: client settings (the user's security properties included), transactional
 //!   producers, topics.
 //! - [`limits`]: how large a record each topic takes (checked before anything is produced).
@@ -57,6 +59,7 @@ pub mod partitioner;
 pub(crate) mod playground;
 pub(crate) mod reader;
 pub mod replay;
+pub mod rescale;
 pub(crate) mod restore;
 pub(crate) mod router;
 pub(crate) mod store;
@@ -67,6 +70,39 @@ pub mod worker;
 /// The engine's own protobuf records (envelopes, stored state, delayed messages).
 pub(crate) mod internal {
     include!(concat!(env!("OUT_DIR"), "/keyflow.internal.rs"));
+}
+
+/// The changelog's record format, for tools that write a cluster's state without running it
+/// (benchmarks).
+pub mod changelog {
+    /// The changelog record of an address's state (`a` + address, an `AddressState`) holding
+    /// `values` as (name, typename, bytes), none expiring: for tools that write a changelog
+    /// without running functions (`keyflow-bench restore-fill`).
+    pub fn address_state_record(
+        addr: &keyflow_protocol::Address,
+        values: &[(&str, &str, &[u8])],
+    ) -> (Vec<u8>, Vec<u8>) {
+        let state = crate::internal::AddressState {
+            values: values
+                .iter()
+                .map(|(name, typename, bytes)| {
+                    let value = crate::internal::StoredValue {
+                        value: Some(keyflow_protocol::TypedValue {
+                            typename: typename.to_string(),
+                            has_value: true,
+                            value: bytes.to_vec().into(),
+                        }),
+                        expires_at_ms: 0,
+                    };
+                    (name.to_string(), value)
+                })
+                .collect(),
+        };
+        (
+            crate::store::address_key(addr),
+            prost::Message::encode_to_vec(&state),
+        )
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch (delayed messages and state expiry are

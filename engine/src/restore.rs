@@ -94,6 +94,18 @@ pub async fn catch_up(
     delete_retention: Duration,
 ) -> Result<Restored, RestoreError> {
     let mut from = store.changelog_offset()?;
+    if let Some(other) = store.changelog_topic()?.filter(|t| t != topic) {
+        // The same data dir and worker id, another cluster (a rescale's new one): offsets of
+        // `other` mean nothing in `topic`.
+        tracing::warn!(
+            topic,
+            partition,
+            checkpoint_of = other,
+            "discarding the local checkpoint: it belongs to another cluster's changelog; replaying the changelog from its start"
+        );
+        store.clear()?;
+        from = 0;
+    }
     if from > 0 {
         if let Some(stale) =
             stale_checkpoint(store.checkpoint_at_ms()?, crate::now_ms(), delete_retention)
@@ -120,7 +132,10 @@ pub async fn catch_up(
     let (kafka, topic_owned) = (kafka.clone(), topic.to_string());
     // sled trees are cheap handles onto the same data; the blocking task gets its own.
     let tree_store = store.handle();
-    blocking(move || replay(&kafka, &topic_owned, partition, from, &tree_store)).await
+    let restored =
+        blocking(move || replay(&kafka, &topic_owned, partition, from, &tree_store)).await?;
+    store.set_changelog_topic(topic)?;
+    Ok(restored)
 }
 
 fn replay(

@@ -15,8 +15,8 @@
 //! - `i` + address + sequence (8 bytes BE): one message waiting in the inbox of an address
 //!   whose request outlived an epoch (`store/inbox.rs`; earlier versions kept the whole
 //!   [`Inbox`](crate::internal::Inbox) under `i` + address, which is still read).
-//! - `m` + name: local metadata (the checkpointed changelog offset and the wall-clock time of
-//!   the last checkpoint); never changelogged.
+//! - `m` + name: local metadata (the checkpointed changelog offset, its topic, and the
+//!   wall-clock time of the last checkpoint); never changelogged.
 //!
 //! A worker that gives a partition up drops its tree ([`drop_partition`]): the next owner's
 //! changes may reach the changelog only as tombstones that compaction removes later, so a
@@ -33,6 +33,9 @@ mod inbox;
 pub use inbox::InboxEntry;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
+/// The changelog topic the tree checkpoints: a data dir and worker id reused for another
+/// cluster (a rescaled one) must not restore that cluster from this one's checkpoint.
+const TOPIC_KEY: &[u8] = b"m/changelog-topic";
 /// When the tree was last known to match the changelog (ms since the epoch, this host's clock).
 const CHECKPOINT_AT_KEY: &[u8] = b"m/checkpoint-at-ms";
 
@@ -120,6 +123,21 @@ impl PartitionStore {
             .tree
             .get(CHECKPOINT_AT_KEY)?
             .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+    }
+
+    /// The changelog topic the tree checkpoints (`None`: a tree from before this was recorded,
+    /// or a new one).
+    pub fn changelog_topic(&self) -> Result<Option<String>> {
+        Ok(self
+            .tree
+            .get(TOPIC_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records which changelog topic the tree checkpoints.
+    pub fn set_changelog_topic(&self, topic: &str) -> Result<()> {
+        self.tree.insert(TOPIC_KEY, topic.as_bytes())?;
+        Ok(())
     }
 
     /// Applies changelog records read during restore, up to `next_offset`.
@@ -358,7 +376,13 @@ pub fn address_key(a: &Address) -> Vec<u8> {
 
 /// The address encoded in an `a` key.
 pub fn parse_address_key(k: &[u8]) -> Option<Address> {
-    let mut rest = k.strip_prefix(b"a")?;
+    k.strip_prefix(b"a")?;
+    key_address(k)
+}
+
+/// The address an `a`, `d` or `i` key starts with (after its kind byte), whatever follows it.
+pub fn key_address(k: &[u8]) -> Option<Address> {
+    let mut rest = k.get(1..)?;
     let mut next = || {
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
         let s = std::str::from_utf8(rest.get(4..4 + len)?).ok()?.to_string();

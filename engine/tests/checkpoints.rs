@@ -276,3 +276,57 @@ fn a_checkpoint_older_than_the_tombstone_retention_is_replayed_from_the_start() 
         w1.log_tail(40)
     );
 }
+
+#[test]
+fn a_checkpoint_of_another_cluster_is_not_restored_from() {
+    // A rescaled cluster's workers may run on the old cluster's data dir with the same worker
+    // ids: the trees of partitions 0..n are there, with offsets of the old changelog.
+    let old = unique("ckpt-old");
+    let new = format!("{old}-new");
+    let functions = FunctionServer::start(
+        StatefulFunctions::new().with(FunctionSpec::new(COUNTER).with_state(&COUNT), counter),
+        0,
+    );
+    let dir = temp_dir(&old);
+    let module = write_module(&dir, &endpoint_yaml("test/*", functions.port));
+    let mut w1 = Engine::start(&module, &old, "w1", &dir, &["--partitions", "1"]);
+    w1.wait_ready(Duration::from_secs(90));
+    for round in 1..=3 {
+        assert_eq!(count(w1.ingress_port, "old-only", "+"), round);
+    }
+    assert_eq!(w1.terminate(), Some(0), "{}", w1.log_tail(20));
+
+    // The new cluster's changelog is longer than the old checkpoint's offset, so that offset
+    // would pass for one of its own; none of its records is about `old-only`.
+    create_topic(&format!("{new}-state"), 1, &[("cleanup.policy", "compact")]);
+    let records: Vec<(Vec<u8>, Vec<u8>)> = (0..50)
+        .map(|i| {
+            let addr = keyflow_protocol::Address::new("test", "counter", format!("n{i}"));
+            keyflow_engine::changelog::address_state_record(&addr, &[("other", "t", b"x")])
+        })
+        .collect();
+    let keys: Vec<&str> = records
+        .iter()
+        .map(|(k, _)| std::str::from_utf8(k).unwrap())
+        .collect();
+    let batch: Vec<(Option<&str>, Option<&[u8]>)> = keys
+        .iter()
+        .zip(&records)
+        .map(|(k, (_, v))| (Some(*k), Some(v.as_slice())))
+        .collect();
+    produce(&format!("{new}-state"), &batch);
+
+    let mut w1 = Engine::start(&module, &new, "w1", &dir, &["--partitions", "1"]);
+    w1.wait_ready(Duration::from_secs(90));
+    assert_eq!(
+        count(w1.ingress_port, "old-only", "+"),
+        1,
+        "the new cluster must not have the old cluster's state\n{}",
+        w1.log_tail(30)
+    );
+    assert!(
+        w1.log().contains("belongs to another cluster's changelog"),
+        "the discarded checkpoint is logged\n{}",
+        w1.log_tail(30)
+    );
+}

@@ -1,7 +1,9 @@
 //! The `keyflow` command: runs an engine worker (`run`), the Kafka tools (`produce`,
-//! `consume`, `topics`), `top`, and the dead-letter tools (`deadletters list|show|replay`).
+//! `consume`, `topics`), `top`, the dead-letter tools (`deadletters list|show|replay`) and
+//! `rescale`.
 
 mod deadletters;
+mod rescale;
 mod tools;
 mod top;
 
@@ -35,6 +37,9 @@ enum Command {
     Top(top::TopArgs),
     /// Dead letters: list them, show one, replay them to their targets once fixed.
     Deadletters(deadletters::DeadLettersArgs),
+    /// Copy a stopped cluster into a new cluster with another partition count (state, timers,
+    /// unread messages, ingress positions), exactly once; resumable.
+    Rescale(rescale::RescaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Topics(args) => rt.block_on(tools::topics(args)),
         Command::Top(args) => rt.block_on(top::top(args)),
         Command::Deadletters(args) => rt.block_on(deadletters::run(args)),
+        Command::Rescale(args) => rt.block_on(rescale::run(args)),
     }
 }
 
