@@ -387,6 +387,7 @@ impl Task {
 
     /// Commits the epoch: changelog, input offsets, transaction; then the sled checkpoint.
     async fn commit(&mut self) -> Result<(), EpochError> {
+        let _span = crate::trace::epoch_commit(&self.bound.messages, self.p, self.records);
         let started = Instant::now();
         self.core.write_inboxes();
         let overlay = self.core.store().overlay();
