@@ -32,6 +32,9 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The header of the W3C trace state (vendor data that goes with the parent).
 pub const TRACESTATE: &str = "tracestate";
 
+/// The longest `tracestate` carried on (W3C: at least 512 characters should be).
+const MAX_TRACESTATE: usize = 512;
+
 /// A W3C trace context as carried in headers and envelopes; empty fields when there is none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceContext {
@@ -44,10 +47,19 @@ impl TraceContext {
     /// case-insensitively). A malformed `traceparent` counts as none.
     pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Self {
         match get(TRACEPARENT).map(str::trim) {
-            Some(tp) if is_valid_traceparent(tp) => TraceContext {
-                traceparent: tp.to_string(),
-                tracestate: get(TRACESTATE).unwrap_or_default().trim().to_string(),
-            },
+            Some(tp) if is_valid_traceparent(tp) => {
+                // Longer than the W3C's 512 characters: dropped rather than carried in every
+                // envelope of the trace (the spec allows it).
+                let state = get(TRACESTATE).unwrap_or_default().trim();
+                TraceContext {
+                    traceparent: tp.to_string(),
+                    tracestate: if state.len() <= MAX_TRACESTATE {
+                        state.to_string()
+                    } else {
+                        String::new()
+                    },
+                }
+            }
             _ => TraceContext::default(),
         }
     }
@@ -348,7 +360,7 @@ pub fn routing_request(headers: &axum::http::HeaderMap, ingress: &str, target: &
 /// The span of one invocation of a function: `invoke <namespace>/<type>`, a child of the
 /// batch's first traced message (the others' contexts are links). Its `keyflow.attempts` is
 /// set by the invoker.
-pub fn invocation(function_type: &str, id: &str, batch: &[Envelope], partition: i32) -> Span {
+pub fn invocation(target: &Address, batch: &[Envelope], partition: i32) -> Span {
     let parent = TraceContext::of_batch(batch);
     if !enabled() {
         return Span::start(String::new(), SpanKind::Client, parent, vec![], Vec::new);
@@ -360,6 +372,7 @@ pub fn invocation(function_type: &str, id: &str, batch: &[Envelope], partition: 
         .filter(|c| c.is_valid())
         .map(Link::with_context)
         .collect();
+    let function_type = target.function_type();
     Span::start(
         format!("invoke {function_type}"),
         SpanKind::Client,
@@ -367,8 +380,8 @@ pub fn invocation(function_type: &str, id: &str, batch: &[Envelope], partition: 
         links,
         || {
             vec![
-                KeyValue::new("keyflow.function.type", function_type.to_string()),
-                KeyValue::new("keyflow.function.id", id.to_string()),
+                KeyValue::new("keyflow.function.type", function_type),
+                KeyValue::new("keyflow.function.id", target.id.clone()),
                 KeyValue::new("keyflow.batch.size", batch.len() as i64),
                 KeyValue::new("keyflow.partition", i64::from(partition)),
             ]
@@ -437,6 +450,13 @@ mod tests {
         ] {
             assert_eq!(ctx(bad), TraceContext::default(), "{bad}");
         }
+        let long = "k=".to_string() + &"v".repeat(MAX_TRACESTATE);
+        let c = TraceContext::from_headers(|h| match h {
+            TRACEPARENT => Some(TP),
+            TRACESTATE => Some(long.as_str()),
+            _ => None,
+        });
+        assert_eq!((c.traceparent.as_str(), c.tracestate.as_str()), (TP, ""));
         // A later version may append fields; its first four are read.
         assert!(!ctx("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_empty());
     }
@@ -448,7 +468,8 @@ mod tests {
             traceparent: TP.into(),
             ..Default::default()
         };
-        let mut span = invocation("shop/cart", "u1", &[Envelope::default(), env], 3);
+        let target = Address::new("shop", "cart", "u1");
+        let mut span = invocation(&target, &[Envelope::default(), env], 3);
         span.set("keyflow.attempts", 2i64);
         assert_eq!(span.context().traceparent, TP);
         assert!(epoch_commit("m", 0, 1).context().is_empty());

@@ -35,7 +35,7 @@ impl Task {
                     namespace: addr.namespace.clone(),
                     name: addr.r#type.clone(),
                 };
-                let mut span = trace::invocation(&tn.to_string(), &addr.id, &batch, p);
+                let mut span = trace::invocation(&addr, &batch, p);
                 let result = shared
                     .invoker
                     .invoke(&shared.module, &tn, body, &mut span)
