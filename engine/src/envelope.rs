@@ -342,6 +342,54 @@ mod tests {
         assert_eq!(FailedAnswer::from_reply(READ_ANSWER, b"{}"), None);
     }
 
+    /// `Envelope` as written before the trace context fields (12, 13) existed.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct EnvelopeV11 {
+        #[prost(message, optional, tag = "1")]
+        target: Option<Address>,
+        #[prost(message, optional, tag = "3")]
+        argument: Option<TypedValue>,
+        #[prost(string, tag = "4")]
+        message_id: String,
+        #[prost(string, tag = "5")]
+        origin: String,
+        #[prost(bool, tag = "11")]
+        ack_admission: bool,
+    }
+
+    #[test]
+    fn envelopes_without_a_trace_context_still_decode_and_old_readers_skip_it() {
+        use crate::internal::Envelope;
+        use prost::Message as _;
+        let old = EnvelopeV11 {
+            target: Some(Address::new("shop", "cart", "u1")),
+            argument: Some(TypedValue::of("shop/Add", b"x".to_vec())),
+            message_id: "m1".into(),
+            origin: "add/0/7".into(),
+            ack_admission: true,
+        };
+        let new = Envelope::decode(old.encode_to_vec().as_slice()).expect("an old envelope");
+        assert_eq!(new.message_id, "m1");
+        assert_eq!(new.target, old.target);
+        assert!(new.ack_admission);
+        assert_eq!(
+            (new.traceparent.as_str(), new.tracestate.as_str()),
+            ("", "")
+        );
+        // An untraced envelope is byte for byte what an older version wrote.
+        assert_eq!(new.encode_to_vec(), old.encode_to_vec());
+
+        let traced = Envelope {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: "vendor=1".into(),
+            ..new
+        };
+        let bytes = traced.encode_to_vec();
+        assert_eq!(Envelope::decode(bytes.as_slice()).unwrap(), traced);
+        // A worker of the previous version (a rolling upgrade) reads it, ignoring the context.
+        assert_eq!(EnvelopeV11::decode(bytes.as_slice()).unwrap(), old);
+    }
+
     #[test]
     fn read_kinds_round_trip_and_an_empty_word_is_a_message() {
         for k in [ReadKind::State, ReadKind::Timers] {

@@ -13,6 +13,7 @@ use keyflow_protocol::{FromFunction, Message};
 
 use crate::dead_letter::DeadLetterKind;
 use crate::module::{FunctionSelector, Module, TypeName};
+use crate::trace::{Span, TraceContext};
 
 mod body;
 mod transport;
@@ -199,11 +200,14 @@ impl Invoker {
 
     /// POSTs one `ToFunction` body to the endpoint serving `function_type`, retrying transient
     /// failures until the endpoint's call timeout. `None` when no endpoint serves the type.
+    /// Each attempt carries `span`'s trace context as its `traceparent` header; the span gets
+    /// the number of attempts, and the error if the call failed.
     pub async fn invoke(
         &self,
         module: &Module,
         function_type: &TypeName,
         body: Vec<u8>,
+        span: &mut Span,
     ) -> Option<Result<FromFunction, InvokeError>> {
         let (idx, ep) = module.endpoint_index_for(function_type)?;
         let url = ep.url_for(function_type);
@@ -215,8 +219,16 @@ impl Invoker {
             function: &ftype,
             url: &url,
             retries: &self.retries,
+            trace: &span.context().clone(),
         };
-        Some(call.run(bytes::Bytes::from(body)).await)
+        let mut attempts = 0;
+        let result = call.run(bytes::Bytes::from(body), &mut attempts).await;
+        span.set("keyflow.attempts", i64::from(attempts));
+        span.set("keyflow.retries", i64::from(attempts.saturating_sub(1)));
+        if let Err(e) = &result {
+            span.fail(e);
+        }
+        Some(result)
     }
 }
 
@@ -227,18 +239,24 @@ struct Call<'a> {
     function: &'a str,
     url: &'a str,
     retries: &'a prometheus::IntCounterVec,
+    /// Sent with every attempt (`traceparent`, `tracestate` headers).
+    trace: &'a TraceContext,
 }
 
 impl Call<'_> {
-    async fn run(&self, body: bytes::Bytes) -> Result<FromFunction, InvokeError> {
+    /// The call's outcome; `attempt` counts the attempts made.
+    async fn run(
+        &self,
+        body: bytes::Bytes,
+        attempt: &mut u32,
+    ) -> Result<FromFunction, InvokeError> {
         let call_timeout = self.call_timeout;
         let started = Instant::now();
-        let mut attempt = 0u32;
         // The last attempt that failed on its own: when the call timeout cuts the next one
         // short, this says why the call kept failing.
         let mut failed: Option<String> = None;
         loop {
-            attempt += 1;
+            *attempt += 1;
             let remaining = call_timeout.saturating_sub(started.elapsed());
             let outcome = tokio::time::timeout(remaining, self.attempt(body.clone())).await;
             let (reason, last) = match outcome {
@@ -261,18 +279,18 @@ impl Call<'_> {
             self.retries
                 .with_label_values(&[self.function, reason.as_str()])
                 .inc();
-            let pause = backoff(attempt - 1);
+            let pause = backoff(*attempt - 1);
             if started.elapsed() + pause >= call_timeout {
                 return Err(InvokeError::Exhausted {
                     url: self.url.to_string(),
-                    attempts: attempt,
+                    attempts: *attempt,
                     elapsed: started.elapsed(),
                     last,
                 });
             }
             tracing::debug!(
                 url = self.url,
-                attempt,
+                attempt = *attempt,
                 "transient failure, retrying in {pause:?}: {last}"
             );
             tokio::time::sleep(pause).await;
@@ -283,7 +301,7 @@ impl Call<'_> {
         let transient = |reason, why| Attempt::Transient { reason, why };
         let reply = self
             .transport
-            .post(self.url, body)
+            .post(self.url, body, self.trace)
             .await
             .map_err(|f| match f {
                 Failure::Connect(why) => transient(RetryReason::Connect, why),

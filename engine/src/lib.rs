@@ -27,6 +27,8 @@
 //! - [`envelope`]: the engine's addressing inside envelopes (HTTP callers, callbacks, reads).
 //! - [`introspect`]: an address's state and pending delayed messages as JSON (pure).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`trace`]: W3C trace context carried with messages; OpenTelemetry spans (routing,
+//!   invocations, epoch commits) exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`admin`]: the admin HTTP server (health, readiness, metrics, status).
 //! - [`http`]: HTTP ingress: messages, request-reply, committed state over HTTP; TLS and tokens;
 //!   the StateFun playground's ingress and egress ports.
@@ -64,6 +66,7 @@ pub(crate) mod restore;
 pub(crate) mod router;
 pub(crate) mod store;
 pub(crate) mod supervisor;
+pub mod trace;
 pub(crate) mod txn;
 pub mod worker;
 

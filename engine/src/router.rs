@@ -31,6 +31,7 @@ use crate::partition::isolation::{Net, Taken};
 use crate::partition::EpochError;
 use crate::partitioner::partition_for;
 use crate::supervisor::{supervise, PartitionTask};
+use crate::trace;
 use crate::txn::Participant;
 
 /// Routes ingress topic `topic` partition `p` until `stop` fires, reopening after failures.
@@ -234,6 +235,7 @@ impl Router {
                 .map(bytes::Bytes::copy_from_slice)
                 .unwrap_or_default(),
         };
+        let span = trace::routing_record(m.headers(), &self.topic, self.p, m.offset());
         let envelopes: Vec<Envelope> = route
             .targets
             .iter()
@@ -248,6 +250,8 @@ impl Router {
                 argument: Some(argument.clone()),
                 message_id: format!("{origin}/{i}"),
                 origin: origin.clone(),
+                traceparent: span.context().traceparent.clone(),
+                tracestate: span.context().tracestate.clone(),
                 ..Default::default()
             })
             .collect();
@@ -394,7 +398,8 @@ impl Router {
             None => "keyflow.callbacks/value".to_string(),
         };
         let id = target.id.clone();
-        let env = Envelope {
+        let span = trace::routing_record(m.headers(), &self.topic, self.p, m.offset());
+        let mut env = Envelope {
             target: Some(target),
             argument: Some(TypedValue::of(
                 typename,
@@ -407,6 +412,7 @@ impl Router {
             callback_token: token,
             ..Default::default()
         };
+        span.context().stamp(&mut env);
         let partition = partition_for(&id, self.shared.cfg.partition_count());
         let payload = env.encode_to_vec();
         if let Some(reason) = self.too_large(&m, id.len() + payload.len()) {
@@ -425,6 +431,7 @@ impl Router {
     }
 
     async fn commit(&mut self) -> Result<(), EpochError> {
+        let _span = trace::epoch_commit(&self.topic, self.p, self.records);
         let started = Instant::now();
         let input = vec![(self.topic.clone(), self.p, self.position)];
         self.epoch.commit(input).await?;

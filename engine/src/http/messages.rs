@@ -24,6 +24,7 @@ use crate::kafka;
 use crate::module::TypeName;
 use crate::new_message_id;
 use crate::partitioner::partition_for;
+use crate::trace;
 
 fn truthy(v: Option<&str>) -> bool {
     matches!(v.map(str::trim), Some("true" | "1" | "yes"))
@@ -75,13 +76,15 @@ pub(super) async fn post_message(
     // A keyed request that wants no reply still waits for its admission: a key whose first
     // attempt was dead-lettered answers its failure (422), not a 202 that runs nothing.
     let ack_admission = !wants_reply && !idempotency_key.is_empty();
-    let env = Envelope {
+    let span = trace::routing_request(&headers, "http", &target);
+    let mut env = Envelope {
         target: Some(target),
         argument: Some(TypedValue::of(typename, body)),
         idempotency_key,
         ack_admission,
         ..Default::default()
     };
+    span.context().stamp(&mut env);
     let wait = wants_reply || ack_admission;
     match send_and_wait(&ing, env, message_id, wait, timeout).await {
         Ok((message_id, Some(reply))) if wants_reply || reply.typename != ACCEPTED_ANSWER => {
@@ -123,12 +126,14 @@ pub(super) async fn post_callback(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let env = Envelope {
+    let span = trace::routing_request(&headers, "http", &target);
+    let mut env = Envelope {
         target: Some(target),
         argument: Some(TypedValue::of(typename, body)),
         callback_token: token,
         ..Default::default()
     };
+    span.context().stamp(&mut env);
     // The target's processor answers whether it took the callback.
     match send_and_wait(&ing, env, None, true, timeout).await {
         Ok((message_id, Some(outcome))) => {

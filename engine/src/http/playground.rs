@@ -32,6 +32,7 @@ use crate::context::Shared;
 use crate::internal::Envelope;
 use crate::module::TypeName;
 use crate::playground::{Taken, Topics};
+use crate::trace;
 
 /// The playground's typename for a body without an `application/vnd.` Content-Type.
 pub const DEFAULT_TYPENAME: &str = "io.statefun.types/string";
@@ -112,11 +113,14 @@ async fn put_message(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let env = Envelope {
-        target: Some(Address::new(namespace, ftype, id)),
+    let target = Address::new(namespace, ftype, id);
+    let span = trace::routing_request(&headers, "playground", &target);
+    let mut env = Envelope {
+        target: Some(target),
         argument: Some(TypedValue::of(typename, body)),
         ..Default::default()
     };
+    span.context().stamp(&mut env);
     let timeout = ing.shared.cfg.reply_timeout;
     match send_and_wait(&ing, env, None, false, timeout).await {
         Ok(_) => StatusCode::OK.into_response(),

@@ -2,6 +2,7 @@
 //! policy and the endpoint's `transport` settings, each seen from the server's side.
 
 use super::*;
+use crate::trace::Span;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -188,7 +189,10 @@ async fn call(
     body: Vec<u8>,
 ) -> Result<FromFunction, InvokeError> {
     let ftype: TypeName = "example/fn".parse().unwrap();
-    invoker.invoke(module, &ftype, body).await.expect("served")
+    invoker
+        .invoke(module, &ftype, body, &mut Span::none())
+        .await
+        .expect("served")
 }
 
 fn exhausted_because(result: Result<FromFunction, InvokeError>) -> (u32, String) {

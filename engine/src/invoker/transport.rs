@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::body::WatchedBody;
 use crate::module::HttpEndpoint;
+use crate::trace::TraceContext;
 
 /// Why one attempt got no reply.
 #[derive(Debug)]
@@ -90,16 +91,23 @@ impl Transport {
     }
 
     /// One POST of `body` to `url`, holding one of the endpoint's `pool_size` slots.
-    pub(super) async fn post(&self, url: &str, body: Bytes) -> Result<Reply, Failure> {
+    pub(super) async fn post(
+        &self,
+        url: &str,
+        body: Bytes,
+        trace: &TraceContext,
+    ) -> Result<Reply, Failure> {
         let _slot = self.slots.acquire().await.expect("never closed");
         let (body, progress) = WatchedBody::new(body);
-        let send = self
+        let mut request = self
             .client()
             .post(url)
             .header("Content-Type", "application/octet-stream")
-            .header("Accept", "application/octet-stream")
-            .body(reqwest::Body::wrap(body))
-            .send();
+            .header("Accept", "application/octet-stream");
+        for (name, value) in trace.headers() {
+            request = request.header(name, value);
+        }
+        let send = request.body(reqwest::Body::wrap(body)).send();
         let mut resp = tokio::select! {
             resp = send => resp.map_err(classify)?,
             why = progress.stalled(self.write, self.read) => return Err(Failure::Timeout(why)),

@@ -6,12 +6,13 @@
 
 use keyflow_protocol::{callback, Address, TypedValue};
 
-use super::core::{PartitionCore, Result};
+use super::core::{envelope_from, PartitionCore, Result};
 use super::dedup;
 use super::effects::{self, Delayed};
 use super::timers::TimerId;
 use crate::envelope::{is_ingress_address, IngressCaller};
 use crate::internal::{CallbackToken, DelayedMessage, Envelope};
+use crate::trace::TraceContext;
 use crate::{new_message_id, now_ms};
 
 /// The envelope a delayed message from `sender` is stored with and sent as.
@@ -19,6 +20,7 @@ pub(super) fn delayed_envelope(
     sender: &Address,
     target: Address,
     argument: TypedValue,
+    trace: &TraceContext,
 ) -> Envelope {
     Envelope {
         target: Some(target),
@@ -26,6 +28,8 @@ pub(super) fn delayed_envelope(
         argument: Some(argument),
         message_id: new_message_id(),
         origin: format!("delayed by {sender}"),
+        traceparent: trace.traceparent.clone(),
+        tracestate: trace.tracestate.clone(),
         ..Default::default()
     }
 }
@@ -36,6 +40,7 @@ impl PartitionCore {
         sender: &Address,
         fx: effects::Effects,
         batch: &[Envelope],
+        trace: &TraceContext,
     ) -> Result<()> {
         for (target, argument) in fx.messages {
             if callback::is_register_address(&target) {
@@ -45,7 +50,7 @@ impl PartitionCore {
             if is_ingress_address(&target) {
                 self.keep_keyed_reply(sender, &target, &argument, batch)?;
             }
-            self.send_from(sender, target, argument);
+            self.send_envelope(envelope_from(sender, target, argument, trace));
         }
         for d in fx.delayed {
             match d {
@@ -59,7 +64,7 @@ impl PartitionCore {
                     let id: TimerId = (fire_at, rand::random());
                     let msg = DelayedMessage {
                         fire_at_ms: fire_at,
-                        envelope: Some(delayed_envelope(sender, target, argument)),
+                        envelope: Some(delayed_envelope(sender, target, argument, trace)),
                         cancellation_token: token.clone().unwrap_or_default(),
                     };
                     self.store.put_delayed(id, &msg);

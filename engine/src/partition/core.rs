@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::module::Module;
 use crate::partitioner::partition_for;
 use crate::store::{PartitionStore, StoreError};
+use crate::trace::TraceContext;
 
 /// What the core needs to know of the engine and the application.
 #[derive(Clone)]
@@ -368,7 +369,8 @@ impl PartitionCore {
     /// Sends `argument` from `sender` to `target` in this epoch (a function's message, or a
     /// reply when `target` is an HTTP caller).
     pub(super) fn send_from(&mut self, sender: &Address, target: Address, argument: TypedValue) {
-        self.send_envelope(envelope_from(sender, target, argument));
+        let untraced = TraceContext::default();
+        self.send_envelope(envelope_from(sender, target, argument, &untraced));
     }
 
     pub(super) fn send_egress(&mut self, e: EgressRecord) {
@@ -518,14 +520,21 @@ impl PartitionCore {
     }
 }
 
-/// The envelope of a function's message (or reply) from `sender`.
-pub(super) fn envelope_from(sender: &Address, target: Address, argument: TypedValue) -> Envelope {
+/// The envelope of a function's message (or reply) from `sender`, sent in trace `trace`.
+pub(super) fn envelope_from(
+    sender: &Address,
+    target: Address,
+    argument: TypedValue,
+    trace: &TraceContext,
+) -> Envelope {
     Envelope {
         target: Some(target),
         caller: Some(sender.clone()),
         argument: Some(argument),
         message_id: crate::new_message_id(),
         origin: sender.to_string(),
+        traceparent: trace.traceparent.clone(),
+        tracestate: trace.tracestate.clone(),
         ..Default::default()
     }
 }

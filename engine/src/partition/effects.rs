@@ -21,6 +21,7 @@ use super::egress::{self, EgressKind};
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::{AddressState, StoredValue};
 use crate::module::DeliverySemantic;
+use crate::trace::TraceContext;
 
 /// A delayed message to schedule, or a cancellation.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,9 @@ pub struct EgressRecord {
     pub key: Option<Vec<u8>>,
     pub value: bytes::Bytes,
     pub delivery: DeliverySemantic,
+    /// The invocation's trace context, sent as the record's `traceparent` header (set when
+    /// the response applies).
+    pub trace: TraceContext,
 }
 
 /// Everything a response asks for, validated.

@@ -7,6 +7,7 @@
 //!
 //! Pure; an error is the reason the whole response is refused (`bad-response`).
 
+use crate::trace::TraceContext;
 use keyflow_protocol::egress::KafkaProducerRecord;
 use keyflow_protocol::from_function::EgressMessage;
 use keyflow_protocol::KAFKA_PRODUCER_RECORD_TYPENAME;
@@ -60,6 +61,7 @@ pub fn record(id: String, kind: EgressKind<'_>, e: EgressMessage) -> Result<Egre
                 key: (!rec.key.is_empty()).then(|| rec.key.into_bytes()),
                 value: rec.value_bytes,
                 delivery,
+                trace: TraceContext::default(),
             })
         }
         EgressKind::Playground { topics, cluster } => {
@@ -90,6 +92,7 @@ pub fn record(id: String, kind: EgressKind<'_>, e: EgressMessage) -> Result<Egre
                 delivery: DeliverySemantic::ExactlyOnce {
                     transaction_timeout: std::time::Duration::ZERO,
                 },
+                trace: TraceContext::default(),
             })
         }
     }

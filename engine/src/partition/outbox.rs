@@ -13,6 +13,7 @@ use super::effects::EgressRecord;
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::Envelope;
 use crate::invoker::InvokeError;
+use crate::trace::TraceContext;
 
 /// One record of the epoch's transaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,9 @@ pub(crate) struct Response {
     pub states_sent: Vec<String>,
     pub result: Result<FromFunction, InvokeError>,
     pub elapsed: Duration,
+    /// The invocation's trace context: what the function's messages, delayed messages and
+    /// egress records continue (the batch's own when no span was made).
+    pub trace: TraceContext,
 }
 
 impl Invocation {
@@ -74,6 +78,7 @@ impl Invocation {
     #[cfg(test)]
     pub fn respond(self, result: Result<FromFunction, InvokeError>, elapsed: Duration) -> Response {
         Response {
+            trace: TraceContext::of_batch(&self.batch),
             addr: self.addr,
             batch: self.batch,
             states_sent: self.states_sent,

@@ -68,6 +68,7 @@ impl PartitionCore {
             states_sent,
             result,
             elapsed,
+            trace,
         } = response;
         self.sent.remove(&addr);
         let ftype = addr.function_type();
@@ -126,10 +127,17 @@ impl PartitionCore {
                     )
                 };
                 match outcome {
-                    Ok(fx) => match self.oversized(&addr, &fx) {
-                        None => self.apply_effects(&addr, fx, &batch)?,
-                        Some((kind, reason)) => self.dead_letter_batch(&batch, kind, &reason)?,
-                    },
+                    Ok(mut fx) => {
+                        for e in &mut fx.egress {
+                            e.trace.clone_from(&trace);
+                        }
+                        match self.oversized(&addr, &fx, &trace) {
+                            None => self.apply_effects(&addr, fx, &batch, &trace)?,
+                            Some((kind, reason)) => {
+                                self.dead_letter_batch(&batch, kind, &reason)?
+                            }
+                        }
+                    }
                     Err(r) => self.dead_letter_batch(&batch, r.kind, &r.reason)?,
                 }
             }

@@ -18,6 +18,7 @@ use crate::envelope::is_ingress_address;
 use crate::internal::{DelayedMessage, Envelope};
 use crate::limits::record_size;
 use crate::store::address_key;
+use crate::trace::TraceContext;
 
 /// A timer record's key: `t` + fire time + id (store.rs), with room.
 const TIMER_KEY_BYTES: usize = 32;
@@ -49,7 +50,7 @@ impl PartitionCore {
 
     /// Why `e` cannot be produced: its record would exceed its topic's limit.
     pub(super) fn egress_too_large(&self, e: &EgressRecord) -> Option<String> {
-        let size = record_size(e.key.as_deref(), Some(&e.value), &[]);
+        let size = record_size(e.key.as_deref(), Some(&e.value), &e.trace.headers());
         let limit = self.cfg.limits.egress(&e.topic);
         (size > limit).then(|| {
             format!(
@@ -65,13 +66,14 @@ impl PartitionCore {
         &self,
         sender: &Address,
         fx: &Effects,
+        trace: &TraceContext,
     ) -> Option<(DeadLetterKind, String)> {
         let too_large = |reason| Some((DeadLetterKind::TooLarge, reason));
         for (target, argument) in &fx.messages {
             if callback::is_register_address(target) {
                 continue;
             }
-            let env = envelope_from(sender, target.clone(), argument.clone());
+            let env = envelope_from(sender, target.clone(), argument.clone(), trace);
             if let Some(reason) = self.envelope_too_large(&env) {
                 return too_large(reason);
             }
@@ -86,7 +88,7 @@ impl PartitionCore {
             else {
                 continue;
             };
-            let env = delayed_envelope(sender, target.clone(), argument.clone());
+            let env = delayed_envelope(sender, target.clone(), argument.clone(), trace);
             if let Some(reason) = self.envelope_too_large(&env) {
                 return too_large(format!("delayed: {reason}"));
             }

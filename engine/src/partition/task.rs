@@ -377,6 +377,7 @@ impl Task {
 
     /// Commits the epoch: changelog, input offsets, transaction; then the sled checkpoint.
     async fn commit(&mut self) -> Result<(), EpochError> {
+        let _span = crate::trace::epoch_commit(&self.bound.messages, self.p, self.records);
         let started = Instant::now();
         self.core.write_inboxes();
         let changelog_from = self.epoch.pending();

@@ -181,6 +181,8 @@ pub struct Engine {
     /// The HTTP ingress port (`--ingress-addr`), free at start unless `extra` names one.
     pub ingress_port: u16,
     args: Vec<String>,
+    /// Environment variables the process gets besides the test's own.
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -192,6 +194,18 @@ impl Engine {
         worker_id: &str,
         data_dir: &Path,
         extra: &[&str],
+    ) -> Engine {
+        Self::start_with_env(module, cluster, worker_id, data_dir, extra, &[])
+    }
+
+    /// [`Engine::start`] with environment variables `env` for the process.
+    pub fn start_with_env(
+        module: &Path,
+        cluster: &str,
+        worker_id: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Engine {
         let admin_port = free_port();
         let mut args = vec![
@@ -232,6 +246,10 @@ impl Engine {
             admin_port,
             ingress_port,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log,
         };
         e.spawn();
@@ -246,6 +264,7 @@ impl Engine {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keyflow"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("KEYFLOW_TEST_LOG")

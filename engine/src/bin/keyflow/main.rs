@@ -66,9 +66,13 @@ fn main() -> anyhow::Result<()> {
         Command::Run(mut cfg) => rt.block_on(async move {
             cfg.worker_id = Some(cfg.worker_id());
             let module = Module::load(&cfg.module).map_err(|e| anyhow::anyhow!("{e}"))?;
+            keyflow_engine::trace::init().map_err(|e| anyhow::anyhow!("{e}"))?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signals(shutdown.clone()));
-            keyflow_engine::worker::run(*cfg, module, shutdown).await?;
+            let outcome = keyflow_engine::worker::run(*cfg, module, shutdown).await;
+            // The last spans go out before the process ends (a blocking flush).
+            let _ = tokio::task::spawn_blocking(keyflow_engine::trace::shutdown).await;
+            outcome?;
             Ok(())
         }),
         Command::Produce(args) => rt.block_on(tools::produce(args)),

@@ -6,12 +6,14 @@
 use std::time::Instant;
 
 use keyflow_protocol::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
 
 use super::Task;
 use crate::kafka;
 use crate::module::{DeliverySemantic, TypeName};
 use crate::partition::outbox::{Invocation, Output, Response};
 use crate::partition::EpochError;
+use crate::trace;
 
 impl Task {
     /// Starts the invocations the core asked for and adds its records to the open epoch, in
@@ -20,6 +22,7 @@ impl Task {
         let outbox = self.core.take_outbox();
         for inv in outbox.invocations {
             let shared = self.shared.clone();
+            let p = self.p;
             self.inflight.spawn(async move {
                 let started = Instant::now();
                 let Invocation {
@@ -32,9 +35,10 @@ impl Task {
                     namespace: addr.namespace.clone(),
                     name: addr.r#type.clone(),
                 };
+                let mut span = trace::invocation(&addr, &batch, p);
                 let result = shared
                     .invoker
-                    .invoke(&shared.module, &tn, body)
+                    .invoke(&shared.module, &tn, body, &mut span)
                     .await
                     .expect("admission checked the endpoint");
                 Response {
@@ -43,6 +47,7 @@ impl Task {
                     states_sent,
                     result,
                     elapsed: started.elapsed(),
+                    trace: span.context().clone(),
                 }
             });
         }
@@ -93,13 +98,24 @@ impl Task {
             }
             Output::Egress(e) => {
                 self.shared.ensure_topic(&e.topic).await?;
+                let headers = (!e.trace.is_empty()).then(|| {
+                    e.trace
+                        .headers()
+                        .into_iter()
+                        .fold(OwnedHeaders::new(), |hs, (key, value)| {
+                            hs.insert(Header {
+                                key,
+                                value: Some(value),
+                            })
+                        })
+                });
                 match e.delivery {
                     DeliverySemantic::ExactlyOnce { .. } => self.epoch.send(
                         &e.topic,
                         None,
                         e.key.as_deref(),
                         Some(e.value.to_vec()),
-                        None,
+                        headers,
                     ),
                     DeliverySemantic::AtLeastOnce | DeliverySemantic::None => {
                         let delivery = kafka::send(
@@ -108,7 +124,7 @@ impl Task {
                             None,
                             e.key.as_deref(),
                             Some(&e.value),
-                            None,
+                            headers,
                         )
                         .await?;
                         if matches!(e.delivery, DeliverySemantic::AtLeastOnce) {

@@ -9,7 +9,8 @@
 //! size limits), `admission.rs` (dead letters before a function sees a
 //! message), `callbacks.rs`, `idempotency.rs`, `parking.rs` (inboxes across epochs and
 //! restores), `reads.rs` (forwarded reads, state expiry), `epoch_rule.rs` (when an epoch
-//! closes) and `sdk.rs` (real SDK functions behind the fake transport).
+//! closes), `traces.rs` (trace context carried on) and `sdk.rs` (real SDK functions behind
+//! the fake transport).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,7 @@ mod reads;
 mod refused;
 mod requests;
 mod sdk;
+mod traces;
 
 /// The namespace the module's endpoint serves.
 pub const NS: &str = "test";
