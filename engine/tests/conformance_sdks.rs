@@ -260,6 +260,7 @@ struct Stack {
     unavailable: HashMap<&'static str, String>,
     services: HashMap<&'static str, Proc>,
     engine: Proc,
+    admin_port: u16,
 }
 
 /// The stack, started by the first test that needs it.
@@ -432,6 +433,7 @@ fn start_stack() -> Result<Stack, String> {
         unavailable,
         services,
         engine,
+        admin_port,
     };
     // A first command to every service: the egress topic exists and is followed, and the
     // services are warm, before timing-sensitive checks begin.
@@ -653,6 +655,34 @@ impl Stack {
         }
         out += &self.engine.log_tail(30);
         out
+    }
+
+    /// Sends one shopping-cart record, then waits until the engine has delivered `cart`
+    /// messages to carts and `stock` to stock functions in all (the `com.example` types serve
+    /// `java_shopping_cart` only). Kafka keeps no order between topics, so a step that needs
+    /// "clear, then add" waits for the first, as `shopping_cart.rs` does.
+    fn cart_step(&self, base: &str, key: &str, value: String, cart: u64, stock: u64) {
+        self.produce(&format!("{base}-{}", self.run), &[(key, &value)]);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let page = http_get(self.admin_port, "/metrics")
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            let got = |t: &str| metric_matching(&page, "keyflow_invocations_total", t) as u64;
+            let now = (
+                got("com.example/user-shopping-cart"),
+                got("com.example/stock"),
+            );
+            if now == (cart, stock) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline && now.0 <= cart && now.1 <= stock,
+                "after {base} {value}: (cart, stock) invocations {now:?}, want ({cart}, {stock})\n{}",
+                self.diagnostics("java")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -1157,8 +1187,12 @@ fn java_shopping_cart() {
     if !stack.available("java") {
         return;
     }
-    let send = |base: &str, key: &str, value: String| {
-        stack.produce(&format!("{base}-{}", stack.run), &[(key, &value)]);
+    // Each step waits for its invocations (cart, stock so far): Kafka keeps no order
+    // between the input topics. An add is three: cart, stock (RequestItem), cart.
+    let mut counts = (0, 0);
+    let mut send = |base: &str, key: &str, value: String, cart: u64, stock: u64| {
+        counts = (counts.0 + cart, counts.1 + stock);
+        stack.cart_step(base, key, value, counts.0, counts.1);
     };
     let records_for = |topic: &str, key: &str, n: usize, timeout: Duration| -> Vec<String> {
         wait_for(topic, timeout, |r| {
@@ -1180,13 +1214,17 @@ fn java_shopping_cart() {
         "restock-items",
         &socks,
         format!(r#"{{"itemId":"{socks}","quantity":50}}"#),
+        0,
+        1,
     );
     send(
         "add-to-cart",
         &u1,
         format!(r#"{{"userId":"{u1}","itemId":"{socks}","quantity":3}}"#),
+        2,
+        1,
     );
-    send("checkout", &u1, format!(r#"{{"userId":"{u1}"}}"#));
+    send("checkout", &u1, format!(r#"{{"userId":"{u1}"}}"#), 1, 0);
     let receipts = records_for("receipts", &u1, 1, WAIT);
     assert_eq!(
         receipts,
@@ -1196,18 +1234,22 @@ fn java_shopping_cart() {
     );
 
     // A second checkout of the (now empty) basket emits nothing new.
-    send("checkout", &u1, format!(r#"{{"userId":"{u1}"}}"#));
+    send("checkout", &u1, format!(r#"{{"userId":"{u1}"}}"#), 1, 0);
     // Clear cart returns items: u2 takes 40 and clears; out of stock reaches u3: 48 > 47.
     send(
         "add-to-cart",
         &u2,
         format!(r#"{{"userId":"{u2}","itemId":"{socks}","quantity":40}}"#),
+        2,
+        1,
     );
-    send("clear-cart", &u2, format!(r#"{{"userId":"{u2}"}}"#));
+    send("clear-cart", &u2, format!(r#"{{"userId":"{u2}"}}"#), 1, 1);
     send(
         "add-to-cart",
         &u3,
         format!(r#"{{"userId":"{u3}","itemId":"{socks}","quantity":48}}"#),
+        2,
+        1,
     );
     let events = records_for("cart-events", &u3, 1, WAIT);
     assert_eq!(
@@ -1221,8 +1263,10 @@ fn java_shopping_cart() {
         "add-to-cart",
         &u3,
         format!(r#"{{"userId":"{u3}","itemId":"{socks}","quantity":47}}"#),
+        2,
+        1,
     );
-    send("checkout", &u3, format!(r#"{{"userId":"{u3}"}}"#));
+    send("checkout", &u3, format!(r#"{{"userId":"{u3}"}}"#), 1, 0);
     assert_eq!(
         records_for("receipts", &u3, 1, WAIT),
         vec![format!(r#"{{"userId":"{u3}","details":"{socks}: 47"}}"#)]
@@ -1231,6 +1275,8 @@ fn java_shopping_cart() {
         "add-to-cart",
         &u4,
         format!(r#"{{"userId":"{u4}","itemId":"{socks}","quantity":1}}"#),
+        2,
+        1,
     );
     let e4 = records_for("cart-events", &u4, 1, WAIT);
     assert_eq!(parse(&e4[0])["status"], "OUTOFSTOCK", "{e4:?}");
