@@ -346,8 +346,36 @@ fn check_emits(c: &Cluster, model: &Model) -> Vec<Record> {
     recs
 }
 
+/// Waits until the cluster is quiet: no delayed message pending and no input unread, on
+/// every worker, twice in a row. A Verify must not overtake an increment still on its way
+/// (a delayed message not fired yet, or a message sent after a rebalance's restore).
+fn wait_quiet(c: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet_reads = 0;
+    while quiet_reads < 2 {
+        let busy: f64 = c
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| {
+                let m = w.metrics();
+                metric_sum(&m, "keyflow_delayed_messages_pending").unwrap_or(0.0)
+                    + metric_sum(&m, "keyflow_consumer_lag").unwrap_or(0.0)
+            })
+            .sum();
+        quiet_reads = if busy == 0.0 { quiet_reads + 1 } else { 0 };
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never went quiet (delayed messages pending + lag = {busy})\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Asks every address to verify its counter against the model.
 fn check_counters(c: &Cluster, model: &Model) {
+    wait_quiet(c);
     let verify: Vec<(String, Vec<Cmd>)> = (0..model.ids)
         .map(|i| {
             let id = format!("a{i}");
