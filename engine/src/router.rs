@@ -505,7 +505,7 @@ impl PartitionTask for Router {
         // The epoch's records were not sent (or its transaction failed, and these are its
         // records' delivery reports).
         let deliveries = self.epoch.abandon();
-        let mut class = err.class(None, kafka::TxnClock::default());
+        let mut class = err.class();
         if class == ErrorClass::Transient {
             let within = Duration::from_secs(2);
             if let Some((topic, e)) = kafka::first_refused(deliveries, within).await {

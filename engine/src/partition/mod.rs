@@ -47,7 +47,6 @@ mod tests;
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Shared;
@@ -81,13 +80,10 @@ pub enum EpochError {
 }
 
 impl EpochError {
-    /// Classifies the failure; `producer` (the partition's, its transaction as `txn` says)
-    /// tells whether it was fenced.
-    pub(crate) fn class(
-        &self,
-        producer: Option<&FutureProducer>,
-        txn: kafka::TxnClock,
-    ) -> ErrorClass {
+    /// Classifies the failure. A task holds no producer (the worker's committer sends its
+    /// records and classifies its transaction's failures, `TxnFailed`), so a Kafka error of its
+    /// own (the plain producer, the admin client, the reader) is never a fence.
+    pub(crate) fn class(&self) -> ErrorClass {
         match self {
             // An egress topic Kafka will not create (an invalid name, a policy) is refused for
             // good, like a record it will not take.
@@ -96,7 +92,7 @@ impl EpochError {
             {
                 ErrorClass::Record
             }
-            EpochError::Kafka(k) => kafka::class_of(producer, k, txn),
+            EpochError::Kafka(k) => kafka::class_of(None, k, kafka::TxnClock::default()),
             EpochError::Txn(f) => f.class,
             _ => ErrorClass::Transient,
         }

@@ -442,7 +442,7 @@ impl PartitionTask for Task {
         // The epoch's records were not sent (or its transaction failed, and these are its
         // records' delivery reports).
         let deliveries = self.epoch.abandon();
-        let mut class = err.class(None, kafka::TxnClock::default());
+        let mut class = err.class();
         let mut reason = err.to_string();
         self.abort_epoch();
         if class == ErrorClass::Transient {

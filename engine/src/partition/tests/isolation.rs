@@ -179,9 +179,7 @@ fn refusals_are_record_class_and_hiccups_transient() {
     use crate::kafka::TopicError;
     use crate::partition::EpochError;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
-    let produce = |c: Code| {
-        EpochError::Kafka(KafkaError::MessageProduction(c)).class(None, Default::default())
-    };
+    let produce = |c: Code| EpochError::Kafka(KafkaError::MessageProduction(c)).class();
     // A keyless record to a compacted topic (INVALID_RECORD), too large, no such topic.
     for c in [
         Code::InvalidRecord,
@@ -204,7 +202,7 @@ fn refusals_are_record_class_and_hiccups_transient() {
             topic: "t".into(),
             code,
         })
-        .class(None, Default::default())
+        .class()
     };
     assert_eq!(create(Code::InvalidTopic), ErrorClass::Record);
     assert_eq!(create(Code::PolicyViolation), ErrorClass::Record);
