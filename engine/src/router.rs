@@ -452,8 +452,7 @@ impl Router {
             records: self.records,
             first: self.first_offset,
             last: self.last_offset,
-            other: false,
-            parked: false,
+            ..Taken::default()
         }
     }
 }

@@ -19,7 +19,8 @@ const ECHO: TypeName = TypeName::new("test", "echo");
 const OUT: TypeName = TypeName::new("test", "out");
 
 /// echo: `bad-topic` emits to `bad topic!`, `keyless` emits a keyless record to `compacted`,
-/// `slow-keyless` does the same after 1.5 s (past `--park-after`), `delay-big` sends itself a
+/// `slow-keyless` does the same after 1.5 s (past `--park-after`), `slower` echoes after 4 s,
+/// `delay-big` sends itself a
 /// 5,000-byte message in 300 ms, anything else emits `echo:<value>` keyed by the id to `out`.
 fn functions(out: String, compacted: String) -> StatefulFunctions {
     StatefulFunctions::new().with(
@@ -29,6 +30,9 @@ fn functions(out: String, compacted: String) -> StatefulFunctions {
             let id = ctx.self_address().id.clone();
             if v == "slow-keyless" {
                 std::thread::sleep(Duration::from_millis(1500));
+            }
+            if v == "slower" {
+                std::thread::sleep(Duration::from_millis(4000));
             }
             if v == "delay-big" {
                 let me = ctx.self_address().clone();
@@ -280,11 +284,21 @@ fn a_routed_record_the_broker_keeps_refusing_is_dead_lettered_and_the_router_goe
 
 #[test]
 fn a_parked_request_whose_outcome_kafka_keeps_refusing_is_dead_lettered_from_its_inbox() {
-    // The slow call is parked 100 ms past the window; its outcome arrives in epochs of no
-    // input record, after every reopen dispatched the inbox again.
+    // The slow calls are parked 100 ms past the window; their outcomes arrive in epochs of no
+    // input record, after every reopen dispatched the inboxes again. Only the one whose outcome
+    // Kafka refuses is dead-lettered: the good slower call, still parked when that outcome
+    // fails again, is delivered.
     let mut s = setup("parked", &["--park-after", "100ms"], |_| {});
     let input = format!("in-{}", s.run);
-    produce_str(&input, &[("a0", "v0"), ("s", "slow-keyless"), ("a1", "v1")]);
+    produce_str(
+        &input,
+        &[
+            ("a0", "v0"),
+            ("s", "slow-keyless"),
+            ("t", "slower"),
+            ("a1", "v1"),
+        ],
+    );
     let dead = dead_letters(&s.run, 1);
     assert_eq!(dead.len(), 1, "{dead:#?}\n{}", s.engine.log_tail(30));
     let (kind, key, reason, value) = &dead[0];
@@ -293,7 +307,9 @@ fn a_parked_request_whose_outcome_kafka_keeps_refusing_is_dead_lettered_from_its
     assert_eq!(value, "slow-keyless", "the parked message's value");
     assert!(reason.contains("parked"), "{reason}");
     produce_str(&input, &[("a2", "v2")]);
-    assert_exactly_once(&s, &["echo:v0", "echo:v1", "echo:v2"]);
+    assert_exactly_once(&s, &["echo:v0", "echo:v1", "echo:slower", "echo:v2"]);
+    let dead = read_committed(&format!("{}-deadletters", s.run));
+    assert_eq!(dead.len(), 1, "only the refused call: {dead:#?}");
     assert!(read_committed(&s.compacted).is_empty());
     assert!(s.engine.is_running());
     assert_eq!(s.engine.terminate(), Some(0));

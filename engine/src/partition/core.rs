@@ -25,6 +25,7 @@ use super::dedup;
 use super::dispatch::Dispatcher;
 use super::effects::{self, EgressRecord};
 use super::inbox::{Held, StoredInbox};
+use super::isolation::NonRecordRefusal;
 use super::outbox::{DeadLetter, Outbox, Output};
 use super::timers::Timers;
 use crate::dead_letter::DeadLetterKind;
@@ -138,13 +139,13 @@ impl PartitionCore {
     /// messages precede everything still to be read). The epoch that follows holds the
     /// resulting invocations.
     ///
-    /// With `refuse_parked` (a reason), every parked inbox is dead-lettered `record-refused`
-    /// and deleted instead (the safety net, `isolation.rs`, gave up on it).
-    pub fn restore(
+    /// The parked inboxes `refuse` names are dead-lettered `record-refused` and deleted
+    /// instead (the safety net, `isolation.rs`, gave up on them).
+    pub(crate) fn restore(
         cfg: CoreConfig,
         metrics: CoreMetrics,
         store: PartitionStore,
-        refuse_parked: Option<&str>,
+        refuse: Option<&NonRecordRefusal>,
     ) -> Result<Self> {
         let mut timers = Timers::default();
         for (id, msg) in store.all_delayed()? {
@@ -176,7 +177,7 @@ impl PartitionCore {
         core.metrics.delayed_pending.set(core.timers.len() as i64);
         let mut parked_messages = 0;
         for (addr, entries) in inboxes {
-            if let Some(reason) = refuse_parked {
+            if let Some(reason) = refuse.and_then(|r| r.refuses_inbox(&addr)) {
                 core.refuse_inbox(&addr, entries, reason)?;
                 continue;
             }

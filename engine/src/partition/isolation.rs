@@ -11,23 +11,32 @@
 //! goes without the original value, which may be what Kafka refuses).
 //!
 //! Inputs that are not records (parked inboxes dispatched at restore, the late outcomes of
-//! parked requests, due delayed messages) cannot be skipped by offset. An epoch that applied
-//! such input and fails Record-class counts as a *non-record failure* (while isolating, due
-//! delayed messages fire only in epochs of no record, so such epochs are common). The second
-//! non-record failure since the last epoch without a record that committed with nothing
-//! parked makes the next open refuse them: parked inboxes and the delayed messages due
-//! then are dead-lettered `record-refused` instead of being dispatched or fired. The count
-//! survives commits that leave addresses parked: a slow function whose outcome Kafka refuses
-//! is parked again at each reopen, and its re-parking epoch commits.
+//! parked requests, due delayed messages) cannot be skipped by offset, so they are isolated
+//! too: while isolating, an epoch applies one kind of input only, one record, or the outcome
+//! of one parked request, or the delayed messages due (outcomes that arrive in an epoch that
+//! has its one input are applied in the next). An epoch that applied non-record input and
+//! fails Record-class makes its parked addresses (and the due delayed messages, if it fired
+//! them) *suspects*, and isolation lasts until each suspect's input has committed alone. If
+//! an isolated epoch that applied nothing but one parked outcome fails Record-class, that
+//! address is the cause: the next open dead-letters its inbox `record-refused` instead of
+//! dispatching it, and every other parked address goes on. Likewise for the due delayed
+//! messages of an isolated epoch that fired them and applied nothing else. A failure that
+//! still names no input (two in a row since the last epoch without a record that committed
+//! with nothing parked) refuses all non-record input at the next open, the last resort.
 //!
 //! Invariants: every Record-class failure moves the net one step towards a refusal (a record,
-//! or the non-record input), so no input fails forever; normal mode returns once the isolated
-//! records are through.
+//! a parked address, the due delayed messages, or all of them), so no input fails forever;
+//! input that commits alone is never refused; normal mode returns once the isolated records
+//! and suspects are through.
+
+use std::collections::HashSet;
+
+use keyflow_protocol::Address;
 
 use crate::kafka::ErrorClass;
 
 /// What an epoch had taken of its input when it ended (failed or committed).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Taken {
     pub records: usize,
     /// Offset of its first input record.
@@ -37,6 +46,10 @@ pub(crate) struct Taken {
     /// It applied input that is not a record: an inbox dispatched at restore, the outcome of
     /// a parked request, a fired delayed message.
     pub other: bool,
+    /// The parked addresses whose outcome it applied.
+    pub outcomes: Vec<Address>,
+    /// It fired (or refused) due delayed messages.
+    pub timers: bool,
     /// Addresses were parked when it committed (meaningless for a failed epoch).
     pub parked: bool,
 }
@@ -51,23 +64,59 @@ pub(crate) struct Refusal {
     pub bare: bool,
 }
 
+/// Non-record input to refuse at the next open, and why (the Kafka error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NonRecordRefusal {
+    /// The inbox of this parked address.
+    Parked { addr: Address, reason: String },
+    /// The delayed messages due at the open.
+    Timers { reason: String },
+    /// Every parked inbox and the delayed messages due (the failures named no input).
+    All { reason: String },
+}
+
+impl NonRecordRefusal {
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Parked { reason, .. } | Self::Timers { reason } | Self::All { reason } => reason,
+        }
+    }
+
+    /// The reason to refuse `addr`'s parked inbox, when it is refused.
+    pub fn refuses_inbox(&self, addr: &Address) -> Option<&str> {
+        match self {
+            Self::Parked { addr: a, reason } if a == addr => Some(reason),
+            Self::All { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether the delayed messages due at the open are refused.
+    pub fn refuses_timers(&self) -> bool {
+        matches!(self, Self::Timers { .. } | Self::All { .. })
+    }
+}
+
 /// The net's state, kept by the supervisor's loop across reopens of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct Net {
     isolating: bool,
-    /// Isolation ends once an epoch commits input up to this offset; `None`: the failure took
-    /// no record, and isolation ends at the next commit.
+    /// Isolation lasts until an epoch commits input up to this offset (then `None`).
     until: Option<i64>,
-    /// Record-class failures of epochs that applied non-record input, since the last epoch
-    /// without a record that committed with nothing parked.
+    /// Parked addresses whose outcome was applied in a failed epoch, until it commits alone.
+    suspects: HashSet<Address>,
+    /// The due delayed messages were fired in a failed epoch, until they commit alone.
+    timers_suspect: bool,
+    /// Record-class failures that named no input, since the last epoch without a record that
+    /// committed with nothing parked.
     no_record_failures: u32,
     refusal: Option<Refusal>,
-    /// Set when the non-record inputs are to be refused at the next open (the reason).
-    refuse_pending: Option<String>,
+    /// Set when non-record input is to be refused at the next open.
+    refuse_pending: Option<NonRecordRefusal>,
 }
 
-/// Non-record failures before the non-record input is refused: one to retry it alone
-/// (isolated), the next to give up on it.
+/// Failures naming no input before all non-record input is refused: one to retry it isolated,
+/// the next to give up on it.
 const NO_RECORD_FAILURES: u32 = 2;
 
 impl Net {
@@ -90,8 +139,8 @@ impl Net {
         self.refusal.as_ref().filter(|r| r.offset == offset)
     }
 
-    /// The reason to refuse the non-record inputs, once (at the open that refuses them).
-    pub fn take_refuse_pending(&mut self) -> Option<String> {
+    /// The non-record input to refuse, once (at the open that refuses it).
+    pub fn take_refuse_pending(&mut self) -> Option<NonRecordRefusal> {
         self.refuse_pending.take()
     }
 
@@ -103,21 +152,43 @@ impl Net {
         }
         let was_isolating = std::mem::replace(&mut self.isolating, true);
         self.until = self.until.max(taken.last);
+        let reason = reason.to_string();
+        let alone = taken.records == 0 && taken.outcomes.len() + usize::from(taken.timers) == 1;
         match (taken.records, taken.first) {
             // One record and nothing else: that record is the cause.
             (1, Some(offset)) if was_isolating && !taken.other => {
                 let bare = self.refusal.as_ref().is_some_and(|r| r.offset == offset);
                 self.refusal = Some(Refusal {
                     offset,
-                    reason: reason.to_string(),
+                    reason,
                     bare,
                 });
             }
+            // One parked outcome, or the due delayed messages, and nothing else: the cause.
+            _ if was_isolating && alone => {
+                self.refuse_pending = Some(match taken.outcomes.into_iter().next() {
+                    Some(addr) => {
+                        self.suspects.remove(&addr);
+                        NonRecordRefusal::Parked { addr, reason }
+                    }
+                    None => {
+                        self.timers_suspect = false;
+                        NonRecordRefusal::Timers { reason }
+                    }
+                });
+            }
             _ if taken.records == 0 || taken.other => {
-                self.no_record_failures += 1;
+                let named = !taken.outcomes.is_empty() || taken.timers;
+                self.suspects.extend(taken.outcomes);
+                self.timers_suspect |= taken.timers;
+                if !named {
+                    self.no_record_failures += 1;
+                }
                 if self.no_record_failures >= NO_RECORD_FAILURES {
-                    self.refuse_pending = Some(reason.to_string());
+                    self.refuse_pending = Some(NonRecordRefusal::All { reason });
                     self.no_record_failures = 0;
+                    self.suspects.clear();
+                    self.timers_suspect = false;
                 }
             }
             // Records only, in normal mode: the isolated replay will tell which.
@@ -132,19 +203,36 @@ impl Net {
         // the failing request again has not run its outcome.
         if taken.records == 0 && !taken.parked {
             self.no_record_failures = 0;
+            self.suspects.clear();
+            self.timers_suspect = false;
+        }
+        // A suspect whose input committed alone is cleared.
+        if taken.records == 0 {
+            match (taken.outcomes.as_slice(), taken.timers) {
+                ([addr], false) => {
+                    self.suspects.remove(addr);
+                }
+                ([], true) => self.timers_suspect = false,
+                _ => {}
+            }
         }
         if let (Some(r), Some(last)) = (&self.refusal, taken.last) {
             if last >= r.offset {
                 self.refusal = None;
             }
         }
+        if self
+            .until
+            .is_some_and(|u| taken.last.is_some_and(|l| l >= u))
+        {
+            self.until = None;
+        }
         if self.isolating
-            && self
-                .until
-                .is_none_or(|u| taken.last.is_some_and(|l| l >= u))
+            && self.until.is_none()
+            && self.suspects.is_empty()
+            && !self.timers_suspect
         {
             self.isolating = false;
-            self.until = None;
         }
     }
 }

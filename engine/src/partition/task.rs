@@ -4,10 +4,10 @@
 //! the core asks for, drains the core's outbox into the open epoch after every input, and
 //! commits: changelog (the overlay) and input offset handed to the worker's transactions
 //! (`txn.rs`, group commit); then the sled checkpoint.
-//! While the safety net isolates refused records (`isolation.rs`), its epochs take one input
-//! record, or none and then fire due delayed messages.
+//! While the safety net isolates refused records (`isolation.rs`), its epochs take one kind
+//! of input: one record, or the outcome of one parked request, or the due delayed messages.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use keyflow_protocol::Message as _;
 
 use super::core::{CoreConfig, CoreMetrics, DecodedEnvelope, PartitionCore};
 use super::epoch::{EpochRule, Now, Step};
-use super::isolation::{Net, Taken};
+use super::isolation::{Net, NonRecordRefusal, Taken};
 use super::outbox::Response;
 use super::{EpochError, ErrorClass};
 use crate::context::Shared;
@@ -80,6 +80,13 @@ pub(crate) struct Task {
     first_offset: Option<i64>,
     last_offset: Option<i64>,
     other_input: bool,
+    /// Parked addresses whose outcome this epoch applied, and whether it fired delayed
+    /// messages (for the safety net).
+    outcomes: Vec<keyflow_protocol::Address>,
+    timers_fired: bool,
+    /// Outcomes of parked requests held for a later epoch: an isolated epoch applies one
+    /// kind of input only.
+    deferred: VecDeque<Response>,
     records: usize,
     /// Input records of the last committed epoch (see `epoch::close_when_idle`).
     previous_epoch_records: usize,
@@ -89,9 +96,9 @@ pub(crate) struct Task {
     isolating: bool,
     /// Topics this isolated epoch produced to (for a `record-refused` reason).
     produced: BTreeSet<String>,
-    /// Set when this open refuses the non-record input (the reason): the parked inboxes were
-    /// refused at restore, the due delayed messages are refused in the first epoch.
-    refuse_pending: Option<String>,
+    /// Set when this open refuses non-record input: the parked inbox(es) were refused at
+    /// restore; the due delayed messages, if it says so, are refused in the first epoch.
+    refuse_pending: Option<NonRecordRefusal>,
 }
 
 impl Task {
@@ -172,7 +179,7 @@ impl Task {
             core_cfg,
             CoreMetrics::bind(m, p),
             store,
-            refuse_pending.as_deref(),
+            refuse_pending.as_ref(),
         )?;
         let secs = started.elapsed().as_secs_f64();
         m.restore_seconds.with_label_values(&[&label]).set(secs);
@@ -199,6 +206,9 @@ impl Task {
             first_offset: None,
             last_offset: None,
             other_input: false,
+            outcomes: Vec::new(),
+            timers_fired: false,
+            deferred: VecDeque::new(),
             records: 0,
             previous_epoch_records: 0,
             net,
@@ -215,12 +225,26 @@ impl Task {
         if self.core.parked() > 0 || self.refuse_pending.is_some() {
             self.begin();
             self.other_input = true;
-            if let Some(reason) = self.refuse_pending.take() {
-                self.core.refuse_due_timers(now_ms(), &reason)?;
+            if let Some(refuse) = self.refuse_pending.take() {
+                if refuse.refuses_timers() {
+                    self.core.refuse_due_timers(now_ms(), refuse.reason())?;
+                    self.timers_fired = true;
+                }
             }
             self.flush().await?;
         }
         loop {
+            // Outcomes held back by isolated epochs come first: one per isolated epoch, all of
+            // them once the net is back to normal.
+            if !self.epoch.is_open() && !self.deferred.is_empty() {
+                self.begin();
+                while let Some(done) = self.deferred.pop_front() {
+                    self.on_event(Event::Done(Ok(done))).await?;
+                    if self.isolating {
+                        break;
+                    }
+                }
+            }
             // Idle: wait for input, a parked request's outcome, a due delayed message, the
             // expiry sweep, or the stop. (An epoch may already be open: restore dispatches
             // inboxes inside one.)
@@ -262,7 +286,6 @@ impl Task {
             .lock()
             .expect("net")
             .max_records(cfg.max_epoch_records, self.records > 0);
-        let fire_timers = !self.isolating || self.records == 0;
         let rule = EpochRule::begin(
             tokio::time::Instant::now(),
             cfg.commit_interval,
@@ -272,10 +295,13 @@ impl Task {
             cfg.early_close_below,
         );
         loop {
-            if fire_timers {
+            if !self.isolating || (self.records == 0 && self.outcomes.is_empty()) {
                 let pending = self.core.delayed();
                 self.core.fire_due_timers(now_ms())?;
-                self.other_input |= self.core.delayed() < pending;
+                if self.core.delayed() < pending {
+                    self.other_input = true;
+                    self.timers_fired = true;
+                }
             }
             self.flush().await?;
             let now = Now {
@@ -327,7 +353,16 @@ impl Task {
         match ev {
             Event::Done(done) => {
                 let done = done.map_err(|e| EpochError::Panicked(e.to_string()))?;
-                self.other_input |= self.core.is_parked(&done.addr);
+                if self.core.is_parked(&done.addr) {
+                    let busy = self.records > 0 || !self.outcomes.is_empty() || self.timers_fired;
+                    if self.isolating && busy {
+                        // Still in flight for the core (and parked): the epoch can close.
+                        self.deferred.push_back(done);
+                        return Ok(());
+                    }
+                    self.other_input = true;
+                    self.outcomes.push(done.addr.clone());
+                }
                 self.core.on_response(done)?;
             }
             Event::Record(rec) => self.on_record(rec)?,
@@ -365,6 +400,8 @@ impl Task {
             first: self.first_offset,
             last: self.last_offset,
             other: self.other_input,
+            outcomes: self.outcomes.clone(),
+            timers: self.timers_fired,
             parked: self.core.parked() > 0,
         }
     }
@@ -417,6 +454,8 @@ impl Task {
         self.first_offset = None;
         self.last_offset = None;
         self.other_input = false;
+        self.outcomes.clear();
+        self.timers_fired = false;
         self.records = 0;
         self.produced.clear();
         Ok(())
@@ -426,6 +465,7 @@ impl Task {
     /// transaction was abandoned by the caller, `Participant::abandon`).
     fn abort_epoch(&mut self) {
         self.inflight.abort_all();
+        self.deferred.clear();
         self.at_least_once.clear();
         self.core.discard();
     }

@@ -1,35 +1,70 @@
 //! The safety net's decisions (`isolation.rs`): which epochs are isolated, which record or
 //! which non-record input is refused, and when normal epochs come back.
 
+use keyflow_protocol::Address;
+
 use crate::kafka::ErrorClass;
-use crate::partition::isolation::{Net, Taken};
+use crate::partition::isolation::{Net, NonRecordRefusal, Taken};
 
 fn records(first: i64, last: i64) -> Taken {
     Taken {
         records: (last - first + 1) as usize,
         first: Some(first),
         last: Some(last),
-        other: false,
-        parked: false,
+        ..Taken::default()
     }
 }
 
-/// An epoch of no record that applied the outcome of a parked request.
-const PARKED_OUTCOME: Taken = Taken {
-    records: 0,
-    first: None,
-    last: None,
-    other: true,
-    parked: false,
-};
+fn addr(id: &str) -> Address {
+    Address::new("test", "f", id)
+}
 
+/// An epoch of no record that applied the outcomes of these parked requests.
+fn outcomes(ids: &[&str]) -> Taken {
+    Taken {
+        other: true,
+        outcomes: ids.iter().map(|id| addr(id)).collect(),
+        ..Taken::default()
+    }
+}
+
+/// An epoch of no record that applied the outcome of parked request `s`.
+fn parked_outcome() -> Taken {
+    outcomes(&["s"])
+}
+
+/// An epoch of no record that fired due delayed messages.
+fn timers() -> Taken {
+    Taken {
+        other: true,
+        timers: true,
+        ..Taken::default()
+    }
+}
+
+/// An epoch that failed having taken nothing the net can name.
 const NONE: Taken = Taken {
     records: 0,
     first: None,
     last: None,
     other: false,
+    outcomes: Vec::new(),
+    timers: false,
     parked: false,
 };
+
+fn all(reason: &str) -> Option<NonRecordRefusal> {
+    Some(NonRecordRefusal::All {
+        reason: reason.into(),
+    })
+}
+
+fn parked(id: &str, reason: &str) -> Option<NonRecordRefusal> {
+    Some(NonRecordRefusal::Parked {
+        addr: addr(id),
+        reason: reason.into(),
+    })
+}
 
 #[test]
 fn a_record_failure_isolates_the_epochs_records_one_per_epoch() {
@@ -93,16 +128,13 @@ fn a_refusal_that_is_refused_too_drops_the_value() {
 }
 
 #[test]
-fn repeated_failures_without_a_record_refuse_the_pending_non_record_input() {
+fn repeated_failures_naming_no_input_refuse_all_non_record_input() {
     let mut net = Net::default();
     net.failed(ErrorClass::Record, NONE, "parked batch refused");
     assert!(net.isolating());
     assert_eq!(net.take_refuse_pending(), None, "retried once first");
     net.failed(ErrorClass::Record, NONE, "parked batch refused");
-    assert_eq!(
-        net.take_refuse_pending().as_deref(),
-        Some("parked batch refused")
-    );
+    assert_eq!(net.take_refuse_pending(), all("parked batch refused"));
     assert_eq!(net.take_refuse_pending(), None, "taken once");
     net.committed(NONE);
     assert!(!net.isolating(), "the refusing epoch ends isolation");
@@ -111,13 +143,70 @@ fn repeated_failures_without_a_record_refuse_the_pending_non_record_input() {
 #[test]
 fn a_failing_delayed_message_is_refused_even_while_records_flow() {
     let mut net = Net::default();
-    net.failed(ErrorClass::Record, records(0, 9), "timer refused");
-    net.failed(ErrorClass::Record, NONE, "timer refused");
+    net.failed(
+        ErrorClass::Record,
+        Taken {
+            timers: true,
+            other: true,
+            ..records(0, 9)
+        },
+        "x",
+    );
+    assert_eq!(net.take_refuse_pending(), None, "not isolated yet");
     // One-record epochs commit in between: they say nothing about the timer.
     net.committed(records(0, 0));
     net.committed(records(1, 1));
-    net.failed(ErrorClass::Record, NONE, "timer refused");
-    assert!(net.take_refuse_pending().is_some());
+    assert!(net.isolating(), "the timers are suspects");
+    net.failed(ErrorClass::Record, timers(), "timer refused");
+    assert_eq!(
+        net.take_refuse_pending(),
+        Some(NonRecordRefusal::Timers {
+            reason: "timer refused".into()
+        })
+    );
+}
+
+#[test]
+fn of_two_parked_outcomes_failing_together_only_the_one_failing_alone_is_refused() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, outcomes(&["s", "t"]), "x");
+    assert!(net.isolating());
+    assert_eq!(net.take_refuse_pending(), None, "neither is named yet");
+    // The reopen dispatches both again in an epoch that parks them (it commits).
+    net.committed(Taken {
+        other: true,
+        parked: true,
+        ..Taken::default()
+    });
+    assert!(net.isolating(), "both still suspects");
+    // t's outcome, applied alone, commits: t is good.
+    net.committed(Taken {
+        parked: true,
+        ..outcomes(&["t"])
+    });
+    assert!(net.isolating(), "s is still a suspect");
+    net.failed(ErrorClass::Record, outcomes(&["s"]), "refused");
+    assert_eq!(net.take_refuse_pending(), parked("s", "refused"));
+    net.committed(Taken {
+        other: true,
+        ..Taken::default()
+    });
+    assert!(!net.isolating(), "no suspect left");
+}
+
+#[test]
+fn suspects_keep_the_net_isolating_until_each_commits_alone() {
+    let mut net = Net::default();
+    net.failed(ErrorClass::Record, outcomes(&["s", "t"]), "x");
+    for id in ["s", "t"] {
+        assert!(net.isolating(), "before {id}");
+        net.committed(Taken {
+            parked: true,
+            ..outcomes(&[id])
+        });
+    }
+    assert!(!net.isolating(), "both committed alone");
+    assert_eq!(net.take_refuse_pending(), None);
 }
 
 #[test]
@@ -142,19 +231,16 @@ fn a_failure_without_a_record_isolates_until_the_next_commit() {
 #[test]
 fn a_parked_outcome_refused_after_every_reparking_is_refused_at_last() {
     let mut net = Net::default();
-    net.failed(ErrorClass::Record, PARKED_OUTCOME, "refused");
+    net.failed(ErrorClass::Record, parked_outcome(), "refused");
     // The reopen dispatches the inbox again; the slow request is parked again and commits.
     net.committed(Taken {
+        other: true,
         parked: true,
-        ..PARKED_OUTCOME
+        ..Taken::default()
     });
-    assert!(!net.isolating(), "isolation ended with that commit");
-    net.failed(ErrorClass::Record, PARKED_OUTCOME, "refused again");
-    assert_eq!(
-        net.take_refuse_pending().as_deref(),
-        Some("refused again"),
-        "re-parking proves nothing"
-    );
+    assert!(net.isolating(), "re-parking proves nothing");
+    net.failed(ErrorClass::Record, parked_outcome(), "refused again");
+    assert_eq!(net.take_refuse_pending(), parked("s", "refused again"));
 }
 
 #[test]
@@ -170,8 +256,12 @@ fn a_one_record_epoch_that_also_ran_other_input_does_not_blame_its_record() {
         "x",
     );
     assert_eq!(net.refusal(0), None, "the record is not blamed");
-    net.failed(ErrorClass::Record, PARKED_OUTCOME, "x");
-    assert!(net.take_refuse_pending().is_some(), "the other input is");
+    net.failed(ErrorClass::Record, parked_outcome(), "x");
+    assert_eq!(
+        net.take_refuse_pending(),
+        parked("s", "x"),
+        "the other input is"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! messages) is dead-lettered `record-refused` as it is and never processed.
 
 use super::*;
+use crate::partition::isolation::NonRecordRefusal;
 
 fn answer_with_egress_to(h: &mut Harness, topic: &str) -> Vec<Output> {
     h.register_specs(vec![spec("n", builtin::INT)]);
@@ -63,11 +64,18 @@ fn every_topic_name_kafka_accepts_passes() {
 
 /// A reopened core whose parked inboxes are refused (the net gave up on them).
 fn restore_refusing(h: &mut Harness, reason: &str) {
+    let refuse = NonRecordRefusal::All {
+        reason: reason.to_string(),
+    };
+    restore_with(h, &refuse);
+}
+
+fn restore_with(h: &mut Harness, refuse: &NonRecordRefusal) {
     h.pending.clear();
     h.outputs.clear();
     let store = PartitionStore::open(&h.db, h.cfg.partition).unwrap();
     let m = CoreMetrics::bind(&h.metrics, h.cfg.partition);
-    h.core = PartitionCore::restore(h.cfg.clone(), m, store, Some(reason)).unwrap();
+    h.core = PartitionCore::restore(h.cfg.clone(), m, store, Some(refuse)).unwrap();
     h.drain();
 }
 
@@ -134,6 +142,30 @@ fn a_restore_refusing_parked_inboxes_dead_letters_and_deletes_them() {
     h.commit();
     h.restore();
     assert!(h.pending.is_empty(), "gone for good");
+}
+
+#[test]
+fn a_restore_refusing_one_parked_address_dispatches_the_others() {
+    let mut h = Harness::new();
+    h.deliver(msg("a", "1"));
+    h.deliver(msg("b", "2"));
+    h.commit();
+    assert_eq!(h.core.parked(), 2);
+    let refuse = NonRecordRefusal::Parked {
+        addr: addr("b"),
+        reason: "kafka: INVALID_RECORD".into(),
+    };
+    restore_with(&mut h, &refuse);
+    assert_eq!(h.core.parked(), 1, "a stays parked");
+    assert!(h.core.is_parked(&addr("a")));
+    assert_eq!(h.pending.len(), 1, "a's inbox is dispatched again");
+    let out = h.take_outputs();
+    assert_eq!(kinds(&out), [DeadLetterKind::RecordRefused], "{out:?}");
+    assert!(has_header(
+        dead_letters(&out)[0],
+        "keyflow.target",
+        "test/greeter/b"
+    ));
 }
 
 #[test]
