@@ -31,6 +31,15 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_PARTITIONS", default_value = "8")]
     pub partitions: NonZeroU32,
 
+    /// Partitions read their co-partitioned ingress topics directly: an ingress topic with
+    /// exactly `--partitions` partitions, keyed by function id with Kafka's default
+    /// partitioner, is read by the partition of the same number, which processes each record
+    /// in its own epoch's transaction instead of an ingress router writing it to
+    /// `<cluster>-messages` first (one transaction per input instead of two). Other ingress
+    /// topics are routed as before. Every worker of a cluster must set it alike.
+    #[arg(long, env = "KEYFLOW_DIRECT_INGRESS", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub direct_ingress: bool,
+
     /// This worker's id, unique in the cluster; names its data folder. Default: the host name
     /// (two workers on one host need distinct ids).
     #[arg(long, env = "KEYFLOW_WORKER_ID")]

@@ -58,6 +58,16 @@ pub struct Shared {
     pub(crate) phases: Mutex<HashMap<(String, i32), PartitionPhase>>,
     /// When the group last changed this worker's partitions (`None`: not yet).
     pub(crate) assigned_at: Mutex<Option<std::time::Instant>>,
+    /// The ingress topics the partitions read directly (`--direct-ingress`).
+    pub(crate) direct: Vec<DirectTopic>,
+}
+
+/// An ingress topic read by the partitions directly: partition p of the topic by partition p.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectTopic {
+    pub topic: String,
+    /// The first ingress in module.yaml naming it: its consumer settings read it.
+    pub ingress: usize,
 }
 
 /// How many partition tasks of a worker open at once.

@@ -183,6 +183,26 @@ pub async fn topic_names(kafka: &Connection) -> Result<Vec<String>, TopicError> 
     Ok(names)
 }
 
+/// Every topic of the cluster and its number of partitions.
+pub async fn topic_partitions(
+    kafka: &Connection,
+) -> Result<std::collections::HashMap<String, i32>, TopicError> {
+    let admin = client_config(kafka).create::<AdminClient<DefaultClientContext>>()?;
+    let counts = blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(20))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+    })
+    .await?;
+    Ok(counts)
+}
+
 /// The broker's `message.max.bytes`: the limit of topics that set none (Kafka's default, with
 /// a warning, when it cannot be read).
 pub async fn broker_max_message_bytes(kafka: &Connection) -> usize {

@@ -64,6 +64,7 @@ pub mod replay;
 pub mod rescale;
 pub(crate) mod restore;
 pub(crate) mod router;
+pub(crate) mod routing;
 pub(crate) mod store;
 pub(crate) mod supervisor;
 pub mod trace;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub ingress_records: IntCounterVec,
     /// Bytes of ingress record values routed, by topic.
     pub ingress_bytes: IntCounterVec,
+    /// Direct ingress records whose function id is on another partition (`--direct-ingress`).
+    pub ingress_rerouted: IntCounterVec,
     /// Records of an input the worker can read and has not read yet, by topic and partition
     /// (from librdkafka's statistics every few seconds: `kafka::lag::lag_of`).
     pub consumer_lag: IntGaugeVec,
@@ -101,6 +103,14 @@ impl Metrics {
                     "Seconds spent committing epochs",
                 ),
                 &["partition"],
+            )
+            .unwrap(),
+            ingress_rerouted: IntCounterVec::new(
+                Opts::new(
+                    "ingress_rerouted_total",
+                    "Records of a directly read ingress topic whose key hashes to another partition (not co-partitioned), written on to it",
+                ),
+                &["topic"],
             )
             .unwrap(),
             ingress_bytes: IntCounterVec::new(
@@ -250,6 +260,7 @@ impl Metrics {
         let r = &m.registry;
         r.register(Box::new(m.ingress_records.clone())).unwrap();
         r.register(Box::new(m.ingress_bytes.clone())).unwrap();
+        r.register(Box::new(m.ingress_rerouted.clone())).unwrap();
         r.register(Box::new(m.partition_records.clone())).unwrap();
         r.register(Box::new(m.partition_epochs.clone())).unwrap();
         r.register(Box::new(m.partition_commit_seconds.clone()))

@@ -206,6 +206,10 @@ impl Input {
         }
     }
 
+    fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Delivery> {
+        self.rx.poll_recv(cx).map(|d| self.took(d))
+    }
+
     fn took(&mut self, d: Option<Delivery>) -> Delivery {
         let Some(d) = d else {
             return Err(KafkaError::Canceled);
@@ -230,6 +234,49 @@ impl Input {
             }
         }
         d
+    }
+}
+
+/// Several inputs read as one, each in its own order and taken in turn (a partition's
+/// `<cluster>-messages` partition and its direct ingress partitions); a record comes with the
+/// index of its input.
+pub(crate) struct Inputs {
+    inputs: Vec<Input>,
+    next: usize,
+}
+
+impl Inputs {
+    pub(crate) fn new(inputs: Vec<Input>) -> Self {
+        Inputs { inputs, next: 0 }
+    }
+
+    /// The next record of any input (cancel-safe).
+    pub(crate) async fn recv(&mut self) -> (usize, Delivery) {
+        std::future::poll_fn(|cx| {
+            let n = self.inputs.len();
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                if let std::task::Poll::Ready(d) = self.inputs[i].poll_recv(cx) {
+                    self.next = (i + 1) % n;
+                    return std::task::Poll::Ready((i, d));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// The next record of any input if one is here now.
+    pub(crate) fn try_recv(&mut self) -> Option<(usize, Delivery)> {
+        let n = self.inputs.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if let Some(d) = self.inputs[i].try_recv() {
+                self.next = (i + 1) % n;
+                return Some((i, d));
+            }
+        }
+        None
     }
 }
 

@@ -14,22 +14,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyflow_protocol::{Address, Message as _, TypedValue};
-use rdkafka::consumer::Consumer;
+use keyflow_protocol::{Message as _, TypedValue};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Shared;
 use crate::dead_letter::DeadLetterKind;
 use crate::internal::Envelope;
 use crate::kafka::{self, ErrorClass};
-use crate::limits;
 use crate::module::{IngressTopic, KafkaIngress, OffsetReset, StartupPosition};
 use crate::partition::isolation::{Net, Taken};
 use crate::partition::EpochError;
 use crate::partitioner::partition_for;
+use crate::routing::Routed;
 use crate::supervisor::{supervise, PartitionTask};
 use crate::trace;
 use crate::txn::Participant;
@@ -92,67 +90,14 @@ impl Router {
             Some(i) => &shared.module.ingresses[i],
             None => &callbacks,
         };
-        // Every ingress and entry naming the topic, merged: each record goes to each target
-        // once; the consumer settings are those of `spec`, the first ingress naming it.
-        let route = ingress.map(|_| {
-            let merged = shared
-                .module
-                .route(topic)
-                .expect("the worker routes only declared topics");
-            Arc::new(IngressTopic {
-                topic: topic.to_string(),
-                value_type: merged.value_type.clone(),
-                targets: merged.targets.into_iter().cloned().collect(),
-            })
-        });
-        let reset = match spec.auto_offset_reset {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-        };
-        let mut cfg = kafka::client_config(&shared.kafka);
-        for (k, v) in &spec.properties {
-            cfg.set(k, v);
-        }
-        // The group only names whose offsets the consumer could look up (it never does): one
-        // for all, so that ingresses with the same `properties` share one reader.
-        kafka::reader_settings(&mut cfg, &shared.cfg.cluster, reset);
-        let reader = shared.readers.get(&cfg)?;
+        let route = ingress.map(|_| crate::routing::route_of(&shared, topic));
+        let reader = crate::routing::reader_for(&shared, spec)?;
         let lag = shared
             .metrics
             .consumer_lag
             .with_label_values(&[topic, &p.to_string()]);
-        let committed = crate::offsets::committed(
-            &shared.kafka,
-            &shared.cfg.members_group(),
-            &spec.consumer_group_id,
-            topic,
-            p,
-        )
-        .await?;
-        let (start, committed) = match committed {
-            Some(o) => (Offset::Offset(o), true),
-            None => (
-                crate::offsets::start_offset(reader.consumer(), spec, topic, p).await?,
-                false,
-            ),
-        };
-        // `latest` is the end offset now, before the router counts as started (`/ready`), not
-        // at the first fetch: a record produced once the worker is ready is never skipped.
-        let position = match start {
-            Offset::Offset(o) => o,
-            Offset::End => {
-                reader
-                    .consumer()
-                    .fetch_watermarks(topic, p, Duration::from_secs(30))?
-                    .1
-            }
-            _ => {
-                reader
-                    .consumer()
-                    .fetch_watermarks(topic, p, Duration::from_secs(30))?
-                    .0
-            }
-        };
+        let (position, committed) =
+            crate::routing::start_position(&shared, spec, &reader, topic, p).await?;
         let age = shared
             .metrics
             .input_age_seconds
@@ -165,7 +110,7 @@ impl Router {
             // instead of resolving `latest` again and skipping what arrived meanwhile.
             epoch.commit(vec![(topic.to_string(), p, position)]).await?;
         }
-        tracing::info!(topic, partition = p, ?start, "ingress router started");
+        tracing::info!(topic, partition = p, position, "ingress router started");
         let metrics = &shared.metrics;
         Ok(Router {
             messages: shared.cfg.topic_messages(),
@@ -187,13 +132,15 @@ impl Router {
     }
 
     async fn route_record(&mut self, m: rdkafka::message::OwnedMessage) -> Result<(), KafkaError> {
-        let refusal = self.net.lock().expect("net").refusal(m.offset()).cloned();
+        let refusal = self
+            .net
+            .lock()
+            .expect("net")
+            .refusal(0, m.offset())
+            .cloned();
         if let Some(r) = refusal {
             let origin = self.take(&m);
-            let reason = format!(
-                "Kafka kept refusing the messages routed from this record, even in an epoch of its own, so the record was skipped: {}",
-                r.reason
-            );
+            let reason = crate::routing::refused_reason(&r.reason);
             let value = if r.bare { None } else { m.payload() };
             return self
                 .dead_letter_value(&m, value, &origin, DeadLetterKind::RecordRefused, &reason)
@@ -203,75 +150,23 @@ impl Router {
             return self.route_callback(m).await;
         };
         let origin = self.take(&m);
-        let id = match m.key().map(std::str::from_utf8) {
-            Some(Ok(id)) => id.to_string(),
-            Some(Err(_)) => {
-                return self
-                    .dead_letter(
-                        &m,
-                        &origin,
-                        DeadLetterKind::KeyNotUtf8,
-                        "the record key is not UTF-8, so it cannot name a function id",
-                    )
-                    .await
+        let limit = self.shared.limits.messages;
+        match crate::routing::route(&route, &m, self.p, &origin, limit, &self.messages) {
+            Routed::Refused { kind, reason } => self.dead_letter(&m, &origin, kind, &reason).await,
+            Routed::Messages { id, envelopes } => {
+                let partitions = self.shared.cfg.partition_count();
+                for env in envelopes {
+                    self.epoch.send(
+                        &self.messages,
+                        Some(partition_for(&id, partitions)),
+                        Some(id.as_bytes()),
+                        Some(env.encode_to_vec()),
+                        None,
+                    );
+                }
+                Ok(())
             }
-            None => {
-                return self
-                    .dead_letter(
-                        &m,
-                        &origin,
-                        DeadLetterKind::NoKey,
-                        "the record has no key; the key names the target function's id",
-                    )
-                    .await
-            }
-        };
-        let partitions = self.shared.cfg.partition_count();
-        let argument = TypedValue {
-            typename: route.value_type.to_string(),
-            has_value: m.payload().is_some(),
-            value: m
-                .payload()
-                .map(bytes::Bytes::copy_from_slice)
-                .unwrap_or_default(),
-        };
-        let span = trace::routing_record(m.headers(), &self.topic, self.p, m.offset());
-        let envelopes: Vec<Envelope> = route
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, target)| Envelope {
-                target: Some(Address::new(
-                    target.namespace.clone(),
-                    target.name.clone(),
-                    id.clone(),
-                )),
-                caller: None,
-                argument: Some(argument.clone()),
-                message_id: format!("{origin}/{i}"),
-                origin: origin.clone(),
-                traceparent: span.context().traceparent.clone(),
-                tracestate: span.context().tracestate.clone(),
-                ..Default::default()
-            })
-            .collect();
-        // All targets or none: a record whose envelope would not fit is refused as a whole.
-        let largest = envelopes.iter().map(|e| e.encoded_len()).max().unwrap_or(0);
-        if let Some(reason) = self.too_large(&m, id.len() + largest) {
-            return self
-                .dead_letter(&m, &origin, DeadLetterKind::TooLarge, &reason)
-                .await;
         }
-        for env in envelopes {
-            self.epoch.send(
-                &self.messages,
-                Some(partition_for(&id, partitions)),
-                Some(id.as_bytes()),
-                Some(env.encode_to_vec()),
-                None,
-            );
-        }
-        Ok(())
     }
 
     async fn dead_letter(
@@ -294,58 +189,21 @@ impl Router {
         kind: DeadLetterKind,
         reason: &str,
     ) -> Result<(), KafkaError> {
-        tracing::warn!(origin, %kind, "ingress dead letter: {reason}");
         let typename = self
             .route
             .as_ref()
             .map(|r| r.value_type.to_string())
             .unwrap_or_default();
-        let mut reason = reason.to_string();
-        limits::cut_reason(&mut reason);
-        let mut headers = vec![
-            ("keyflow.reason", reason.as_str()),
-            ("keyflow.reason-kind", kind.as_str()),
-            ("keyflow.origin", origin),
-            ("keyflow.typename", &typename),
-        ];
-        // The dead letter must fit its topic too: a prefix of the value, with its size.
-        let fitted =
-            limits::fit_dead_letter(self.shared.limits.dead_letters, m.key(), value, &headers);
-        headers.extend(fitted.headers.iter().map(|(k, v)| (*k, v.as_str())));
-        let dl = kafka::DeadLetter {
-            kind: kind.as_str(),
-            reason: &reason,
-            headers: headers.split_off(2),
-            envelope: None,
-        };
-        let headers = kafka::dead_letter_headers(dl);
+        let (key, value, headers) =
+            crate::routing::dead_letter(&self.shared, &typename, m, value, origin, kind, reason);
         self.epoch.send(
             &self.dead_letters,
             None,
-            fitted.key.as_deref(),
-            fitted.value,
+            key.as_deref(),
+            value,
             Some(headers),
         );
-        self.shared
-            .metrics
-            .dead_letters
-            .with_label_values(&[kind.as_str()])
-            .inc();
         Ok(())
-    }
-
-    /// Why record `m` cannot be routed: its envelope record of `size` bytes would exceed
-    /// `<cluster>-messages`' limit (the broker took the record, but the envelope adds the
-    /// target, ids and typename).
-    fn too_large(&self, m: &rdkafka::message::OwnedMessage, size: usize) -> Option<String> {
-        let limit = self.shared.limits.messages;
-        (size > limit).then(|| {
-            format!(
-                "the record's value is {} bytes and its message envelope {size} bytes, over the limit of {limit} bytes of `{}` (its max.message.bytes less record framing); send large data by reference",
-                m.payload().map_or(0, <[u8]>::len),
-                self.messages
-            )
-        })
     }
 
     /// Counts a record into the epoch (its offset is committed with it); returns its origin.
@@ -415,7 +273,10 @@ impl Router {
         span.context().stamp(&mut env);
         let partition = partition_for(&id, self.shared.cfg.partition_count());
         let payload = env.encode_to_vec();
-        if let Some(reason) = self.too_large(&m, id.len() + payload.len()) {
+        let limit = self.shared.limits.messages;
+        if let Some(reason) =
+            crate::routing::too_large(&m, id.len() + payload.len(), limit, &self.messages)
+        {
             return self
                 .dead_letter(&m, &env.origin, DeadLetterKind::TooLarge, &reason)
                 .await;
@@ -450,8 +311,12 @@ impl Router {
     fn taken(&self) -> Taken {
         Taken {
             records: self.records,
-            first: self.first_offset,
-            last: self.last_offset,
+            ranges: self
+                .first_offset
+                .zip(self.last_offset)
+                .map(|r| (0, r))
+                .into_iter()
+                .collect(),
             ..Taken::default()
         }
     }

@@ -138,12 +138,45 @@ fn expected_records() -> usize {
 
 #[test]
 fn kill_9_mid_flow_loses_and_repeats_nothing() {
-    let run = unique("eos");
+    kill_9_mid_flow(false);
+}
+
+/// The same with `--direct-ingress`: the input topic has the cluster's 8 partitions and the
+/// partitions read it themselves. Nine keys in ten are produced to the partition of their id
+/// (co-partitioned); every tenth to the next partition, which must write it on to the right
+/// one in its epoch.
+#[test]
+fn kill_9_mid_flow_with_direct_ingress_loses_and_repeats_nothing() {
+    kill_9_mid_flow(true);
+}
+
+const PARTITIONS: i32 = 8;
+
+/// The partition key `k` is produced to: its own (`direct`: nine keys in ten) or the
+/// client's choice.
+fn partition_of(k: usize, direct: bool) -> Option<i32> {
+    let own = keyflow_engine::partitioner::partition_for(&format!("k{k}"), PARTITIONS);
+    direct.then(|| {
+        if k % 10 == 9 {
+            (own + 1) % PARTITIONS
+        } else {
+            own
+        }
+    })
+}
+
+fn kill_9_mid_flow(direct: bool) {
+    let run = unique(if direct { "eosd" } else { "eos" });
     let out_topic = format!("counts-{run}");
     let functions = FunctionServer::start(counter(out_topic.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, functions.port));
-    let mut engine = Engine::start(&module, &run, "w1", &dir, &["--commit-interval", "20ms"]);
+    let partitions = PARTITIONS.to_string();
+    let mut args = vec!["--commit-interval", "20ms", "--partitions", &partitions];
+    if direct {
+        args.extend(["--direct-ingress", "--topic-partitions", &partitions]);
+    }
+    let mut engine = Engine::start(&module, &run, "w1", &dir, &args);
     engine.wait_ready(Duration::from_secs(60));
 
     // Input in key-local order: for each round, seq s for every key.
@@ -152,12 +185,19 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
         for seq in 1..=PER_KEY {
             let values: Vec<String> = (0..KEYS).map(|_| seq.to_string()).collect();
             let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
-            let recs: Vec<(Option<&str>, Option<&[u8]>)> = keys
+            let recs: Vec<Placed<'_>> = keys
                 .iter()
                 .zip(&values)
-                .map(|(k, v)| (Some(k.as_str()), Some(v.as_bytes())))
+                .enumerate()
+                .map(|(i, (k, v))| {
+                    (
+                        partition_of(i, direct),
+                        Some(k.as_str()),
+                        Some(v.as_bytes()),
+                    )
+                })
                 .collect();
-            produce(&input, &recs);
+            produce_to(&input, &recs);
             // Paced so that the input lasts longer than the three kills and restarts: an
             // engine that keeps up would otherwise be done before the later kills.
             std::thread::sleep(Duration::from_millis(450));
@@ -275,6 +315,17 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
         Some(0.0),
         "delayed messages left pending after all fired or were cancelled"
     );
+    if direct {
+        // The partitions took the input themselves: `<cluster>-messages` holds only the tenth
+        // of the inputs produced to another partition, and the delayed messages.
+        let routed = read_committed(&format!("{run}-messages")).len();
+        let inputs = KEYS * PER_KEY as usize;
+        assert!(
+            routed < inputs / 2,
+            "{routed} messages for {inputs} inputs: the input went through a router"
+        );
+        eprintln!("direct ingress: {routed} messages written for {inputs} inputs");
+    }
     let x = recs.iter().filter(|r| r.value.starts_with(b"x:")).count();
     eprintln!(
         "ok: {} records, {x} delayed messages cancelled, kills at {seen_at_kills:?}",

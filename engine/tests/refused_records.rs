@@ -229,7 +229,19 @@ fn an_egress_to_an_invalid_topic_name_is_refused_and_the_partition_goes_on() {
 
 #[test]
 fn a_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net() {
-    let mut s = setup("keyless", &[], |_| {});
+    record_refused_by_the_net(false);
+}
+
+/// The same with `--direct-ingress` (the input topic has the cluster's one partition): the
+/// net names the ingress record itself, which is dead-lettered with its own key.
+#[test]
+fn a_direct_ingress_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net() {
+    record_refused_by_the_net(true);
+}
+
+fn record_refused_by_the_net(direct: bool) {
+    let extra: &[&str] = if direct { &["--direct-ingress"] } else { &[] };
+    let mut s = setup("keyless", extra, |_| {});
     let input = format!("in-{}", s.run);
     // One produce: the keyless egress shares its epoch with the good inputs around it.
     let mut recs: Vec<(String, String)> = (0..10)
@@ -242,7 +254,8 @@ fn a_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net() {
     assert_eq!(dead.len(), 1, "{dead:#?}\n{}", s.engine.log_tail(30));
     let (kind, key, reason, value) = &dead[0];
     assert_eq!(kind, "record-refused", "{dead:#?}");
-    assert_eq!(key, "test/echo/k");
+    let want_key = if direct { "k" } else { "test/echo/k" };
+    assert_eq!(key, want_key);
     assert_eq!(value, "keyless", "the original message's value");
     assert!(
         reason.contains(&s.compacted),
@@ -256,6 +269,12 @@ fn a_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net() {
         read_committed(&s.compacted).is_empty(),
         "the refused record never reached its topic"
     );
+    if direct {
+        assert!(
+            read_committed(&format!("{}-messages", s.run)).is_empty(),
+            "the partition read the input itself"
+        );
+    }
     assert!(s.engine.is_running());
     assert_eq!(s.engine.terminate(), Some(0));
 }

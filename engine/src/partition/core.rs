@@ -276,6 +276,14 @@ impl PartitionCore {
         }
     }
 
+    /// A message of an ingress record this partition read directly (`--direct-ingress`):
+    /// delivered as a record of `<cluster>-messages` would be; its dead letters name the
+    /// ingress record.
+    pub fn on_ingress(&mut self, mut env: Envelope) -> Result<()> {
+        env.read_from = env.origin.clone();
+        self.deliver(env)
+    }
+
     /// Produces every delayed message due at `now_ms` and deletes it, in this epoch.
     pub fn fire_due_timers(&mut self, now_ms: i64) -> Result<()> {
         let mut fired = false;

@@ -29,7 +29,7 @@
 //! input that commits alone is never refused; normal mode returns once the isolated records
 //! and suspects are through.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use keyflow_protocol::Address;
 
@@ -39,10 +39,9 @@ use crate::kafka::ErrorClass;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Taken {
     pub records: usize,
-    /// Offset of its first input record.
-    pub first: Option<i64>,
-    /// Offset of its last input record.
-    pub last: Option<i64>,
+    /// Per input (0: the partition's `<cluster>-messages` or the router's topic; 1 and on: a
+    /// partition's direct ingress topics), the offsets of the first and last record taken.
+    pub ranges: BTreeMap<usize, (i64, i64)>,
     /// It applied input that is not a record: an inbox dispatched at restore, the outcome of
     /// a parked request, a fired delayed message.
     pub other: bool,
@@ -57,6 +56,7 @@ pub(crate) struct Taken {
 /// A record to commit as a dead letter instead of processing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
+    pub input: usize,
     pub offset: i64,
     /// The Kafka error, and what the epoch was producing.
     pub reason: String,
@@ -101,8 +101,8 @@ impl NonRecordRefusal {
 #[derive(Debug, Default)]
 pub(crate) struct Net {
     isolating: bool,
-    /// Isolation lasts until an epoch commits input up to this offset (then `None`).
-    until: Option<i64>,
+    /// Isolation lasts until epochs commit each input up to its offset here.
+    until: BTreeMap<usize, i64>,
     /// Parked addresses whose outcome was applied in a failed epoch, until it commits alone.
     suspects: HashSet<Address>,
     /// The due delayed messages were fired in a failed epoch, until they commit alone.
@@ -134,9 +134,11 @@ impl Net {
         }
     }
 
-    /// The refusal for the record at `offset`, when it is the one to skip.
-    pub fn refusal(&self, offset: i64) -> Option<&Refusal> {
-        self.refusal.as_ref().filter(|r| r.offset == offset)
+    /// The refusal for the record of `input` at `offset`, when it is the one to skip.
+    pub fn refusal(&self, input: usize, offset: i64) -> Option<&Refusal> {
+        self.refusal
+            .as_ref()
+            .filter(|r| r.input == input && r.offset == offset)
     }
 
     /// The non-record input to refuse, once (at the open that refuses it).
@@ -151,14 +153,19 @@ impl Net {
             return;
         }
         let was_isolating = std::mem::replace(&mut self.isolating, true);
-        self.until = self.until.max(taken.last);
+        for (&input, &(_, last)) in &taken.ranges {
+            let u = self.until.entry(input).or_insert(last);
+            *u = (*u).max(last);
+        }
         let reason = reason.to_string();
         let alone = taken.records == 0 && taken.outcomes.len() + usize::from(taken.timers) == 1;
-        match (taken.records, taken.first) {
+        let first = taken.ranges.iter().next().map(|(&i, &(o, _))| (i, o));
+        match (taken.records, first) {
             // One record and nothing else: that record is the cause.
-            (1, Some(offset)) if was_isolating && !taken.other => {
-                let bare = self.refusal.as_ref().is_some_and(|r| r.offset == offset);
+            (1, Some((input, offset))) if was_isolating && !taken.other => {
+                let bare = self.refusal(input, offset).is_some();
                 self.refusal = Some(Refusal {
+                    input,
                     offset,
                     reason,
                     bare,
@@ -216,19 +223,19 @@ impl Net {
                 _ => {}
             }
         }
-        if let (Some(r), Some(last)) = (&self.refusal, taken.last) {
-            if last >= r.offset {
+        if let Some(r) = &self.refusal {
+            if taken
+                .ranges
+                .get(&r.input)
+                .is_some_and(|&(_, l)| l >= r.offset)
+            {
                 self.refusal = None;
             }
         }
-        if self
-            .until
-            .is_some_and(|u| taken.last.is_some_and(|l| l >= u))
-        {
-            self.until = None;
-        }
+        self.until
+            .retain(|i, u| taken.ranges.get(i).is_none_or(|&(_, l)| l < *u));
         if self.isolating
-            && self.until.is_none()
+            && self.until.is_empty()
             && self.suspects.is_empty()
             && !self.timers_suspect
         {

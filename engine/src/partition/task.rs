@@ -7,7 +7,7 @@
 //! While the safety net isolates refused records (`isolation.rs`), its epochs take one kind
 //! of input: one record, or the outcome of one parked request, or the due delayed messages.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,10 @@ use crate::store::PartitionStore;
 use crate::supervisor::PartitionTask;
 use crate::txn::Participant;
 
+mod direct;
 mod flush;
+
+use direct::Direct;
 
 /// Topic names and metric handles of one partition, made once when it opens.
 struct Bound {
@@ -48,7 +51,8 @@ struct Bound {
 
 enum Event {
     Done(Result<Response, tokio::task::JoinError>),
-    Record(Result<Input, KafkaError>),
+    /// A record of input `.0` (0: `<cluster>-messages`; 1 and on: a direct ingress topic).
+    Record(usize, Result<OwnedMessage, KafkaError>),
     WindowClosed,
 }
 
@@ -67,8 +71,11 @@ pub(crate) struct Task {
     /// The next input offset: committed with every epoch, so that every transaction this
     /// partition is part of carries its position (the group fences a stale worker's commit).
     position: i64,
-    /// This partition's records, from the worker's reader (`reader.rs`).
-    input: crate::reader::Input,
+    /// This partition's records, from the worker's reader (`reader.rs`): its partition of
+    /// `<cluster>-messages` (input 0), then of each direct ingress topic (`direct`).
+    input: crate::reader::Inputs,
+    /// The ingress topics this partition reads directly (`--direct-ingress`), input 1 and on.
+    direct: Vec<Direct>,
     core: PartitionCore,
     bound: Bound,
     inflight: JoinSet<Response>,
@@ -77,8 +84,7 @@ pub(crate) struct Task {
     at_least_once: Vec<DeliveryFuture>,
     /// Offsets of the first and the last input record taken in this epoch, and whether it
     /// applied input that is not a record (for the safety net, `isolation.rs`).
-    first_offset: Option<i64>,
-    last_offset: Option<i64>,
+    ranges: BTreeMap<usize, (i64, i64)>,
     other_input: bool,
     /// Parked addresses whose outcome this epoch applied, and whether it fired delayed
     /// messages (for the safety net).
@@ -160,7 +166,9 @@ impl Task {
         m.epoch_failures.with_label_values(&[&label]);
         let lag = m.consumer_lag.with_label_values(&[&bound.messages, &label]);
         let age = m.input_age_seconds.with_label_values(&["messages"]);
-        let input = reader.open(&bound.messages, p, position, Some(lag), Some(age));
+        let mut inputs = vec![reader.open(&bound.messages, p, position, Some(lag), Some(age))];
+        let (direct, unresolved) = direct::open(&shared, p, &mut inputs).await?;
+        let input = crate::reader::Inputs::new(inputs);
 
         let core_cfg = CoreConfig {
             partition: p,
@@ -193,8 +201,15 @@ impl Task {
             secs
         );
         drop(opening);
+        let mut epoch = Participant::new(txn, (bound.messages.clone(), p));
+        if !unresolved.is_empty() {
+            // A direct ingress's first position is committed at once (as a router does): a
+            // restart resumes from it instead of resolving `latest` again.
+            epoch.commit(unresolved).await?;
+        }
         Ok(Task {
-            epoch: Participant::new(txn, (bound.messages.clone(), p)),
+            epoch,
+            direct,
             shared,
             p,
             position,
@@ -203,8 +218,7 @@ impl Task {
             bound,
             inflight: JoinSet::new(),
             at_least_once: Vec::new(),
-            first_offset: None,
-            last_offset: None,
+            ranges: BTreeMap::new(),
             other_input: false,
             outcomes: Vec::new(),
             timers_fired: false,
@@ -256,7 +270,7 @@ impl Task {
                     biased;
                     _ = stop.cancelled() => return Ok(()),
                     Some(done) = self.inflight.join_next() => Event::Done(done),
-                    m = self.input.recv(), if take => Event::Record(m.map(read)),
+                    (i, m) = self.input.recv(), if take => Event::Record(i, m),
                     _ = sleep_until_opt(timer_at) => Event::WindowClosed,
                     _ = tokio::time::sleep_until(next_sweep.into()) => Event::WindowClosed,
                 };
@@ -328,8 +342,8 @@ impl Task {
                         self.input.try_recv()
                     };
                     match ready {
-                        Some(m) => {
-                            self.on_record(m.map(read))?;
+                        Some((i, m)) => {
+                            self.on_record(i, m)?;
                             continue;
                         }
                         None if close_if_idle => return Ok(()),
@@ -341,7 +355,7 @@ impl Task {
             let ev = tokio::select! {
                 biased;
                 Some(done) = self.inflight.join_next() => Event::Done(done),
-                m = self.input.recv(), if take => Event::Record(m.map(read)),
+                (i, m) = self.input.recv(), if take => Event::Record(i, m),
                 _ = tokio::time::sleep_until(deadline) => Event::WindowClosed,
                 _ = stop.cancelled(), if intake => Event::WindowClosed,
             };
@@ -365,19 +379,26 @@ impl Task {
                 }
                 self.core.on_response(done)?;
             }
-            Event::Record(rec) => self.on_record(rec)?,
+            Event::Record(i, rec) => self.on_record(i, rec)?,
             Event::WindowClosed => {}
         }
         self.flush().await
     }
 
-    fn on_record(&mut self, rec: Result<Input, KafkaError>) -> Result<(), EpochError> {
-        let (offset, payload) = rec?;
+    fn on_record(
+        &mut self,
+        input: usize,
+        rec: Result<OwnedMessage, KafkaError>,
+    ) -> Result<(), EpochError> {
+        let rec = rec?;
+        if input > 0 {
+            return self.on_ingress(input, rec);
+        }
+        let (offset, payload) = read(rec);
         self.position = offset + 1;
-        self.first_offset.get_or_insert(offset);
-        self.last_offset = Some(offset);
+        self.ranges.entry(0).or_insert((offset, offset)).1 = offset;
         self.records += 1;
-        let refusal = self.net.lock().expect("net").refusal(offset).cloned();
+        let refusal = self.net.lock().expect("net").refusal(0, offset).cloned();
         match refusal {
             Some(r) => self.core.refuse_record(offset, payload, &r.reason, r.bare),
             None => self.core.on_record(offset, payload)?,
@@ -397,8 +418,7 @@ impl Task {
     fn taken(&self) -> Taken {
         Taken {
             records: self.records,
-            first: self.first_offset,
-            last: self.last_offset,
+            ranges: self.ranges.clone(),
             other: self.other_input,
             outcomes: self.outcomes.clone(),
             timers: self.timers_fired,
@@ -429,7 +449,12 @@ impl Task {
                 Err(_) => return Err(EpochError::DeliveryLost("egress")),
             }
         }
-        let input = vec![(self.bound.messages.clone(), self.p, self.position)];
+        let mut input = vec![(self.bound.messages.clone(), self.p, self.position)];
+        input.extend(
+            self.direct
+                .iter()
+                .map(|d| (d.topic.clone(), self.p, d.position)),
+        );
         let deliveries = self.epoch.commit(input).await?;
         // Committed: every changelog record is delivered; the checkpoint may move to the end.
         let mut next_offset = None;
@@ -451,8 +476,7 @@ impl Task {
         self.bound.epochs.inc();
         self.bound.commit_seconds.inc_by(secs);
         self.net.lock().expect("net").committed(self.taken());
-        self.first_offset = None;
-        self.last_offset = None;
+        self.ranges.clear();
         self.other_input = false;
         self.outcomes.clear();
         self.timers_fired = false;

@@ -162,6 +162,14 @@ pub async fn run(
     }
     topics.extend(playground::topics(&module, &cfg.cluster));
     kafka::ensure_topics(&kafka, &topics, cfg.replication_factor).await?;
+    let direct = if cfg.direct_ingress {
+        direct_topics(&kafka, &routes, n).await?
+    } else {
+        Vec::new()
+    };
+    for d in &direct {
+        routes.remove(&d.topic);
+    }
     let state_delete_retention = kafka::delete_retention(&kafka, &cfg.topic_state()).await?;
     tracing::info!(
         topic = %cfg.topic_state(),
@@ -230,6 +238,7 @@ pub async fn run(
         opening: tokio::sync::Semaphore::new(crate::context::OPENING_AT_ONCE),
         phases: Default::default(),
         assigned_at: Mutex::new(None),
+        direct,
         kafka,
         module: Arc::new(module),
         cfg,
@@ -329,6 +338,39 @@ pub async fn run(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The ingress topics of `routes` with exactly `n` partitions (`--direct-ingress`): their
+/// partitions are read by the partitions of the same number, not routed.
+async fn direct_topics(
+    kafka: &kafka::Connection,
+    routes: &HashMap<String, Option<usize>>,
+    n: i32,
+) -> Result<Vec<crate::context::DirectTopic>, WorkerError> {
+    let counts = kafka::topic_partitions(kafka).await?;
+    let mut direct = Vec::new();
+    let mut names: Vec<(&String, usize)> = routes
+        .iter()
+        .filter_map(|(t, i)| i.map(|i| (t, i)))
+        .collect();
+    names.sort();
+    for (topic, ingress) in names {
+        match counts.get(topic) {
+            Some(&c) if c == n => {
+                tracing::info!(topic = %topic, partitions = n, "ingress topic read by the partitions directly (co-partitioned)");
+                direct.push(crate::context::DirectTopic {
+                    topic: topic.clone(),
+                    ingress,
+                });
+            }
+            c => tracing::warn!(
+                topic = %topic,
+                partitions = c.copied().unwrap_or(0),
+                "--direct-ingress: ingress topic has not exactly --partitions {n} partitions, so it is routed"
+            ),
+        }
+    }
+    Ok(direct)
 }
 
 /// How long the start waits for the cluster's first answer (a refused password or

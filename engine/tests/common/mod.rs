@@ -40,14 +40,26 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Produces `(key, value)` records (a key of `None` means no key), waiting for every ack.
 pub fn produce(topic: &str, records: &[(Option<&str>, Option<&[u8]>)]) {
+    let recs: Vec<_> = records.iter().map(|(k, v)| (None, *k, *v)).collect();
+    produce_to(topic, &recs);
+}
+
+/// A record to produce: (partition, key, value); a partition of `None`: the client's
+/// partitioner chooses.
+pub type Placed<'a> = (Option<i32>, Option<&'a str>, Option<&'a [u8]>);
+
+/// Produces records where they are placed, waiting for every ack.
+#[allow(dead_code)]
+pub fn produce_to(topic: &str, records: &[Placed<'_>]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create()
         .expect("producer");
-    for (k, v) in records {
+    for (partition, k, v) in records {
         let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic);
+        rec.partition = *partition;
         rec.key = *k;
         rec.payload = *v;
         loop {

@@ -9,8 +9,7 @@ use crate::partition::isolation::{Net, NonRecordRefusal, Taken};
 fn records(first: i64, last: i64) -> Taken {
     Taken {
         records: (last - first + 1) as usize,
-        first: Some(first),
-        last: Some(last),
+        ranges: [(0, (first, last))].into(),
         ..Taken::default()
     }
 }
@@ -45,8 +44,7 @@ fn timers() -> Taken {
 /// An epoch that failed having taken nothing the net can name.
 const NONE: Taken = Taken {
     records: 0,
-    first: None,
-    last: None,
+    ranges: std::collections::BTreeMap::new(),
     other: false,
     outcomes: Vec::new(),
     timers: false,
@@ -75,7 +73,11 @@ fn a_record_failure_isolates_the_epochs_records_one_per_epoch() {
     assert!(net.isolating());
     assert_eq!(net.max_records(500, true), 1, "one record per epoch");
     assert_eq!(net.max_records(500, false), 0, "no record with other input");
-    assert_eq!(net.refusal(10), None, "a first failure refuses nothing yet");
+    assert_eq!(
+        net.refusal(0, 10),
+        None,
+        "a first failure refuses nothing yet"
+    );
     for o in 10..19 {
         net.committed(records(o, o));
         assert!(net.isolating(), "still isolating after {o}");
@@ -94,7 +96,11 @@ fn transient_and_fenced_failures_change_nothing() {
     net.failed(ErrorClass::Record, records(0, 5), "refused");
     net.failed(ErrorClass::Transient, records(0, 0), "broker down");
     assert!(net.isolating());
-    assert_eq!(net.refusal(0), None, "a transient failure names no record");
+    assert_eq!(
+        net.refusal(0, 0),
+        None,
+        "a transient failure names no record"
+    );
 }
 
 #[test]
@@ -103,12 +109,12 @@ fn a_one_record_epoch_failing_again_refuses_that_record_once() {
     net.failed(ErrorClass::Record, records(10, 19), "first");
     net.committed(records(10, 10));
     net.failed(ErrorClass::Record, records(11, 11), "kafka: InvalidRecord");
-    let r = net.refusal(11).expect("record 11 is refused");
+    let r = net.refusal(0, 11).expect("record 11 is refused");
     assert_eq!(r.reason, "kafka: InvalidRecord");
     assert!(!r.bare, "the dead letter carries the value");
-    assert_eq!(net.refusal(12), None, "only that record");
+    assert_eq!(net.refusal(0, 12), None, "only that record");
     net.committed(records(11, 11));
-    assert_eq!(net.refusal(11), None, "refused once");
+    assert_eq!(net.refusal(0, 11), None, "refused once");
     assert!(
         net.isolating(),
         "the rest of the failed epoch is still isolated"
@@ -122,9 +128,9 @@ fn a_refusal_that_is_refused_too_drops_the_value() {
     let mut net = Net::default();
     net.failed(ErrorClass::Record, records(3, 3), "too large");
     net.failed(ErrorClass::Record, records(3, 3), "too large");
-    assert!(!net.refusal(3).unwrap().bare);
+    assert!(!net.refusal(0, 3).unwrap().bare);
     net.failed(ErrorClass::Record, records(3, 3), "dead letter too large");
-    assert!(net.refusal(3).unwrap().bare);
+    assert!(net.refusal(0, 3).unwrap().bare);
 }
 
 #[test]
@@ -255,7 +261,7 @@ fn a_one_record_epoch_that_also_ran_other_input_does_not_blame_its_record() {
         },
         "x",
     );
-    assert_eq!(net.refusal(0), None, "the record is not blamed");
+    assert_eq!(net.refusal(0, 0), None, "the record is not blamed");
     net.failed(ErrorClass::Record, parked_outcome(), "x");
     assert_eq!(
         net.take_refuse_pending(),
@@ -297,4 +303,40 @@ fn refusals_are_record_class_and_hiccups_transient() {
     assert_eq!(create(Code::InvalidTopic), ErrorClass::Record);
     assert_eq!(create(Code::PolicyViolation), ErrorClass::Record);
     assert_eq!(create(Code::RequestTimedOut), ErrorClass::Transient);
+}
+
+#[test]
+fn with_direct_ingress_a_refusal_names_its_input_and_isolation_waits_for_each() {
+    let ingress = |first: i64, last: i64| Taken {
+        records: (last - first + 1) as usize,
+        ranges: [(1, (first, last))].into(),
+        ..Taken::default()
+    };
+    let mut net = Net::default();
+    // An epoch of messages 10..=12 and ingress records 5..=6 fails.
+    net.failed(
+        ErrorClass::Record,
+        Taken {
+            records: 5,
+            ranges: [(0, (10, 12)), (1, (5, 6))].into(),
+            ..Taken::default()
+        },
+        "x",
+    );
+    net.committed(records(10, 12));
+    assert!(
+        net.isolating(),
+        "the ingress records are still to be isolated"
+    );
+    net.failed(ErrorClass::Record, ingress(5, 5), "refused");
+    assert!(net.refusal(1, 5).is_some(), "ingress record 5 is refused");
+    assert_eq!(net.refusal(0, 5), None, "not message 5");
+    net.committed(records(13, 13));
+    assert!(
+        net.refusal(1, 5).is_some(),
+        "another input's commit clears nothing"
+    );
+    net.committed(ingress(5, 6));
+    assert_eq!(net.refusal(1, 5), None);
+    assert!(!net.isolating());
 }
