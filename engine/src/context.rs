@@ -60,6 +60,91 @@ pub struct Shared {
     pub(crate) assigned_at: Mutex<Option<std::time::Instant>>,
     /// The ingress topics the partitions read directly (`--direct-ingress`).
     pub(crate) direct: Vec<DirectTopic>,
+    /// Where each owned partition's store stands against its commits (local reads wait).
+    pub(crate) checkpoints: Checkpoints,
+}
+
+/// Read-your-writes for the reads a worker serves from its own store: per partition, how
+/// many epochs were handed to the worker's transaction and how many of those the store's
+/// checkpoint holds. The checkpoint moves only after its transaction committed, so a client
+/// that saw a reply of that transaction could otherwise read the state from before it.
+#[derive(Default)]
+pub(crate) struct Checkpoints {
+    parts: Mutex<HashMap<i32, Marks>>,
+}
+
+/// A partition's (epochs handed, epochs in the checkpoint).
+type Marks = Arc<tokio::sync::watch::Sender<(u64, u64)>>;
+
+impl Checkpoints {
+    fn of(&self, p: i32) -> Marks {
+        self.parts
+            .lock()
+            .expect("checkpoints")
+            .entry(p)
+            .or_insert_with(|| Arc::new(tokio::sync::watch::channel((0, 0)).0))
+            .clone()
+    }
+
+    /// Partition `p` hands an epoch to the transaction.
+    pub(crate) fn handing(&self, p: i32) {
+        self.of(p).send_modify(|m| m.0 += 1);
+    }
+
+    /// Partition `p`'s store holds everything handed so far (an epoch checkpointed, or the
+    /// partition restored).
+    pub(crate) fn caught_up(&self, p: i32) {
+        self.of(p).send_modify(|m| m.1 = m.0);
+    }
+
+    /// Waits (at most `within`) until partition `p`'s store holds every epoch handed to the
+    /// transaction before this call.
+    pub(crate) async fn wait(&self, p: i32, within: Duration) {
+        let mut rx = self.of(p).subscribe();
+        let handed = rx.borrow().0;
+        let _ = tokio::time::timeout(within, rx.wait_for(|m| m.1 >= handed)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_waits_for_the_checkpoint_of_an_epoch_being_committed() {
+        let c = Arc::new(Checkpoints::default());
+        let t0 = tokio::time::Instant::now();
+        c.wait(3, Duration::from_secs(10)).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "nothing handed: at once");
+        c.handing(3);
+        let c2 = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            c2.caught_up(3);
+        });
+        c.wait(3, Duration::from_secs(10)).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(40),
+            "until the checkpoint"
+        );
+        c.handing(4);
+        c.wait(3, Duration::from_secs(10)).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(40),
+            "another partition's commit"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_waits_no_longer_than_its_bound() {
+        let c = Checkpoints::default();
+        c.handing(0);
+        let t0 = tokio::time::Instant::now();
+        c.wait(0, Duration::from_secs(2)).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(2), "a failing partition");
+    }
 }
 
 /// An ingress topic read by the partitions directly: partition p of the topic by partition p.

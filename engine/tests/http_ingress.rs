@@ -202,6 +202,22 @@ fn request_reply_on_one_worker() {
     wait_visits(port, &id, 2);
 }
 
+/// Read your writes: a state read right after a reply sees the change of the epoch that
+/// replied (the store's checkpoint follows the commit; a read waits for it). CI once read
+/// the state from before a reply it had just received.
+#[test]
+fn a_read_after_a_reply_sees_what_the_reply_saw() {
+    let app = App::start(1, &[]);
+    let port = app.port(0);
+    let id = unique("rw");
+    for n in 1..=40 {
+        let r = post(port, &format!("/test/greeter/{id}?reply=true"), &[NAME], b"rw");
+        assert_eq!(reply_string(&r), format!("hello rw #{n}"));
+        let v = json(&get(port, &format!("/state/test/greeter/{id}")));
+        assert_eq!(v["values"]["visits"]["value"], n, "after reply #{n}: {v}");
+    }
+}
+
 #[test]
 fn request_reply_across_two_workers() {
     let app = App::start(2, &["--partitions", "8"]);

@@ -20,6 +20,10 @@ use crate::now_ms;
 use crate::partitioner::partition_for;
 use crate::store::PartitionStore;
 
+/// How long a local read waits for the checkpoint of an epoch being committed (longer: the
+/// partition is failing and reopening; the read answers from the store as it is).
+const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The partition of `addr` when this worker owns it and has restored it; else the answer.
 fn owned_partition(shared: &Shared, addr: &Address) -> Result<i32, Rejection> {
     let p = partition_for(&addr.id, shared.cfg.partition_count());
@@ -108,6 +112,9 @@ async fn read(
             Err(r) => *r,
         };
     };
+    // Read your writes: an epoch being committed now may hold what the client just saw a
+    // reply of; its checkpoint follows the commit.
+    shared.checkpoints.wait(p, CHECKPOINT_WAIT).await;
     let store = match PartitionStore::open(&shared.db, p) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -148,6 +155,7 @@ pub(super) async fn list_ids(
     partitions.sort();
     let mut ids = Vec::new();
     for p in &partitions {
+        shared.checkpoints.wait(*p, CHECKPOINT_WAIT).await;
         let store = match PartitionStore::open(&shared.db, *p) {
             Ok(s) => s,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -191,6 +191,8 @@ impl Task {
         )?;
         let secs = started.elapsed().as_secs_f64();
         m.restore_seconds.with_label_values(&[&label]).set(secs);
+        // The store holds what is committed: an epoch handed before a failure never was.
+        shared.checkpoints.caught_up(p);
         tracing::info!(
             partition = p,
             from = restored.from,
@@ -455,6 +457,7 @@ impl Task {
                 .iter()
                 .map(|d| (d.topic.clone(), self.p, d.position)),
         );
+        self.shared.checkpoints.handing(self.p);
         let deliveries = self.epoch.commit(input).await?;
         // Committed: every changelog record is delivered; the checkpoint may move to the end.
         let mut next_offset = None;
@@ -466,6 +469,7 @@ impl Task {
             }
         }
         self.core.checkpoint(next_offset)?;
+        self.shared.checkpoints.caught_up(self.p);
         let m = &self.shared.metrics;
         m.set_state_size(self.p, self.core.store().state_size());
         let secs = started.elapsed().as_secs_f64();

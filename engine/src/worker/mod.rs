@@ -239,6 +239,7 @@ pub async fn run(
         phases: Default::default(),
         assigned_at: Mutex::new(None),
         direct,
+        checkpoints: Default::default(),
         kafka,
         module: Arc::new(module),
         cfg,
