@@ -166,21 +166,11 @@ pub async fn max_message_bytes(
 
 /// The names of the cluster's topics (Kafka's internal ones left out).
 pub async fn topic_names(kafka: &Connection) -> Result<Vec<String>, TopicError> {
-    let admin = client_config(kafka).create::<AdminClient<DefaultClientContext>>()?;
-    let names = blocking(move || {
-        admin
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(20))
-            .map(|md| {
-                md.topics()
-                    .iter()
-                    .map(|t| t.name().to_string())
-                    .filter(|n| !n.starts_with("__"))
-                    .collect::<Vec<_>>()
-            })
-    })
-    .await?;
-    Ok(names)
+    let counts = topic_partitions(kafka).await?;
+    Ok(counts
+        .into_keys()
+        .filter(|n| !n.starts_with("__"))
+        .collect())
 }
 
 /// Every topic of the cluster and its number of partitions.
