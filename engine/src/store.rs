@@ -15,8 +15,9 @@
 //! - `i` + address + sequence (8 bytes BE): one message waiting in the inbox of an address
 //!   whose request outlived an epoch (`store/inbox.rs`; earlier versions kept the whole
 //!   [`Inbox`](crate::internal::Inbox) under `i` + address, which is still read).
-//! - `m` + name: local metadata (the checkpointed changelog offset, its topic, and the
-//!   wall-clock time of the last checkpoint); never changelogged.
+//! - `m` + name: local metadata (the checkpointed changelog offset, its topic, the
+//!   wall-clock time of the last checkpoint, and the [`StateSize`] of the `a` records);
+//!   never changelogged.
 //!
 //! A worker that gives a partition up drops its tree ([`drop_partition`]): the next owner's
 //! changes may reach the changelog only as tombstones that compaction removes later, so a
@@ -38,6 +39,10 @@ const OFFSET_KEY: &[u8] = b"m/changelog-offset";
 const TOPIC_KEY: &[u8] = b"m/changelog-topic";
 /// When the tree was last known to match the changelog (ms since the epoch, this host's clock).
 const CHECKPOINT_AT_KEY: &[u8] = b"m/checkpoint-at-ms";
+/// The [`StateSize`] of the tree's `a` records (entries, then bytes, 8 bytes BE each), written
+/// in the same batch as the records it counts, so opening a partition need not scan them. A
+/// tree from before this was kept has none: [`PartitionStore::measure`] counts it once.
+const SIZE_KEY: &[u8] = b"m/state-size";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,12 +70,75 @@ pub struct PartitionStore {
 }
 
 /// The committed address states of a partition: how many addresses have state, and the bytes
-/// of their records (key and value) in the tree. Kept up to date by [`PartitionStore::checkpoint`]
-/// after [`PartitionStore::measure`] counted them once.
+/// of their records (key and value) in the tree. Kept in the tree's metadata, in the same
+/// batch as the records, by [`PartitionStore::checkpoint`] and
+/// [`PartitionStore::apply_changelog`]; [`PartitionStore::measure`] reads it (and counts a
+/// tree from an older version once).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StateSize {
     pub entries: u64,
     pub bytes: u64,
+}
+
+impl StateSize {
+    fn encode(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.entries.to_be_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        out
+    }
+
+    fn decode(v: &[u8]) -> Option<StateSize> {
+        Some(StateSize {
+            entries: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+            bytes: u64::from_be_bytes(v.get(8..16)?.try_into().ok()?),
+        })
+    }
+}
+
+/// Adjusts a [`StateSize`] for writes to `a` records in one batch: `old` gives a key's record
+/// before the batch (a key written twice in the batch is looked up in the batch first).
+struct SizeDelta {
+    entries: i64,
+    bytes: i64,
+    written: BTreeMap<Vec<u8>, Option<usize>>,
+}
+
+impl SizeDelta {
+    fn new(size: StateSize) -> Self {
+        SizeDelta {
+            entries: size.entries as i64,
+            bytes: size.bytes as i64,
+            written: BTreeMap::new(),
+        }
+    }
+
+    fn write(&mut self, tree: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        if key.first() != Some(&b'a') {
+            return Ok(());
+        }
+        let old = match self.written.get(key) {
+            Some(old) => *old,
+            None => tree.get(key)?.map(|v| v.len()),
+        };
+        if let Some(old) = old {
+            self.entries -= 1;
+            self.bytes -= (key.len() + old) as i64;
+        }
+        if let Some(v) = value {
+            self.entries += 1;
+            self.bytes += (key.len() + v.len()) as i64;
+        }
+        self.written.insert(key.to_vec(), value.map(<[u8]>::len));
+        Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        StateSize {
+            entries: self.entries.max(0) as u64,
+            bytes: self.bytes.max(0) as u64,
+        }
+    }
 }
 
 fn tree_name(partition: i32) -> String {
@@ -102,7 +170,8 @@ impl PartitionStore {
         }
     }
 
-    /// Forgets everything in the tree (a checkpoint that does not belong to the changelog).
+    /// Forgets everything in the tree (a checkpoint that does not belong to the changelog); an
+    /// empty tree's size is known again (zero).
     pub fn clear(&self) -> Result<()> {
         self.tree.clear()?;
         Ok(())
@@ -140,21 +209,39 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// Applies changelog records read during restore, up to `next_offset`.
+    /// The size kept in the tree's metadata; `None`: a tree from a version that kept none.
+    fn kept_size(&self) -> Result<Option<StateSize>> {
+        if let Some(v) = self.tree.get(SIZE_KEY)? {
+            return Ok(StateSize::decode(&v));
+        }
+        // An empty tree (new, cleared or dropped) holds nothing to count.
+        Ok(self.tree.is_empty().then(StateSize::default))
+    }
+
+    /// Applies changelog records read by a restore or a standby, up to `next_offset`, and
+    /// keeps the tree's size with them (unless the tree is from a version that kept none:
+    /// [`PartitionStore::measure`] counts that).
     pub fn apply_changelog(
         &self,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         next_offset: i64,
     ) -> Result<()> {
+        let mut size = self.kept_size()?.map(SizeDelta::new);
         let mut batch = sled::Batch::default();
         for (k, v) in records {
             if k.first() == Some(&b'm') {
                 continue;
             }
+            if let Some(size) = &mut size {
+                size.write(&self.tree, &k, v.as_deref())?;
+            }
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }
+        }
+        if let Some(size) = size {
+            batch.insert(SIZE_KEY, &size.size().encode());
         }
         batch.insert(OFFSET_KEY, &next_offset.to_be_bytes());
         batch.insert(CHECKPOINT_AT_KEY, &crate::now_ms().to_be_bytes());
@@ -297,15 +384,30 @@ impl PartitionStore {
         self.overlay.insert(key, value);
     }
 
-    /// Counts the committed address states (one scan; after a restore).
+    /// The committed address states (after a restore): the size kept in the tree's metadata,
+    /// or, for a tree from a version that kept none, a count of every record, kept from then
+    /// on. Nothing else may write the tree meanwhile.
     pub fn measure(&mut self) -> Result<StateSize> {
+        let size = match self.kept_size()? {
+            Some(size) => size,
+            None => {
+                let size = self.count()?;
+                self.tree.insert(SIZE_KEY, &size.encode())?;
+                size
+            }
+        };
+        self.size = size;
+        Ok(size)
+    }
+
+    /// Counts the committed address states by reading every one.
+    fn count(&self) -> Result<StateSize> {
         let mut size = StateSize::default();
         for kv in self.tree.scan_prefix(b"a") {
             let (k, v) = kv?;
             size.entries += 1;
             size.bytes += (k.len() + v.len()) as u64;
         }
-        self.size = size;
         Ok(size)
     }
 
@@ -323,18 +425,11 @@ impl PartitionStore {
     pub fn checkpoint(&mut self, next_changelog_offset: Option<i64>) -> Result<()> {
         let overlay = std::mem::take(&mut self.overlay);
         let mut batch = sled::Batch::default();
-        let (mut entries, mut bytes) = (self.size.entries as i64, self.size.bytes as i64);
+        let mut size = self.kept_size()?.map(SizeDelta::new);
         for (k, v) in overlay {
-            if k.first() == Some(&b'a') {
+            if let Some(size) = &mut size {
                 // The old record was read during the epoch, so this is a cache hit.
-                if let Some(old) = self.tree.get(&k)? {
-                    entries -= 1;
-                    bytes -= (k.len() + old.len()) as i64;
-                }
-                if let Some(v) = &v {
-                    entries += 1;
-                    bytes += (k.len() + v.len()) as i64;
-                }
+                size.write(&self.tree, &k, v.as_deref())?;
             }
             match v {
                 Some(v) => batch.insert(k, v),
@@ -344,13 +439,15 @@ impl PartitionStore {
         if let Some(off) = next_changelog_offset {
             batch.insert(OFFSET_KEY, &off.to_be_bytes());
         }
+        if let Some(size) = &size {
+            batch.insert(SIZE_KEY, &size.size().encode());
+        }
         // Committed: the tree matches the changelog now, whether or not this epoch wrote to it.
         batch.insert(CHECKPOINT_AT_KEY, &crate::now_ms().to_be_bytes());
         self.tree.apply_batch(batch)?;
-        self.size = StateSize {
-            entries: entries.max(0) as u64,
-            bytes: bytes.max(0) as u64,
-        };
+        if let Some(size) = size {
+            self.size = size.size();
+        }
         Ok(())
     }
 
@@ -576,5 +673,141 @@ mod tests {
         assert_eq!(reopened.checkpoint_at_ms().unwrap(), None);
         assert!(reopened.all_delayed().unwrap().is_empty());
         assert!(!drop_partition(&db, 5).unwrap(), "nothing to drop");
+    }
+
+    fn sized_state(v: &[u8]) -> AddressState {
+        AddressState {
+            values: [(
+                "x".to_string(),
+                StoredValue {
+                    value: Some(keyflow_protocol::TypedValue {
+                        typename: "t".into(),
+                        has_value: true,
+                        value: v.to_vec().into(),
+                    }),
+                    expires_at_ms: 0,
+                },
+            )]
+            .into(),
+        }
+    }
+
+    /// The size kept in the metadata, as the next open reads it.
+    fn kept(db: &sled::Db, p: i32) -> StateSize {
+        PartitionStore::open(db, p).unwrap().measure().unwrap()
+    }
+
+    #[test]
+    fn the_kept_size_equals_a_full_count_after_puts_overwrites_deletes_and_replays() {
+        let db = temp_db();
+        let mut s = PartitionStore::open(&db, 4).unwrap();
+        let addr = |i: u32| Address::new("ns", "f", i.to_string());
+        for i in 0..50 {
+            s.put_address_state(&addr(i), &sized_state(&[7; 10]));
+        }
+        s.put_delayed((1, 1), &DelayedMessage::default());
+        s.checkpoint(Some(50)).unwrap();
+        assert_eq!(kept(&db, 4), s.count().unwrap());
+        assert_eq!(kept(&db, 4).entries, 50);
+        // Overwrites (longer and shorter) and deletes in one epoch.
+        for i in 0..10 {
+            s.put_address_state(&addr(i), &sized_state(&[1; 30]));
+        }
+        for i in 10..20 {
+            s.put_address_state(&addr(i), &AddressState::default());
+        }
+        s.put_address_state(&addr(20), &sized_state(&[1]));
+        s.checkpoint(Some(60)).unwrap();
+        assert_eq!(kept(&db, 4), s.count().unwrap());
+        assert_eq!(kept(&db, 4).entries, 40);
+        // A replay: new keys, a key written twice in one batch, tombstones of present and
+        // absent keys, and records that are not address states.
+        let key = |i: u32| address_key(&addr(i));
+        let value = |n: usize| Some(sized_state(&vec![3; n]).encode_to_vec());
+        s.apply_changelog(
+            vec![
+                (key(100), value(5)),
+                (key(100), value(50)),
+                (key(21), None),
+                (key(21), value(2)),
+                (key(22), None),
+                (key(999), None),
+                (key(30), value(1)),
+                (timer_key((1, 1)), None),
+                (specs_key("f"), Some(vec![1, 2])),
+            ],
+            70,
+        )
+        .unwrap();
+        assert_eq!(kept(&db, 4), s.count().unwrap());
+        assert_eq!(kept(&db, 4).entries, 40);
+        s.apply_changelog(vec![(key(100), None), (key(100), None)], 72)
+            .unwrap();
+        assert_eq!(kept(&db, 4), s.count().unwrap());
+        assert_eq!(kept(&db, 4).entries, 39);
+        // A checkpoint after a replay continues from the replay's size.
+        let mut reopened = PartitionStore::open(&db, 4).unwrap();
+        reopened.measure().unwrap();
+        reopened.put_address_state(&addr(0), &AddressState::default());
+        reopened.checkpoint(Some(73)).unwrap();
+        assert_eq!(reopened.state_size(), reopened.count().unwrap());
+        assert_eq!(kept(&db, 4), reopened.count().unwrap());
+        // A cleared tree (a refused checkpoint) starts from zero again.
+        reopened.clear().unwrap();
+        reopened
+            .apply_changelog(vec![(key(1), value(4)), (key(2), value(4))], 2)
+            .unwrap();
+        assert_eq!(kept(&db, 4), reopened.count().unwrap());
+        assert_eq!(kept(&db, 4).entries, 2);
+    }
+
+    #[test]
+    fn opening_a_partition_reads_the_kept_size_not_every_record() {
+        let db = temp_db();
+        let mut s = PartitionStore::open(&db, 5).unwrap();
+        s.put_address_state(&Address::new("ns", "f", "a"), &sized_state(b"1"));
+        s.checkpoint(Some(1)).unwrap();
+        let size = s.state_size();
+        // A record written behind the store's back is not counted: the open did not scan.
+        s.tree
+            .insert(address_key(&Address::new("ns", "f", "b")), vec![1])
+            .unwrap();
+        assert_eq!(kept(&db, 5), size);
+        assert_ne!(s.count().unwrap(), size);
+    }
+
+    #[test]
+    fn a_checkpoint_from_an_older_version_is_counted_once_then_kept() {
+        let db = temp_db();
+        let mut s = PartitionStore::open(&db, 6).unwrap();
+        for i in 0..5 {
+            s.put_address_state(&Address::new("ns", "f", i.to_string()), &sized_state(b"12"));
+        }
+        s.checkpoint(Some(5)).unwrap();
+        let full = s.count().unwrap();
+        // What an older version left behind: the records and offset, no size.
+        s.tree.remove(SIZE_KEY).unwrap();
+        let old = PartitionStore::open(&db, 6).unwrap();
+        // Its restore replays the tail without a size to keep...
+        old.apply_changelog(
+            vec![(
+                address_key(&Address::new("ns", "f", "9")),
+                Some(sized_state(b"9").encode_to_vec()),
+            )],
+            6,
+        )
+        .unwrap();
+        assert!(old.tree.get(SIZE_KEY).unwrap().is_none());
+        // ...and the open counts it once and keeps the count.
+        let after = kept(&db, 6);
+        assert_eq!(after.entries, full.entries + 1);
+        assert_eq!(after, old.count().unwrap());
+        assert!(old.tree.get(SIZE_KEY).unwrap().is_some());
+        let mut s = PartitionStore::open(&db, 6).unwrap();
+        s.measure().unwrap();
+        s.put_address_state(&Address::new("ns", "f", "0"), &AddressState::default());
+        s.checkpoint(Some(7)).unwrap();
+        assert_eq!(kept(&db, 6), s.count().unwrap());
+        assert_eq!(kept(&db, 6).entries, full.entries);
     }
 }
