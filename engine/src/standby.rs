@@ -10,12 +10,15 @@
 //! cache, and whoever owns a partition restores it with the usual rules ("Restore" in
 //! docs/design.md).
 //!
-//! What a standby is: a restore that never ends. It catches the partition's sled tree up with
-//! [`restore::catch_up`] (the checks of a checkpoint's topic, age and offsets included), then
-//! tails `<cluster>-state` p through the worker's reader (read_committed) and applies each
-//! batch with [`PartitionStore::apply_changelog`], which moves the tree's changelog offset and
-//! checkpoint time with it: the tree is always an exact checkpoint of the changelog, so the
-//! tombstone rule holds for it as for any other. It never produces, commits or invokes.
+//! What a standby is: a restore that never ends. It checks the partition's sled tree as a
+//! restore does (the checkpoint's topic, age and offsets: [`restore::checkpoint_start`],
+//! [`restore::fit_to_changelog`]), then reads `<cluster>-state` p from the tree's offset
+//! through the worker's reader (read_committed) and applies each batch with
+//! [`PartitionStore::apply_changelog_as_of`], which moves the tree's changelog offset with it
+//! and records the batch's last record's time as the checkpoint's: everything after the
+//! offset was written later, so the tombstone rule holds for the tree as for any checkpoint;
+//! while its lag is 0 it records every [`MATCHED_EVERY`] that the tree matches the changelog
+//! now. It never produces, commits or invokes.
 //!
 //! Invariant: a tree has one writer. The worker stops p's standby before p's task opens
 //! ([`Standbys::take_over`], which keeps the tree for the task's restore) and drops the tree
@@ -42,6 +45,10 @@ const PLAN_EVERY: Duration = Duration::from_secs(2);
 
 /// Records applied to the tree at most at once.
 const BATCH: usize = 10_000;
+
+/// How often a caught-up standby records that its tree matches the changelog (so that an idle
+/// partition's standby stays young enough for the tombstone rule).
+const MATCHED_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a standby waits after a failure before it starts over.
 const RETRY: Duration = Duration::from_secs(1);
@@ -322,8 +329,6 @@ async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
 #[derive(Debug, thiserror::Error)]
 enum FollowError {
     #[error(transparent)]
-    Restore(#[from] restore::RestoreError),
-    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("reading the changelog: {0}")]
     Kafka(#[from] KafkaError),
@@ -331,9 +336,10 @@ enum FollowError {
     WentBack { at: i64, got: i64 },
 }
 
-/// Catches p's tree up and applies the changelog as it grows, until `stop` (or the worker's
-/// reader is gone). A stop waits for the catch-up to end: its replay runs on a blocking
-/// thread that a cancelled future would leave writing the tree after the standby "stopped".
+/// Brings p's tree up to the changelog's end and applies the changelog as it grows, until
+/// `stop` (or the worker's reader is gone). Everything is read through the worker's reader, so
+/// a stop takes effect at the next batch: nothing goes on writing the tree after it (a
+/// restore's replay on a blocking thread would).
 async fn follow(shared: &Arc<Shared>, p: i32, stop: &CancellationToken) -> Result<(), FollowError> {
     let topic = shared.cfg.topic_state();
     let reader = shared.readers.get(&kafka::reader_config(
@@ -346,37 +352,35 @@ async fn follow(shared: &Arc<Shared>, p: i32, stop: &CancellationToken) -> Resul
         .standby_lag
         .with_label_values(&[&p.to_string()]);
     let store = PartitionStore::open(&shared.db, p)?;
-    let end = reader.high_watermark(&topic, p).await?;
-    lag.set((end - store.changelog_offset()?).max(0));
-    let restored = {
-        let _opening = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            permit = shared.opening.acquire() => permit.expect("never closed"),
-        };
-        restore::catch_up(
-            &shared.kafka,
-            &topic,
-            p,
-            &store,
-            shared.state_delete_retention,
-        )
-        .await?
-    };
-    lag.set(0);
-    if stop.is_cancelled() {
-        return Ok(());
+    let from = restore::checkpoint_start(&topic, p, &store, shared.state_delete_retention)?;
+    let (low, high) = reader.watermarks(&topic, p).await?;
+    let mut next = restore::fit_to_changelog(&topic, p, &store, from, (low, high))?;
+    if next >= high {
+        // Nothing to read: the tree matches the changelog as of now.
+        store.apply_changelog(Vec::new(), next)?;
     }
+    store.set_changelog_topic(&topic)?;
+    lag.set((high - next).max(0));
     tracing::info!(
         partition = p,
-        from = restored.from,
-        replayed = restored.replayed,
-        "standby caught up; following the changelog"
+        from = next,
+        end = high,
+        "standby following the changelog"
     );
-    let mut next = store.changelog_offset()?;
-    let mut input = reader.open(&topic, p, next, Some(lag), None);
+    let mut input = reader.open(&topic, p, next, Some(lag.clone()), None);
+    let mut at_end = tokio::time::interval(MATCHED_EVERY);
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            _ = at_end.tick() => {
+                if lag.get() == 0 {
+                    // Every record the reader saw as readable has been applied: the tree
+                    // matches the changelog as of the reader's last statistics (a few
+                    // seconds, within the tombstone rule's margin).
+                    store.apply_changelog(Vec::new(), next)?;
+                }
+                continue;
+            }
             d = input.recv() => match d {
                 Err(KafkaError::Canceled) => return Ok(()),
                 d => d?,
@@ -384,21 +388,23 @@ async fn follow(shared: &Arc<Shared>, p: i32, stop: &CancellationToken) -> Resul
         };
         let mut batch = vec![];
         next = follows(next, &first)?;
+        let mut written_at = first.timestamp().to_millis();
         batch.push(record(&first));
         while batch.len() < BATCH {
             match input.try_recv() {
                 Some(Ok(m)) => {
                     next = follows(next, &m)?;
+                    written_at = m.timestamp().to_millis();
                     batch.push(record(&m));
                 }
                 Some(Err(e)) => {
-                    store.apply_changelog(batch, next)?;
+                    store.apply_changelog_as_of(batch, next, written_at)?;
                     return Err(e.into());
                 }
                 None => break,
             }
         }
-        store.apply_changelog(batch, next)?;
+        store.apply_changelog_as_of(batch, next, written_at)?;
     }
 }
 

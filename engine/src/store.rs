@@ -218,13 +218,27 @@ impl PartitionStore {
         Ok(self.tree.is_empty().then(StateSize::default))
     }
 
-    /// Applies changelog records read by a restore or a standby, up to `next_offset`, and
-    /// keeps the tree's size with them (unless the tree is from a version that kept none:
-    /// [`PartitionStore::measure`] counts that).
+    /// Applies changelog records read by a restore, up to `next_offset`, and keeps the tree's
+    /// size with them (unless the tree is from a version that kept none:
+    /// [`PartitionStore::measure`] counts that). Records the tree as matching the changelog
+    /// now.
     pub fn apply_changelog(
         &self,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         next_offset: i64,
+    ) -> Result<()> {
+        self.apply_changelog_as_of(records, next_offset, Some(crate::now_ms()))
+    }
+
+    /// [`PartitionStore::apply_changelog`], recording `matched_at_ms` as the time the tree
+    /// matched the changelog (`None`: the recorded time stays). A standby records the time of
+    /// the last record it applied: what it has not read yet was written after that, so the
+    /// tombstone rule measures the checkpoint's age from no later than it should.
+    pub fn apply_changelog_as_of(
+        &self,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        next_offset: i64,
+        matched_at_ms: Option<i64>,
     ) -> Result<()> {
         let mut size = self.kept_size()?.map(SizeDelta::new);
         let mut batch = sled::Batch::default();
@@ -244,7 +258,9 @@ impl PartitionStore {
             batch.insert(SIZE_KEY, &size.size().encode());
         }
         batch.insert(OFFSET_KEY, &next_offset.to_be_bytes());
-        batch.insert(CHECKPOINT_AT_KEY, &crate::now_ms().to_be_bytes());
+        if let Some(at) = matched_at_ms {
+            batch.insert(CHECKPOINT_AT_KEY, &at.to_be_bytes());
+        }
         self.tree.apply_batch(batch)?;
         Ok(())
     }
