@@ -283,3 +283,18 @@ fn a_checkpoint_from_an_older_version_is_counted_once_then_kept() {
     assert_eq!(kept(&db, 6), s.count().unwrap());
     assert_eq!(kept(&db, 6).entries, full.entries);
 }
+
+#[test]
+fn a_standby_batch_records_the_time_it_is_given_or_keeps_the_last_one() {
+    let db = temp_db();
+    let s = PartitionStore::open(&db, 7).unwrap();
+    let key = address_key(&Address::new("ns", "f", "a"));
+    let value = Some(sized_state(b"1").encode_to_vec());
+    s.apply_changelog_as_of(vec![(key.clone(), value.clone())], 3, Some(1_000))
+        .unwrap();
+    assert_eq!(s.checkpoint_at_ms().unwrap(), Some(1_000));
+    s.apply_changelog_as_of(vec![(key, None)], 4, None).unwrap();
+    assert_eq!(s.checkpoint_at_ms().unwrap(), Some(1_000), "kept");
+    assert_eq!(s.changelog_offset().unwrap(), 4);
+    assert_eq!(kept(&db, 7).entries, 0);
+}
