@@ -2,6 +2,8 @@
 //! its changelog into its local store, so when the owner is killed with SIGKILL, taking the
 //! partition over replays only the changelog's tail, not every key, and the state it serves
 //! is the same (each counter continues from its count, checked on an exactly-once egress).
+//! Standbys follow the group: when a member ranked higher for a partition comes back, the
+//! worker that stood in for it drops its standby.
 
 mod common;
 
@@ -150,5 +152,74 @@ fn a_standby_takes_over_a_killed_owners_partition_replaying_only_the_tail() {
         "taking over replays only the changelog's tail: replayed {replayed} records for \
          {KEYS} counters\n{}",
         standby.log_tail(40)
+    );
+}
+
+fn standbys(engine: &Engine) -> Option<f64> {
+    metric_sum(&engine.metrics(), "keyflow_standby_partitions")
+}
+
+#[test]
+fn a_standby_moves_with_the_group_and_the_one_it_leaves_is_dropped() {
+    let cluster = unique("standby-moves");
+    let egress = format!("counts-{cluster}");
+    let functions = FunctionServer::start(counter(egress.clone()), 0);
+    let dir = temp_dir(&cluster);
+    let module = write_module(&dir, &module_yaml(&cluster, functions.port));
+    let extra = ["--partitions", "1", "--standby-replicas", "1"];
+    let mut workers = Engine::start_workers(&module, &cluster, &dir, 3, &extra);
+    count_all(&cluster);
+    wait_for(&egress, Duration::from_secs(180), |r| r.len() >= KEYS);
+
+    // One owner, one standby (the other worker ranked higher for partition 0), one neither.
+    wait_until("one standby of partition 0", &workers[0], || {
+        workers
+            .iter()
+            .filter(|w| owns_partition_0(w, &cluster))
+            .count()
+            == 1
+            && workers.iter().filter(|w| standbys(w) == Some(1.0)).count() == 1
+    });
+    let first = workers
+        .iter()
+        .position(|w| standbys(w) == Some(1.0))
+        .unwrap();
+    let other = (0..3)
+        .find(|&i| i != first && !owns_partition_0(&workers[i], &cluster))
+        .unwrap();
+
+    // The standby dies: the other worker stands in, catching up from nothing.
+    workers[first].kill9();
+    wait_until(
+        "the other worker keeps the standby",
+        &workers[other],
+        || {
+            let page = workers[other].metrics();
+            metric_sum(&page, "keyflow_standby_partitions") == Some(1.0)
+                && page.contains("keyflow_standby_lag_records{partition=\"0\"} 0\n")
+        },
+    );
+
+    // It comes back (same id and data dir): it is ranked first again, so it keeps the
+    // standby (from the tree it left) and the stand-in drops its own.
+    workers[first].restart();
+    workers[first].wait_ready(Duration::from_secs(90));
+    wait_until(
+        "the standby returns to the first worker",
+        &workers[other],
+        || standbys(&workers[first]) == Some(1.0) && standbys(&workers[other]) == Some(0.0),
+    );
+    let log = workers[other].log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("standby dropped") && l.contains("partition=0")),
+        "the stand-in drops its tree:\n{}",
+        workers[other].log_tail(40)
+    );
+    assert!(
+        !workers[other]
+            .metrics()
+            .contains("keyflow_standby_lag_records{"),
+        "a dropped standby reports no lag"
     );
 }
