@@ -180,6 +180,13 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_STATIC_MEMBERSHIP", default_value = "true", action = clap::ArgAction::Set)]
     pub static_membership: bool,
 
+    /// Standby replicas of each partition: a worker keeps a standby of a partition it does not
+    /// own when it ranks among the partition's first N other members (rendezvous hashing), by
+    /// tailing the partition's changelog into its local store, so that taking the partition
+    /// over replays only the tail. 0: none (docs/design.md, "Standby replicas").
+    #[arg(long, env = "KEYFLOW_STANDBY_REPLICAS", default_value = "0")]
+    pub standby_replicas: u32,
+
     /// `transaction.timeout.ms` of the worker's transactions (one per commit round, so they
     /// last milliseconds): also how long a worker that died for good can hold the partitions
     /// it was writing to before the broker aborts its transaction (a worker restarted with

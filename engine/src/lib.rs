@@ -16,6 +16,8 @@
 //!   policy.
 //! - [`store`]: a partition's state: sled checkpoint + the epoch's overlay.
 //! - [`restore`]: catching a checkpoint up with the changelog.
+//! - [`standby`]: standby replicas: where they live (rendezvous hashing over the group's
+//!   members) and the changelog each one tails into its local store.
 //! - [`partitioner`]: address id to partition (Kafka's murmur2).
 //! - [`rescale`]: `keyflow rescale`: a stopped cluster's state and positions copied into a
 //!   new cluster with another partition count, exactly once.
@@ -65,6 +67,7 @@ pub mod rescale;
 pub(crate) mod restore;
 pub(crate) mod router;
 pub(crate) mod routing;
+pub(crate) mod standby;
 pub(crate) mod store;
 pub(crate) mod supervisor;
 pub mod trace;

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub restore_seconds: prometheus::GaugeVec,
     /// Partitions (of `<cluster>-messages`) this worker processes.
     pub partitions_owned: IntGauge,
+    /// Partitions this worker keeps a standby of (`--standby-replicas`).
+    pub standby_partitions: IntGauge,
+    /// Changelog records a standby has not applied yet, by partition.
+    pub standby_lag: IntGaugeVec,
     /// OS threads of the worker process, read at each scrape.
     pub worker_threads: IntGauge,
     /// Age of an input record (now - its Kafka timestamp) when a task takes it, by input:
@@ -241,6 +245,19 @@ impl Metrics {
             .unwrap(),
             partitions_owned: IntGauge::new("partitions_owned", "Partitions this worker processes")
                 .unwrap(),
+            standby_partitions: IntGauge::new(
+                "standby_partitions",
+                "Partitions this worker keeps a standby replica of",
+            )
+            .unwrap(),
+            standby_lag: IntGaugeVec::new(
+                Opts::new(
+                    "standby_lag_records",
+                    "Changelog records of a partition its standby replica has not applied yet",
+                ),
+                &["partition"],
+            )
+            .unwrap(),
             input_age_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "input_age_seconds",
@@ -283,6 +300,8 @@ impl Metrics {
         r.register(Box::new(m.state_bytes.clone())).unwrap();
         r.register(Box::new(m.restore_seconds.clone())).unwrap();
         r.register(Box::new(m.partitions_owned.clone())).unwrap();
+        r.register(Box::new(m.standby_partitions.clone())).unwrap();
+        r.register(Box::new(m.standby_lag.clone())).unwrap();
         r.register(Box::new(m.worker_threads.clone())).unwrap();
         r.register(Box::new(m.input_age_seconds.clone())).unwrap();
         // Every reason kind is known: exported at 0 from the start, so a dashboard or an alert

@@ -135,7 +135,9 @@ impl Reader {
         Ok(self.watermarks(topic, p).await?.1)
     }
 
-    async fn watermarks(&self, topic: &str, p: i32) -> KafkaResult<(i64, i64)> {
+    /// The first offset of `topic`/`p` still in the log, and the offset the next record will
+    /// take.
+    pub(crate) async fn watermarks(&self, topic: &str, p: i32) -> KafkaResult<(i64, i64)> {
         let consumer = self.consumer.clone();
         let topic = topic.to_string();
         crate::kafka::blocking(move || {

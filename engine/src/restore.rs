@@ -84,16 +84,16 @@ pub fn stale_checkpoint(
     (age >= limit).then_some(Stale::TooOld { age, limit })
 }
 
-/// Replays the changelog tail into `store`; `delete_retention` is the changelog topic's
-/// `delete.retention.ms` (see [`stale_checkpoint`]).
-pub async fn catch_up(
-    kafka: &Connection,
+/// The changelog offset to replay `store` from: its checkpoint's, or 0 after wiping a
+/// checkpoint that must not be replayed from (another cluster's, or one [`stale_checkpoint`]
+/// refuses), with a warning saying why.
+pub fn checkpoint_start(
     topic: &str,
     partition: i32,
     store: &PartitionStore,
     delete_retention: Duration,
-) -> Result<Restored, RestoreError> {
-    let mut from = store.changelog_offset()?;
+) -> Result<i64, StoreError> {
+    let from = store.changelog_offset()?;
     if let Some(other) = store.changelog_topic()?.filter(|t| t != topic) {
         // The same data dir and worker id, another cluster (a rescale's new one): offsets of
         // `other` mean nothing in `topic`.
@@ -104,7 +104,7 @@ pub async fn catch_up(
             "discarding the local checkpoint: it belongs to another cluster's changelog; replaying the changelog from its start"
         );
         store.clear()?;
-        from = 0;
+        return Ok(0);
     }
     if from > 0 {
         if let Some(stale) =
@@ -126,9 +126,47 @@ pub async fn catch_up(
                 "discarding the local checkpoint and replaying the changelog from its start: {why}"
             );
             store.clear()?;
-            from = 0;
+            return Ok(0);
         }
     }
+    Ok(from)
+}
+
+/// `from` if it lies within the changelog's offsets `low..=high`; else the checkpoint belongs
+/// to another incarnation of the topic (a wiped broker, a deleted and recreated topic): it
+/// must not survive, and the replay starts over at `low` from the changelog alone.
+pub fn fit_to_changelog(
+    topic: &str,
+    partition: i32,
+    store: &PartitionStore,
+    from: i64,
+    (low, high): (i64, i64),
+) -> Result<i64, StoreError> {
+    if from <= high && from >= low {
+        return Ok(from);
+    }
+    tracing::warn!(
+        topic,
+        partition,
+        checkpoint = from,
+        low,
+        high,
+        "the local checkpoint does not match the changelog (was the topic recreated?); discarding it and replaying the changelog"
+    );
+    store.clear()?;
+    Ok(low)
+}
+
+/// Replays the changelog tail into `store`; `delete_retention` is the changelog topic's
+/// `delete.retention.ms` (see [`stale_checkpoint`]).
+pub async fn catch_up(
+    kafka: &Connection,
+    topic: &str,
+    partition: i32,
+    store: &PartitionStore,
+    delete_retention: Duration,
+) -> Result<Restored, RestoreError> {
+    let from = checkpoint_start(topic, partition, store, delete_retention)?;
     let (kafka, topic_owned) = (kafka.clone(), topic.to_string());
     // sled trees are cheap handles onto the same data; the blocking task gets its own.
     let tree_store = store.handle();
@@ -160,23 +198,7 @@ fn replay(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
         .map_err(kerr)?;
-    // A checkpoint past the changelog's end, or before its start, belongs to another
-    // incarnation of the topic (a wiped broker, a deleted and recreated topic): it must not
-    // survive. Start over from the changelog alone.
-    let from = if from > high || from < low {
-        tracing::warn!(
-            topic,
-            partition,
-            checkpoint = from,
-            low,
-            high,
-            "the local checkpoint does not match the changelog (was the topic recreated?); discarding it and replaying the changelog"
-        );
-        store.clear()?;
-        low
-    } else {
-        from
-    };
+    let from = fit_to_changelog(topic, partition, store, from, (low, high))?;
     if from >= high {
         // Nothing to replay: the tree matches the changelog as of now, which is the time
         // the next restore measures its age from.

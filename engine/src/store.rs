@@ -15,8 +15,9 @@
 //! - `i` + address + sequence (8 bytes BE): one message waiting in the inbox of an address
 //!   whose request outlived an epoch (`store/inbox.rs`; earlier versions kept the whole
 //!   [`Inbox`](crate::internal::Inbox) under `i` + address, which is still read).
-//! - `m` + name: local metadata (the checkpointed changelog offset, its topic, and the
-//!   wall-clock time of the last checkpoint); never changelogged.
+//! - `m` + name: local metadata (the checkpointed changelog offset, its topic, the
+//!   wall-clock time of the last checkpoint, and the [`StateSize`] of the `a` records);
+//!   never changelogged.
 //!
 //! A worker that gives a partition up drops its tree ([`drop_partition`]): the next owner's
 //! changes may reach the changelog only as tombstones that compaction removes later, so a
@@ -38,6 +39,10 @@ const OFFSET_KEY: &[u8] = b"m/changelog-offset";
 const TOPIC_KEY: &[u8] = b"m/changelog-topic";
 /// When the tree was last known to match the changelog (ms since the epoch, this host's clock).
 const CHECKPOINT_AT_KEY: &[u8] = b"m/checkpoint-at-ms";
+/// The [`StateSize`] of the tree's `a` records (entries, then bytes, 8 bytes BE each), written
+/// in the same batch as the records it counts, so opening a partition need not scan them. A
+/// tree from before this was kept has none: [`PartitionStore::measure`] counts it once.
+const SIZE_KEY: &[u8] = b"m/state-size";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,12 +70,75 @@ pub struct PartitionStore {
 }
 
 /// The committed address states of a partition: how many addresses have state, and the bytes
-/// of their records (key and value) in the tree. Kept up to date by [`PartitionStore::checkpoint`]
-/// after [`PartitionStore::measure`] counted them once.
+/// of their records (key and value) in the tree. Kept in the tree's metadata, in the same
+/// batch as the records, by [`PartitionStore::checkpoint`] and
+/// [`PartitionStore::apply_changelog`]; [`PartitionStore::measure`] reads it (and counts a
+/// tree from an older version once).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StateSize {
     pub entries: u64,
     pub bytes: u64,
+}
+
+impl StateSize {
+    fn encode(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.entries.to_be_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        out
+    }
+
+    fn decode(v: &[u8]) -> Option<StateSize> {
+        Some(StateSize {
+            entries: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+            bytes: u64::from_be_bytes(v.get(8..16)?.try_into().ok()?),
+        })
+    }
+}
+
+/// Adjusts a [`StateSize`] for writes to `a` records in one batch: `old` gives a key's record
+/// before the batch (a key written twice in the batch is looked up in the batch first).
+struct SizeDelta {
+    entries: i64,
+    bytes: i64,
+    written: BTreeMap<Vec<u8>, Option<usize>>,
+}
+
+impl SizeDelta {
+    fn new(size: StateSize) -> Self {
+        SizeDelta {
+            entries: size.entries as i64,
+            bytes: size.bytes as i64,
+            written: BTreeMap::new(),
+        }
+    }
+
+    fn write(&mut self, tree: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        if key.first() != Some(&b'a') {
+            return Ok(());
+        }
+        let old = match self.written.get(key) {
+            Some(old) => *old,
+            None => tree.get(key)?.map(|v| v.len()),
+        };
+        if let Some(old) = old {
+            self.entries -= 1;
+            self.bytes -= (key.len() + old) as i64;
+        }
+        if let Some(v) = value {
+            self.entries += 1;
+            self.bytes += (key.len() + v.len()) as i64;
+        }
+        self.written.insert(key.to_vec(), value.map(<[u8]>::len));
+        Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        StateSize {
+            entries: self.entries.max(0) as u64,
+            bytes: self.bytes.max(0) as u64,
+        }
+    }
 }
 
 fn tree_name(partition: i32) -> String {
@@ -102,7 +170,8 @@ impl PartitionStore {
         }
     }
 
-    /// Forgets everything in the tree (a checkpoint that does not belong to the changelog).
+    /// Forgets everything in the tree (a checkpoint that does not belong to the changelog); an
+    /// empty tree's size is known again (zero).
     pub fn clear(&self) -> Result<()> {
         self.tree.clear()?;
         Ok(())
@@ -140,24 +209,58 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// Applies changelog records read during restore, up to `next_offset`.
+    /// The size kept in the tree's metadata; `None`: a tree from a version that kept none.
+    fn kept_size(&self) -> Result<Option<StateSize>> {
+        if let Some(v) = self.tree.get(SIZE_KEY)? {
+            return Ok(StateSize::decode(&v));
+        }
+        // An empty tree (new, cleared or dropped) holds nothing to count.
+        Ok(self.tree.is_empty().then(StateSize::default))
+    }
+
+    /// Applies changelog records read by a restore, up to `next_offset`, and keeps the tree's
+    /// size with them (unless the tree is from a version that kept none:
+    /// [`PartitionStore::measure`] counts that). Records the tree as matching the changelog
+    /// now.
     pub fn apply_changelog(
         &self,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         next_offset: i64,
     ) -> Result<()> {
+        self.apply_changelog_as_of(records, next_offset, Some(crate::now_ms()))
+    }
+
+    /// [`PartitionStore::apply_changelog`], recording `matched_at_ms` as the time the tree
+    /// matched the changelog (`None`: the recorded time stays). A standby records the time of
+    /// the last record it applied: what it has not read yet was written after that, so the
+    /// tombstone rule measures the checkpoint's age from no later than it should.
+    pub fn apply_changelog_as_of(
+        &self,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        next_offset: i64,
+        matched_at_ms: Option<i64>,
+    ) -> Result<()> {
+        let mut size = self.kept_size()?.map(SizeDelta::new);
         let mut batch = sled::Batch::default();
         for (k, v) in records {
             if k.first() == Some(&b'm') {
                 continue;
+            }
+            if let Some(size) = &mut size {
+                size.write(&self.tree, &k, v.as_deref())?;
             }
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }
         }
+        if let Some(size) = size {
+            batch.insert(SIZE_KEY, &size.size().encode());
+        }
         batch.insert(OFFSET_KEY, &next_offset.to_be_bytes());
-        batch.insert(CHECKPOINT_AT_KEY, &crate::now_ms().to_be_bytes());
+        if let Some(at) = matched_at_ms {
+            batch.insert(CHECKPOINT_AT_KEY, &at.to_be_bytes());
+        }
         self.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -297,15 +400,30 @@ impl PartitionStore {
         self.overlay.insert(key, value);
     }
 
-    /// Counts the committed address states (one scan; after a restore).
+    /// The committed address states (after a restore): the size kept in the tree's metadata,
+    /// or, for a tree from a version that kept none, a count of every record, kept from then
+    /// on. Nothing else may write the tree meanwhile.
     pub fn measure(&mut self) -> Result<StateSize> {
+        let size = match self.kept_size()? {
+            Some(size) => size,
+            None => {
+                let size = self.count()?;
+                self.tree.insert(SIZE_KEY, &size.encode())?;
+                size
+            }
+        };
+        self.size = size;
+        Ok(size)
+    }
+
+    /// Counts the committed address states by reading every one.
+    fn count(&self) -> Result<StateSize> {
         let mut size = StateSize::default();
         for kv in self.tree.scan_prefix(b"a") {
             let (k, v) = kv?;
             size.entries += 1;
             size.bytes += (k.len() + v.len()) as u64;
         }
-        self.size = size;
         Ok(size)
     }
 
@@ -323,18 +441,11 @@ impl PartitionStore {
     pub fn checkpoint(&mut self, next_changelog_offset: Option<i64>) -> Result<()> {
         let overlay = std::mem::take(&mut self.overlay);
         let mut batch = sled::Batch::default();
-        let (mut entries, mut bytes) = (self.size.entries as i64, self.size.bytes as i64);
+        let mut size = self.kept_size()?.map(SizeDelta::new);
         for (k, v) in overlay {
-            if k.first() == Some(&b'a') {
+            if let Some(size) = &mut size {
                 // The old record was read during the epoch, so this is a cache hit.
-                if let Some(old) = self.tree.get(&k)? {
-                    entries -= 1;
-                    bytes -= (k.len() + old.len()) as i64;
-                }
-                if let Some(v) = &v {
-                    entries += 1;
-                    bytes += (k.len() + v.len()) as i64;
-                }
+                size.write(&self.tree, &k, v.as_deref())?;
             }
             match v {
                 Some(v) => batch.insert(k, v),
@@ -344,13 +455,15 @@ impl PartitionStore {
         if let Some(off) = next_changelog_offset {
             batch.insert(OFFSET_KEY, &off.to_be_bytes());
         }
+        if let Some(size) = &size {
+            batch.insert(SIZE_KEY, &size.size().encode());
+        }
         // Committed: the tree matches the changelog now, whether or not this epoch wrote to it.
         batch.insert(CHECKPOINT_AT_KEY, &crate::now_ms().to_be_bytes());
         self.tree.apply_batch(batch)?;
-        self.size = StateSize {
-            entries: entries.max(0) as u64,
-            bytes: bytes.max(0) as u64,
-        };
+        if let Some(size) = size {
+            self.size = size.size();
+        }
         Ok(())
     }
 
@@ -429,152 +542,4 @@ fn parse_timer_key(k: &[u8]) -> Option<TimerId> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::internal::StoredValue;
-
-    fn temp_db() -> sled::Db {
-        sled::Config::new().temporary(true).open().unwrap()
-    }
-
-    #[test]
-    fn keys_round_trip_and_do_not_collide() {
-        let a = Address::new("ns", "f", "a/b");
-        assert_eq!(parse_address_key(&address_key(&a)), Some(a.clone()));
-        // Without length prefixes these two would share a key.
-        assert_ne!(
-            address_key(&Address::new("n", "sf", "x")),
-            address_key(&Address::new("ns", "f", "x"))
-        );
-        assert_eq!(parse_timer_key(&timer_key((1_234, 9))), Some((1_234, 9)));
-        assert!(
-            timer_key((1, 9)) < timer_key((2, 0)),
-            "timer keys sort by fire time"
-        );
-    }
-
-    #[test]
-    fn the_tree_is_never_ahead_of_a_checkpoint() {
-        let db = temp_db();
-        let mut s = PartitionStore::open(&db, 3).unwrap();
-        let a = Address::new("ns", "f", "1");
-        let mut st = AddressState::default();
-        st.values.insert(
-            "n".into(),
-            StoredValue {
-                value: None,
-                expires_at_ms: 0,
-            },
-        );
-        s.put_address_state(&a, &st);
-        assert_eq!(
-            s.address_state(&a).unwrap(),
-            st,
-            "the overlay is read first"
-        );
-        s.discard();
-        assert_eq!(
-            s.address_state(&a).unwrap(),
-            AddressState::default(),
-            "discarded changes are gone"
-        );
-        s.put_address_state(&a, &st);
-        s.checkpoint(Some(42)).unwrap();
-        assert_eq!(s.changelog_offset().unwrap(), 42);
-        let reopened = PartitionStore::open(&db, 3).unwrap();
-        assert_eq!(reopened.address_state(&a).unwrap(), st);
-        // An empty state is a delete, not an empty record.
-        s.put_address_state(&a, &AddressState::default());
-        assert_eq!(s.overlay().get(&address_key(&a)), Some(&None));
-    }
-
-    #[test]
-    fn state_size_follows_checkpoints() {
-        let db = temp_db();
-        let mut s = PartitionStore::open(&db, 1).unwrap();
-        let a = Address::new("ns", "f", "a");
-        let b = Address::new("ns", "f", "b");
-        let state = |v: &[u8]| AddressState {
-            values: [(
-                "x".to_string(),
-                StoredValue {
-                    value: Some(keyflow_protocol::TypedValue {
-                        typename: "t".into(),
-                        has_value: true,
-                        value: v.to_vec().into(),
-                    }),
-                    expires_at_ms: 0,
-                },
-            )]
-            .into(),
-        };
-        s.put_address_state(&a, &state(b"1234"));
-        s.put_address_state(&b, &state(b"1"));
-        assert_eq!(
-            s.state_size(),
-            StateSize::default(),
-            "uncommitted changes do not count"
-        );
-        s.checkpoint(None).unwrap();
-        let two = s.state_size();
-        assert_eq!(two.entries, 2);
-        s.put_address_state(&a, &state(b"12"));
-        s.checkpoint(None).unwrap();
-        assert_eq!(s.state_size().entries, 2);
-        assert_eq!(s.state_size().bytes, two.bytes - 2);
-        s.put_address_state(&b, &AddressState::default());
-        s.checkpoint(None).unwrap();
-        let one = s.state_size();
-        assert_eq!(one.entries, 1);
-        let mut reopened = PartitionStore::open(&db, 1).unwrap();
-        assert_eq!(
-            reopened.measure().unwrap(),
-            one,
-            "a recount agrees with the running count"
-        );
-    }
-
-    #[test]
-    fn changelog_replay_applies_puts_and_tombstones() {
-        let db = temp_db();
-        let s = PartitionStore::open(&db, 0).unwrap();
-        let id = (10, 1);
-        let msg = DelayedMessage {
-            fire_at_ms: 10,
-            envelope: None,
-            cancellation_token: "t".into(),
-        };
-        s.apply_changelog(vec![(timer_key(id), Some(msg.encode_to_vec()))], 5)
-            .unwrap();
-        assert_eq!(s.all_delayed().unwrap(), vec![(id, msg)]);
-        s.apply_changelog(vec![(timer_key(id), None)], 6).unwrap();
-        assert!(s.all_delayed().unwrap().is_empty());
-        assert_eq!(s.changelog_offset().unwrap(), 6);
-    }
-
-    #[test]
-    fn checkpoints_record_their_time_and_a_dropped_partition_starts_empty() {
-        let db = temp_db();
-        let mut s = PartitionStore::open(&db, 2).unwrap();
-        assert_eq!(
-            s.checkpoint_at_ms().unwrap(),
-            None,
-            "a new tree has no checkpoint"
-        );
-        let before = crate::now_ms();
-        s.put_delayed((1, 1), &DelayedMessage::default());
-        s.checkpoint(Some(7)).unwrap();
-        let at = s
-            .checkpoint_at_ms()
-            .unwrap()
-            .expect("a checkpoint records its time");
-        assert!(at >= before && at <= crate::now_ms());
-        drop(s);
-        assert!(drop_partition(&db, 2).unwrap());
-        let reopened = PartitionStore::open(&db, 2).unwrap();
-        assert_eq!(reopened.changelog_offset().unwrap(), 0);
-        assert_eq!(reopened.checkpoint_at_ms().unwrap(), None);
-        assert!(reopened.all_delayed().unwrap().is_empty());
-        assert!(!drop_partition(&db, 5).unwrap(), "nothing to drop");
-    }
-}
+mod tests;

@@ -83,8 +83,8 @@ fn promtool_accepts_the_compose_prometheus_config() {
 }
 
 /// deploy/prometheus/prometheus.yml with the same jobs and scrape settings, each job's
-/// targets replaced by `target` and every interval shortened to 1 s.
-fn derived_config(target: &str) -> String {
+/// targets replaced by `targets` and every interval shortened to 1 s.
+fn derived_config(targets: &[String]) -> String {
     let text = std::fs::read_to_string(repo().join(CONFIG)).expect("reading prometheus.yml");
     let mut config: Yaml = serde_norway::from_str(&text).expect("prometheus.yml is YAML");
     let one_second = Yaml::from("1s");
@@ -102,7 +102,12 @@ fn derived_config(target: &str) -> String {
                 job[key] = one_second.clone();
             }
         }
-        let targets: Yaml = serde_norway::from_str(&format!("- targets: ['{target}']")).unwrap();
+        let list = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let targets: Yaml = serde_norway::from_str(&format!("- targets: [{list}]")).unwrap();
         job["static_configs"] = targets;
     }
     serde_norway::to_string(&config).unwrap()
@@ -280,7 +285,8 @@ fn every_dashboard_query_returns_series_from_a_scraped_worker() {
     let functions = FunctionServer::start(shopping_cart_functions::functions(), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, functions.port));
-    let mut engine = Engine::start(&module, &run, "w1", &dir, &["--partitions", "2"]);
+    let extra = ["--partitions", "2", "--standby-replicas", "1"];
+    let mut engine = Engine::start(&module, &run, "w1", &dir, &extra);
     engine.wait_ready(Duration::from_secs(90));
     let (user, item) = (unique("user"), unique("socks"));
     produce_str(
@@ -314,10 +320,28 @@ fn every_dashboard_query_returns_series_from_a_scraped_worker() {
             && metric_matching(page, "keyflow_dead_letters_total", "no-key") >= 1.0
     });
 
-    // Prometheus scraping that worker with the compose file's jobs.
-    let target = format!("127.0.0.1:{}", engine.admin_port);
+    // A second worker: one of the two keeps a standby replica of a partition the other owns.
+    let mut second = Engine::start(&module, &run, "w2", &dir, &extra);
+    second.wait_ready(Duration::from_secs(90));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ![&engine, &second]
+        .iter()
+        .any(|e| e.metrics().contains("keyflow_standby_lag_records{"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no standby replica within 60 s:\n{}\n{}",
+            engine.log_tail(30),
+            second.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Prometheus scraping both workers with the compose file's jobs.
+    let targets = [engine.admin_port, second.admin_port].map(|p| format!("127.0.0.1:{p}"));
+    let target = targets.join("|");
     let config = dir.join("prometheus.yml");
-    std::fs::write(&config, derived_config(&target)).unwrap();
+    std::fs::write(&config, derived_config(&targets)).unwrap();
     promtool_check(&promtool, &config);
     let prometheus = Prometheus::start(&prometheus_bin, &config, &dir);
     let job = serde_norway::from_str::<Yaml>(&std::fs::read_to_string(&config).unwrap()).unwrap()
@@ -398,5 +422,6 @@ fn every_dashboard_query_returns_series_from_a_scraped_worker() {
     );
     eprintln!("{checked} dashboard queries, each with series");
     drop(prometheus);
+    assert_eq!(second.terminate(), Some(0));
     assert_eq!(engine.terminate(), Some(0));
 }

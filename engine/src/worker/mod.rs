@@ -25,6 +25,7 @@ use crate::kafka::{self, TopicSpec};
 use crate::limits::{record_limit, Limits};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
+use crate::standby::Standbys;
 use crate::{admin, http, partition, router};
 
 mod membership;
@@ -265,17 +266,21 @@ pub async fn run(
     let membership = Membership::start(&shared, &worker_id, &subscribe, changes_tx)?;
 
     let mut tasks: HashMap<(String, i32), (CancellationToken, JoinHandle<()>)> = HashMap::new();
+    let mut standbys = Standbys::start(shared.clone(), &worker_id, shutdown.clone());
     loop {
         let change = tokio::select! {
             _ = shutdown.cancelled() => break,
-            c = changes.recv() => match c { Some(c) => c, None => break },
+            c = changes.recv() => match c { Some(c) => Some(c), None => break },
+            () = standbys.group_changed() => None,
         };
         match change {
-            Change::Assigned(list) => {
+            None => {}
+            Some(Change::Assigned(list)) => {
                 for (topic, p) in list {
                     let stop = shutdown.child_token();
                     let handle = if topic == shared.cfg.topic_messages() {
                         shared.metrics.partitions_owned.inc();
+                        standbys.take_over(p).await;
                         tokio::spawn(partition::run(shared.clone(), p, stop.clone()))
                     } else if let Some(&ing) = routes.get(&topic) {
                         tokio::spawn(router::run(
@@ -296,7 +301,7 @@ pub async fn run(
                 }
                 *shared.assigned_at.lock().unwrap() = Some(std::time::Instant::now());
             }
-            Change::Revoked(list, ack) => {
+            Some(Change::Revoked(list, ack)) => {
                 let mut stopping = Vec::new();
                 for key in list {
                     if let Some((stop, handle)) = tasks.remove(&key) {
@@ -317,7 +322,14 @@ pub async fn run(
                 let _ = ack.send(());
             }
         }
+        let messages = shared.cfg.topic_messages();
+        let owned = tasks
+            .keys()
+            .filter(|(t, _)| *t == messages)
+            .map(|(_, p)| *p);
+        standbys.follow(owned.collect()).await;
     }
+    standbys.close().await;
 
     tracing::info!("shutting down: closing open epochs");
     for (stop, _) in tasks.values() {
