@@ -211,7 +211,12 @@ fn a_read_after_a_reply_sees_what_the_reply_saw() {
     let port = app.port(0);
     let id = unique("rw");
     for n in 1..=40 {
-        let r = post(port, &format!("/test/greeter/{id}?reply=true"), &[NAME], b"rw");
+        let r = post(
+            port,
+            &format!("/test/greeter/{id}?reply=true"),
+            &[NAME],
+            b"rw",
+        );
         assert_eq!(reply_string(&r), format!("hello rw #{n}"));
         let v = json(&get(port, &format!("/state/test/greeter/{id}")));
         assert_eq!(v["values"]["visits"]["value"], n, "after reply #{n}: {v}");
