@@ -250,19 +250,20 @@ async fn a_record_refused_as_it_is_sent_fails_its_own_epoch_only() {
             Some(format!("good-{round}").into_bytes()),
             None,
         );
-        // A commit in progress: the two epochs handed over meanwhile wait for the next
-        // transaction together.
+        // A long commit in progress (20 MB to send): the two epochs handed over meanwhile
+        // wait for the next transaction together.
         let mut busy = Participant::new(txn.clone(), (format!("{run}-in"), 2));
         busy.begin(false);
-        busy.send(
-            &out,
-            Some(0),
-            None,
-            Some(format!("good-busy-{round}").into_bytes()),
-            None,
-        );
-        let (_, bad_result, good_result) =
-            tokio::join!(busy.commit(vec![]), bad.commit(vec![]), good.commit(vec![]));
+        for i in 0..400 {
+            let mut v = format!("good-busy-{round}-{i}-").into_bytes();
+            v.resize(50_000, b'b');
+            busy.send(&out, Some(0), None, Some(v), None);
+        }
+        let busy = tokio::spawn(async move { busy.commit(vec![]).await.map(|_| ()) });
+        // The committer has taken it long before it is sent.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let (bad_result, good_result) = tokio::join!(bad.commit(vec![]), good.commit(vec![]));
+        busy.await.unwrap().expect("the busy epoch commits");
         let err = bad_result
             .map(|_| ())
             .expect_err("the oversized record's epoch fails");
@@ -273,6 +274,7 @@ async fn a_record_refused_as_it_is_sent_fails_its_own_epoch_only() {
         grouped |=
             sizes.get_sample_count() - before_n == 3 && sizes.get_sample_sum() - before_sum == 4.0;
         if grouped {
+            eprintln!("grouped in round {round}");
             break;
         }
     }
