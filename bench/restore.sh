@@ -14,7 +14,8 @@
 #   4. failover: w2 joins; one AddToCart per 200 ms flows through the partition (owned by w1);
 #      w1 gets kill -9; the failover time is from the kill to the first epoch that partition
 #      commits on w2 (`keyflow_partition_epochs_total{partition="0"}` on w2 moves), polled
-#      every 50 ms.
+#      every 50 ms. With `--standby-replicas 1` in ENGINE_ARGS, the kill waits until w2's
+#      standby of the partition has caught up (`keyflow_standby_lag_records` 0).
 # Prints one line per size and a Markdown table at the end.
 #
 # Environment: KAFKA_BOOTSTRAP (default 127.0.0.1:9092; the broker must be running),
@@ -75,6 +76,11 @@ restored() {
   line="$(grep -a "partition restored in" "$1" | tail -n 1)"
   echo "$(sed -E 's/.*restored in ([0-9.]+)s.*/\1/' <<<"$line") $(sed -E 's/.*replayed=([0-9]+).*/\1/' <<<"$line")"
 }
+# standby_lag ADMIN_PORT: the lag of that worker's standby of partition 0 (empty: none yet)
+standby_lag() {
+  curl -s "http://127.0.0.1:$1/metrics" \
+    | awk '/^keyflow_standby_lag_records\{.*partition="0"/ { print $2 }'
+}
 epochs() { # epochs ADMIN_PORT: committed epochs of partition 0 on that worker
   curl -s "http://127.0.0.1:$1/metrics" \
     | awk '/^keyflow_partition_epochs_total\{.*partition="0"/ { print $2; found=1 } END { if (!found) print 0 }'
@@ -102,6 +108,15 @@ for n in "${SIZES[@]}"; do
 
   a2="$(port)"; start_worker "$rid" w2 "$a2"; w2=$WPID
   wait_ready "$a2" "$w2" "$WORK/$rid-w2.log"
+  if [[ "${ENGINE_ARGS:-}" == *--standby-replicas* ]]; then
+    # w2 keeps a standby of partition 0: the kill waits until it has caught up.
+    t0=$SECONDS
+    until [[ "$(standby_lag "$a2")" == 0 ]]; do
+      (( SECONDS - t0 < 900 )) || die "w2's standby did not catch up in 900 s: $(tail -n 20 "$WORK/$rid-w2.log")"
+      sleep 0.5
+    done
+    say "$n keys: w2's standby caught up in $((SECONDS - t0)) s"
+  fi
   (
     i=0
     while true; do

@@ -189,6 +189,11 @@ group.initial.rebalance.delay.ms=0
 # incarnation's session (default 9 s); fault-tolerance tests kill the broker on purpose.
 broker.session.timeout.ms=4000
 broker.heartbeat.interval.ms=1000
+# Let workers use a session timeout under Kafka's 6 s minimum (failover in seconds, with
+# --session-timeout), and abort a dead producer's timed-out transaction within a second of
+# its timeout instead of up to 10 s later (docs/operations.md, "Failover").
+group.min.session.timeout.ms=1000
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 EOF
   if [[ -n "$KAFKA_SASL_PORT" ]]; then
     cat >>"$SERVER_PROPS" <<EOF
