@@ -178,6 +178,71 @@ async fn describe_group(shared: &Arc<Shared>) -> Option<Vec<Member>> {
     }
 }
 
+/// The `client.id`s of the membership group's members now, whatever its state (`None`: the
+/// group cannot be read).
+async fn member_ids(shared: &Arc<Shared>) -> Option<BTreeSet<String>> {
+    let reader = shared
+        .readers
+        .get(&kafka::reader_config(
+            &shared.kafka,
+            &shared.cfg.cluster,
+            "earliest",
+        ))
+        .ok()?;
+    let group = shared.cfg.members_group();
+    kafka::blocking(move || {
+        let list = reader
+            .consumer()
+            .fetch_group_list(Some(&group), Duration::from_secs(10))
+            .ok()?;
+        let g = list.groups().iter().find(|g| g.name() == group)?;
+        Some(
+            g.members()
+                .iter()
+                .map(|m| m.client_id().to_string())
+                .collect(),
+        )
+    })
+    .await
+}
+
+/// Fences the transactional id of the worker whose membership `client.id` is `member` (it
+/// left the group while owning `p`): a producer's `init_transactions` with that id aborts
+/// the transaction the dead worker left open. Should that worker have restarted meanwhile,
+/// its producer is fenced too and starts over at its next commit (`txn.rs`), costing it one
+/// failed epoch round.
+async fn fence(shared: &Arc<Shared>, member: &str, p: i32) {
+    let cluster = &shared.cfg.cluster;
+    let Some(worker) = member.strip_prefix(&format!("{cluster}-")) else {
+        return;
+    };
+    let txn_id = format!("{cluster}-w-{worker}");
+    let started = std::time::Instant::now();
+    let producer = match kafka::transactional_producer(&shared.kafka, &txn_id, shared.txn_timeout) {
+        Ok(pr) => pr,
+        Err(e) => {
+            tracing::warn!(transactional_id = %txn_id, "fencing a departed worker failed: {e}");
+            return;
+        }
+    };
+    let result = kafka::blocking(move || {
+        use rdkafka::producer::Producer as _;
+        producer.init_transactions(Duration::from_secs(10))
+    })
+    .await;
+    match result {
+        Ok(()) => tracing::info!(
+            partition = p,
+            transactional_id = %txn_id,
+            "fenced the transactional id of the partition's last owner, which left the group: its open transaction is aborted in {:.3}s",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => {
+            tracing::warn!(transactional_id = %txn_id, "fencing a departed worker failed: {e}")
+        }
+    }
+}
+
 /// Reads the group's members and assignments every [`PLAN_EVERY`] into `group` (a
 /// description taken during a rebalance is skipped), until `shutdown`.
 async fn watch_group(
@@ -208,6 +273,8 @@ pub(crate) struct Standbys {
     me: String,
     running: HashMap<i32, (CancellationToken, JoinHandle<()>)>,
     group: watch::Receiver<Vec<Member>>,
+    /// Members (client ids) whose transactional id this worker fenced after they left.
+    fenced: BTreeSet<String>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -222,6 +289,7 @@ impl Standbys {
             shared,
             running: HashMap::new(),
             group,
+            fenced: BTreeSet::new(),
             reader,
         }
     }
@@ -281,7 +349,10 @@ impl Standbys {
     }
 
     /// Stops p's standby (if any) so that p's task may open: the tree stays, caught up, for
-    /// the task's restore.
+    /// the task's restore. When p's last known owner has left the group (it died), its
+    /// transactional id is fenced first, which aborts the transaction it left open at once:
+    /// else the task's first read of its positions (as stable) waits until the broker aborts
+    /// it, `--transaction-timeout` and more.
     pub(crate) async fn take_over(&mut self, p: i32) {
         if self.running.contains_key(&p) {
             self.stop(p).await;
@@ -289,6 +360,21 @@ impl Standbys {
                 partition = p,
                 "standby taken over: the partition is owned now"
             );
+        }
+        let previous = self
+            .group
+            .borrow()
+            .iter()
+            .find(|m| m.id != self.me && m.owns.contains(&p))
+            .map(|m| m.id.clone());
+        let Some(previous) = previous else { return };
+        let Some(now) = member_ids(&self.shared).await else {
+            return;
+        };
+        // A member back in the group may be fenced again when it leaves again.
+        self.fenced.retain(|m| !now.contains(m));
+        if !now.contains(&previous) && self.fenced.insert(previous.clone()) {
+            fence(&self.shared, &previous, p).await;
         }
     }
 
@@ -429,92 +515,4 @@ fn record(m: &rdkafka::message::OwnedMessage) -> (Vec<u8>, Option<Vec<u8>>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn members(ids: &[(&str, &[i32])]) -> Vec<Member> {
-        ids.iter()
-            .map(|(id, owns)| Member {
-                id: id.to_string(),
-                owns: owns.to_vec(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn every_partition_gets_n_standbys_none_on_its_owner() {
-        let group = members(&[
-            ("c-w1", &[0, 3]),
-            ("c-w2", &[1, 4]),
-            ("c-w3", &[2, 5]),
-            ("c-w4", &[]),
-        ]);
-        for n in 1..=3 {
-            let plans: Vec<_> = group.iter().map(|m| plan(&m.id, &group, 6, n)).collect();
-            for p in 0..6 {
-                let keepers: Vec<_> = group
-                    .iter()
-                    .zip(&plans)
-                    .filter(|(_, plan)| plan.contains(&p))
-                    .map(|(m, _)| m)
-                    .collect();
-                assert_eq!(keepers.len(), n, "partition {p} with n={n}");
-                assert!(keepers.iter().all(|m| !m.owns.contains(&p)));
-            }
-        }
-    }
-
-    #[test]
-    fn more_replicas_than_other_members_puts_a_standby_on_each_of_them() {
-        let group = members(&[("a", &[0]), ("b", &[1])]);
-        assert_eq!(plan("a", &group, 2, 5), BTreeSet::from([1]));
-        assert_eq!(plan("b", &group, 2, 5), BTreeSet::from([0]));
-    }
-
-    #[test]
-    fn no_replicas_or_a_member_not_in_the_group_keeps_nothing() {
-        let group = members(&[("a", &[0]), ("b", &[1])]);
-        assert!(plan("a", &group, 2, 0).is_empty());
-        assert!(plan("z", &group, 2, 1).is_empty());
-    }
-
-    #[test]
-    fn a_member_joining_moves_only_the_standbys_it_ranks_first_for() {
-        // Rendezvous hashing: members that stay keep their rank among themselves.
-        let before = members(&[("a", &[]), ("b", &[]), ("c", &[])]);
-        let mut after = before.clone();
-        after.push(Member {
-            id: "d".into(),
-            owns: vec![],
-        });
-        let (pa, pb) = (plan("a", &before, 64, 1), plan("a", &after, 64, 1));
-        assert!(pb.is_subset(&pa), "a loses standbys to d, gains none");
-        assert!(pb.len() < pa.len(), "d takes some");
-    }
-
-    #[test]
-    fn weights_are_fixed_across_versions() {
-        // Every worker must rank alike: a change here splits a rolling upgrade's plans.
-        assert_eq!(weight(0, "c-w1"), weight(0, "c-w1"));
-        assert_ne!(weight(0, "c-w1"), weight(1, "c-w1"));
-        assert_eq!(weight(7, "cluster-w2"), 0xf087_c105_c930_6e1a);
-    }
-
-    #[test]
-    fn assignments_decode_from_the_consumer_protocol() {
-        let mut bytes = vec![0, 1]; // version
-        bytes.extend(2i32.to_be_bytes());
-        for (topic, ps) in [("c-messages", &[0i32, 2][..]), ("orders", &[1][..])] {
-            bytes.extend((topic.len() as i16).to_be_bytes());
-            bytes.extend(topic.as_bytes());
-            bytes.extend((ps.len() as i32).to_be_bytes());
-            for p in ps {
-                bytes.extend(p.to_be_bytes());
-            }
-        }
-        bytes.extend((-1i32).to_be_bytes()); // no user data
-        assert_eq!(assigned_partitions(&bytes, "c-messages"), Some(vec![0, 2]));
-        assert_eq!(assigned_partitions(&bytes, "other"), Some(vec![]));
-        assert_eq!(assigned_partitions(&bytes[..9], "c-messages"), None);
-    }
-}
+mod tests;

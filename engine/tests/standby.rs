@@ -146,6 +146,15 @@ fn a_standby_takes_over_a_killed_owners_partition_replaying_only_the_tail() {
         assert_eq!(c, &["1", "2"], "counter {id} continues from its state");
     }
 
+    // The dead owner's transactional id was fenced at takeover (an open transaction it left
+    // would be aborted at once instead of after its timeout).
+    assert!(
+        standby
+            .log()
+            .contains("fenced the transactional id of the partition's last owner"),
+        "{}",
+        standby.log_tail(40)
+    );
     let replayed = last_replayed(&standby.log()).expect("a restore of partition 0 is logged");
     assert!(
         replayed < (KEYS / 4) as u64,
