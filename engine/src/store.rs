@@ -214,8 +214,10 @@ impl PartitionStore {
         if let Some(v) = self.tree.get(SIZE_KEY)? {
             return Ok(StateSize::decode(&v));
         }
-        // An empty tree (new, cleared or dropped) holds nothing to count.
-        Ok(self.tree.is_empty().then(StateSize::default))
+        // A tree without state records (new, cleared, dropped, or holding only metadata such
+        // as a standby's recorded changelog topic) has nothing to count.
+        let stateless = self.tree.scan_prefix(b"a").next().transpose()?.is_none();
+        Ok(stateless.then(StateSize::default))
     }
 
     /// Applies changelog records read by a restore, up to `next_offset`, and keeps the tree's

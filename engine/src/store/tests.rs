@@ -298,3 +298,27 @@ fn a_standby_batch_records_the_time_it_is_given_or_keeps_the_last_one() {
     assert_eq!(s.changelog_offset().unwrap(), 4);
     assert_eq!(kept(&db, 7).entries, 0);
 }
+
+#[test]
+fn a_tree_with_metadata_but_no_state_keeps_its_size_from_the_first_replay() {
+    // A standby's tree: the changelog topic is recorded before the first batch is applied.
+    let db = temp_db();
+    let s = PartitionStore::open(&db, 7).unwrap();
+    s.set_changelog_topic("t-state").unwrap();
+    s.apply_changelog(
+        (0..3)
+            .map(|i| {
+                (
+                    address_key(&Address::new("ns", "f", i.to_string())),
+                    Some(sized_state(b"3").encode_to_vec()),
+                )
+            })
+            .collect(),
+        3,
+    )
+    .unwrap();
+    assert!(s.tree.get(SIZE_KEY).unwrap().is_some(), "the size is kept");
+    let full = s.count().unwrap();
+    assert_eq!(full.entries, 3);
+    assert_eq!(kept(&db, 7), full);
+}
