@@ -64,20 +64,7 @@ fn state_size_follows_checkpoints() {
     let mut s = PartitionStore::open(&db, 1).unwrap();
     let a = Address::new("ns", "f", "a");
     let b = Address::new("ns", "f", "b");
-    let state = |v: &[u8]| AddressState {
-        values: [(
-            "x".to_string(),
-            StoredValue {
-                value: Some(keyflow_protocol::TypedValue {
-                    typename: "t".into(),
-                    has_value: true,
-                    value: v.to_vec().into(),
-                }),
-                expires_at_ms: 0,
-            },
-        )]
-        .into(),
-    };
+    let state = sized_state;
     s.put_address_state(&a, &state(b"1234"));
     s.put_address_state(&b, &state(b"1"));
     assert_eq!(
