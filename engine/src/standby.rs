@@ -129,9 +129,9 @@ pub(crate) fn assigned_partitions(bytes: &[u8], topic: &str) -> Option<Vec<i32>>
     Some(out)
 }
 
-/// The members of the membership group and what each owns, or `None` while the group is not
-/// `Stable` (a rebalance is under way: its assignments are not known yet) or cannot be read.
-async fn describe_group(shared: &Arc<Shared>) -> Option<Vec<Member>> {
+/// The membership group as it is now: whether it is `Stable` (no rebalance under way, so its
+/// assignments are known), and its members with what each owns. `None`: it cannot be read.
+async fn read_group(shared: &Arc<Shared>) -> Option<(bool, Vec<Member>)> {
     let reader = match shared.readers.get(&kafka::reader_config(
         &shared.kafka,
         &shared.cfg.cluster,
@@ -152,9 +152,6 @@ async fn describe_group(shared: &Arc<Shared>) -> Option<Vec<Member>> {
         let Some(g) = list.groups().iter().find(|g| g.name() == group) else {
             return Ok::<_, KafkaError>(None);
         };
-        if g.state() != "Stable" {
-            return Ok(None);
-        }
         let members = g
             .members()
             .iter()
@@ -166,11 +163,11 @@ async fn describe_group(shared: &Arc<Shared>) -> Option<Vec<Member>> {
                     .unwrap_or_default(),
             })
             .collect();
-        Ok(Some(members))
+        Ok(Some((g.state() == "Stable", members)))
     })
     .await;
     match described {
-        Ok(members) => members,
+        Ok(group) => group,
         Err(e) => {
             tracing::debug!("standby replicas: describing the group failed: {e}");
             None
@@ -178,32 +175,20 @@ async fn describe_group(shared: &Arc<Shared>) -> Option<Vec<Member>> {
     }
 }
 
+/// The members of the membership group and what each owns, or `None` while the group is not
+/// `Stable` (a rebalance is under way: its assignments are not known yet) or cannot be read.
+async fn describe_group(shared: &Arc<Shared>) -> Option<Vec<Member>> {
+    match read_group(shared).await? {
+        (true, members) => Some(members),
+        (false, _) => None,
+    }
+}
+
 /// The `client.id`s of the membership group's members now, whatever its state (`None`: the
 /// group cannot be read).
 async fn member_ids(shared: &Arc<Shared>) -> Option<BTreeSet<String>> {
-    let reader = shared
-        .readers
-        .get(&kafka::reader_config(
-            &shared.kafka,
-            &shared.cfg.cluster,
-            "earliest",
-        ))
-        .ok()?;
-    let group = shared.cfg.members_group();
-    kafka::blocking(move || {
-        let list = reader
-            .consumer()
-            .fetch_group_list(Some(&group), Duration::from_secs(10))
-            .ok()?;
-        let g = list.groups().iter().find(|g| g.name() == group)?;
-        Some(
-            g.members()
-                .iter()
-                .map(|m| m.client_id().to_string())
-                .collect(),
-        )
-    })
-    .await
+    let (_, members) = read_group(shared).await?;
+    Some(members.into_iter().map(|m| m.id).collect())
 }
 
 /// Fences the transactional id of the worker whose membership `client.id` is `member` (it
