@@ -178,6 +178,13 @@ impl Participant {
             });
     }
 
+    /// Closes the open epoch without a transaction: it holds no record and the caller has no
+    /// input position to commit.
+    pub(crate) fn close_empty(&mut self) {
+        debug_assert_eq!(self.pending(), 0, "an epoch with records closed empty");
+        self.open = None;
+    }
+
     /// Records the open epoch holds.
     pub(crate) fn pending(&self) -> usize {
         self.open.as_ref().map_or(0, |e| e.records.len())

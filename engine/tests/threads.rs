@@ -3,6 +3,9 @@
 //! runs about as many threads as one that owns 8. Each worker also routes an 8-partition
 //! ingress topic, and records flow through both before the count is read (and their ages at
 //! each take are observed, `keyflow_input_age_seconds`).
+//!
+//! An idle worker also commits nothing: a partition whose epoch took no input and changed
+//! nothing (the expiry sweep's epoch, every `--expiry-sweep`) hands no transaction.
 
 mod common;
 
@@ -32,8 +35,9 @@ fn echo(topic: String) -> StatefulFunctions {
 }
 
 /// `keyflow_worker_threads` of a worker owning `partitions` partitions, once 40 records went
-/// from an ingress topic through the function to an egress topic.
-fn threads_of_a_worker_with(partitions: usize) -> f64 {
+/// from an ingress topic through the function to an egress topic; and the transactions it
+/// committed while idle (sweeping expired state every 200 ms) after them.
+fn threads_of_a_worker_with(partitions: usize) -> (f64, f64) {
     let run = unique(&format!("threads{partitions}"));
     let input = format!("in-{run}");
     let out = format!("out-{run}");
@@ -55,7 +59,14 @@ fn threads_of_a_worker_with(partitions: usize) -> f64 {
         &run,
         "w1",
         &dir,
-        &["--partitions", &n, "--topic-partitions", "8"],
+        &[
+            "--partitions",
+            &n,
+            "--topic-partitions",
+            "8",
+            "--expiry-sweep",
+            "200ms",
+        ],
     );
     engine.wait_ready(Duration::from_secs(120));
     let recs: Vec<(String, String)> = (0..40)
@@ -79,6 +90,13 @@ fn threads_of_a_worker_with(partitions: usize) -> f64 {
     assert_eq!(owned, partitions as f64, "partitions owned");
     // Blocking threads of the opening go 1 s after their last call: the fewest seen over a
     // few seconds is what the worker keeps.
+    let transactions = || {
+        metric_sum(&engine.metrics(), "keyflow_worker_txn_epochs_count")
+            .expect("keyflow_worker_txn_epochs is exported")
+    };
+    // The last records' epochs may still be committing.
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_from = transactions();
     let mut fewest = f64::MAX;
     for _ in 0..6 {
         std::thread::sleep(Duration::from_secs(1));
@@ -86,15 +104,24 @@ fn threads_of_a_worker_with(partitions: usize) -> f64 {
             .expect("keyflow_worker_threads is exported");
         fewest = fewest.min(now);
     }
+    let idle = transactions() - idle_from;
     assert_eq!(engine.terminate(), Some(0));
-    fewest
+    (fewest, idle)
 }
 
 #[test]
 fn a_worker_runs_about_as_many_threads_with_64_partitions_as_with_8() {
-    let eight = threads_of_a_worker_with(8);
-    let sixty_four = threads_of_a_worker_with(64);
+    let (eight, idle_eight) = threads_of_a_worker_with(8);
+    let (sixty_four, idle_sixty_four) = threads_of_a_worker_with(64);
     eprintln!("worker threads: {eight} with 8 partitions, {sixty_four} with 64");
+    eprintln!(
+        "transactions while idle for 6 s: {idle_eight} with 8 partitions, {idle_sixty_four} with 64"
+    );
+    assert_eq!(
+        (idle_eight, idle_sixty_four),
+        (0.0, 0.0),
+        "an idle worker committed transactions (8 partitions, 64)"
+    );
     assert!(
         sixty_four <= 32.0,
         "{sixty_four} threads with 64 partitions (and 8 ingress partitions): more than 32"

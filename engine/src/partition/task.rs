@@ -428,6 +428,12 @@ impl Task {
         }
     }
 
+    /// Whether the open epoch took no input of any kind: no record, no outcome of a parked
+    /// request, no delayed message.
+    fn took_nothing(&self) -> bool {
+        self.records == 0 && !self.other_input && self.outcomes.is_empty() && !self.timers_fired
+    }
+
     fn next_timer_instant(&self) -> Option<tokio::time::Instant> {
         let at = self.core.next_timer_ms()?;
         let wait = (at - now_ms()).max(0) as u64;
@@ -443,6 +449,14 @@ impl Task {
         for (k, v) in self.core.store().overlay() {
             self.epoch
                 .send(&self.bound.state, Some(self.p), Some(k), v.clone(), None);
+        }
+        if self.epoch.pending() == 0 && self.at_least_once.is_empty() && self.took_nothing() {
+            // An epoch that took no input and changed nothing (the expiry sweep's, with
+            // nothing expired) hands no transaction: an idle partition costs no commits.
+            self.epoch.close_empty();
+            self.net.lock().expect("net").committed(self.taken());
+            self.previous_epoch_records = 0;
+            return Ok(());
         }
         for d in self.at_least_once.drain(..) {
             match d.await {
