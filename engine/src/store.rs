@@ -30,7 +30,9 @@ use keyflow_protocol::{Address, Message};
 
 use crate::internal::{AddressState, CallbackToken, Dedup, DelayedMessage, RegisteredSpecs};
 
+mod expiry;
 mod inbox;
+pub use expiry::Due;
 pub use inbox::InboxEntry;
 
 const OFFSET_KEY: &[u8] = b"m/changelog-offset";
@@ -67,6 +69,9 @@ pub struct PartitionStore {
     tree: sled::Tree,
     overlay: Overlay,
     size: StateSize,
+    /// When something held here may expire, as of the last sweep that scanned and every write
+    /// since; `None` until a sweep scanned (`store/expiry.rs`).
+    due: Option<Due>,
 }
 
 /// The committed address states of a partition: how many addresses have state, and the bytes
@@ -157,6 +162,7 @@ impl PartitionStore {
             tree: db.open_tree(tree_name(partition))?,
             overlay: Overlay::new(),
             size: StateSize::default(),
+            due: None,
         })
     }
 
@@ -167,6 +173,7 @@ impl PartitionStore {
             tree: self.tree.clone(),
             overlay: Overlay::new(),
             size: StateSize::default(),
+            due: None,
         }
     }
 
@@ -291,9 +298,7 @@ impl PartitionStore {
     }
 
     pub fn put_address_state(&mut self, addr: &Address, state: &AddressState) {
-        let key = address_key(addr);
-        let value = (!state.values.is_empty()).then(|| state.encode_to_vec());
-        self.overlay.insert(key, value);
+        self.put_raw_address_state(address_key(addr), state);
     }
 
     pub fn put_specs(&mut self, function_type: &str, specs: &RegisteredSpecs) {
@@ -322,6 +327,9 @@ impl PartitionStore {
 
     /// Stores a callback token's record (`None` forgets it).
     pub fn put_callback_raw(&mut self, key: Vec<u8>, record: Option<&CallbackToken>) {
+        if let (Some(due), Some(c)) = (&mut self.due, record) {
+            due.note_callback(c);
+        }
         self.overlay.insert(key, record.map(Message::encode_to_vec));
     }
 
@@ -349,6 +357,9 @@ impl PartitionStore {
     }
 
     pub fn put_dedup_raw(&mut self, key: Vec<u8>, record: Option<&Dedup>) {
+        if let (Some(due), Some(d)) = (&mut self.due, record) {
+            due.note_dedup(d);
+        }
         self.overlay.insert(key, record.map(Message::encode_to_vec));
     }
 
@@ -398,6 +409,9 @@ impl PartitionStore {
 
     /// Writes an address state by its raw key (used by the expiry sweep).
     pub fn put_raw_address_state(&mut self, key: Vec<u8>, state: &AddressState) {
+        if let Some(due) = &mut self.due {
+            due.note_state(state);
+        }
         let value = (!state.values.is_empty()).then(|| state.encode_to_vec());
         self.overlay.insert(key, value);
     }
@@ -432,6 +446,23 @@ impl PartitionStore {
     /// The committed address states as of the last checkpoint (see [`StateSize`]).
     pub fn state_size(&self) -> StateSize {
         self.size
+    }
+
+    /// Whether an expiry sweep at `now_ms` may find something to purge: unknown until a sweep
+    /// scanned ([`PartitionStore::swept`]), then known from it and every write since.
+    pub fn sweep_due(&self, now_ms: i64, retention_ms: i64) -> bool {
+        self.due.is_none_or(|d| d.is_due(now_ms, retention_ms))
+    }
+
+    /// A sweep scanned the tree and found `kept` in what it left (it skips the keys this
+    /// epoch changed): with the epoch's writes, that is when the next sweep is due.
+    pub fn swept(&mut self, mut kept: Due) {
+        for (k, v) in &self.overlay {
+            if let Some(v) = v {
+                kept.note_record(k, v);
+            }
+        }
+        self.due = Some(kept);
     }
 
     pub fn overlay(&self) -> &Overlay {
@@ -472,6 +503,8 @@ impl PartitionStore {
     /// Drops the epoch's uncommitted changes (the transaction aborted or its outcome is unknown).
     pub fn discard(&mut self) {
         self.overlay.clear();
+        // A sweep's purges may be among the dropped changes: the next sweep scans again.
+        self.due = None;
     }
 }
 

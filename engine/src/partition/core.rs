@@ -35,7 +35,7 @@ use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
 use crate::module::Module;
 use crate::partitioner::partition_for;
-use crate::store::{PartitionStore, StoreError};
+use crate::store::{Due, PartitionStore, StoreError};
 use crate::trace::TraceContext;
 
 /// What the core needs to know of the engine and the application.
@@ -306,8 +306,18 @@ impl PartitionCore {
     /// used callback tokens past the retention, and changelogs the purge. It reads the
     /// checkpoint: a key this epoch changed already is left to the next sweep (purging its
     /// committed value would overwrite the epoch's change).
-    pub fn sweep_expired(&mut self, now_ms: i64) -> Result<()> {
+    ///
+    /// It scans only when something may be due: the store keeps when that is from its last
+    /// scan and the writes since (`store/expiry.rs`), so a partition whose state never expires
+    /// is scanned once after it opens. Returns whether it scanned.
+    pub fn sweep_expired(&mut self, now_ms: i64) -> Result<bool> {
+        let retention = self.cfg.idempotency_retention.as_millis() as i64;
+        if !self.store.sweep_due(now_ms, retention) {
+            return Ok(false);
+        }
         let changed = |store: &PartitionStore, key: &[u8]| store.overlay().contains_key(key);
+        // What the scan leaves behind (keys this epoch changed are noted from the overlay).
+        let mut kept = Due::nothing();
         let mut purged = Vec::new();
         for kv in self.store.scan_addresses() {
             let (key, mut st) = kv?;
@@ -316,17 +326,23 @@ impl PartitionCore {
             }
             if effects::purge_expired(&mut st, now_ms) {
                 purged.push((key, st));
+            } else {
+                kept.note_state(&st);
             }
         }
         for (key, st) in purged {
             self.store.put_raw_address_state(key, &st);
         }
-        let retention = self.cfg.idempotency_retention.as_millis() as i64;
         let mut forgotten = Vec::new();
         for kv in self.store.scan_dedup() {
             let (key, record) = kv?;
-            if !changed(&self.store, &key) && dedup::expired(&record, now_ms, retention) {
+            if changed(&self.store, &key) {
+                continue;
+            }
+            if dedup::expired(&record, now_ms, retention) {
                 forgotten.push(key);
+            } else {
+                kept.note_dedup(&record);
             }
         }
         for key in forgotten {
@@ -336,15 +352,20 @@ impl PartitionCore {
         let mut used = Vec::new();
         for kv in self.store.scan_callbacks() {
             let (key, c) = kv?;
-            let expired = c.used && now_ms.saturating_sub(c.used_at_ms) > retention;
-            if expired && !changed(&self.store, &key) {
+            if changed(&self.store, &key) {
+                continue;
+            }
+            if c.used && now_ms.saturating_sub(c.used_at_ms) > retention {
                 used.push(key);
+            } else {
+                kept.note_callback(&c);
             }
         }
         for key in used {
             self.store.put_callback_raw(key, None);
         }
-        Ok(())
+        self.store.swept(kept);
+        Ok(true)
     }
 
     /// A message in the epoch: to its target's partition of `<cluster>-messages`, or, for an

@@ -178,9 +178,11 @@ impl Harness {
         self.drain();
     }
 
-    pub fn sweep(&mut self, now_ms: i64) {
-        self.core.sweep_expired(now_ms).unwrap();
+    /// Runs the expiry sweep; returns whether it scanned the store.
+    pub fn sweep(&mut self, now_ms: i64) -> bool {
+        let scanned = self.core.sweep_expired(now_ms).unwrap();
         self.drain();
+        scanned
     }
 
     /// The records decided so far (and forgets them).
