@@ -161,6 +161,18 @@ pub(crate) const OPENING_AT_ONCE: usize = 4;
 const EMPTY_ASSIGNMENT_SETTLES: Duration = Duration::from_secs(3);
 
 impl Shared {
+    /// The reader of the cluster's own topics (messages, changelog, replies: read from the
+    /// earliest offset when no position is known).
+    pub(crate) fn internal_reader(
+        &self,
+    ) -> Result<crate::reader::Reader, rdkafka::error::KafkaError> {
+        self.readers.get(&kafka::reader_config(
+            &self.kafka,
+            &self.cfg.cluster,
+            "earliest",
+        ))
+    }
+
     /// The producer outside transactions, made on first use. (Its settings are those every
     /// other client of the worker was already made with.)
     pub fn plain(&self) -> &FutureProducer {

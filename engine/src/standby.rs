@@ -132,11 +132,7 @@ pub(crate) fn assigned_partitions(bytes: &[u8], topic: &str) -> Option<Vec<i32>>
 /// The membership group as it is now: whether it is `Stable` (no rebalance under way, so its
 /// assignments are known), and its members with what each owns. `None`: it cannot be read.
 async fn read_group(shared: &Arc<Shared>) -> Option<(bool, Vec<Member>)> {
-    let reader = match shared.readers.get(&kafka::reader_config(
-        &shared.kafka,
-        &shared.cfg.cluster,
-        "earliest",
-    )) {
+    let reader = match shared.internal_reader() {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("standby replicas: no reader to describe the group with: {e}");
@@ -413,11 +409,7 @@ enum FollowError {
 /// restore's replay on a blocking thread would).
 async fn follow(shared: &Arc<Shared>, p: i32, stop: &CancellationToken) -> Result<(), FollowError> {
     let topic = shared.cfg.topic_state();
-    let reader = shared.readers.get(&kafka::reader_config(
-        &shared.kafka,
-        &shared.cfg.cluster,
-        "earliest",
-    ))?;
+    let reader = shared.internal_reader()?;
     let lag = shared
         .metrics
         .standby_lag

@@ -226,11 +226,7 @@ pub(super) async fn consume_replies(
 /// (`reader.rs`); the end is returned too.
 async fn open_replies_consumer(shared: &Shared) -> Result<(crate::reader::Input, i64), KafkaError> {
     let topic = shared.cfg.topic_replies();
-    let reader = shared.readers.get(&kafka::reader_config(
-        &shared.kafka,
-        &shared.cfg.cluster,
-        "earliest",
-    ))?;
+    let reader = shared.internal_reader()?;
     // Start at the high watermark as it is now: a reply to any request accepted from here on
     // is produced later, so it lies at or past this offset.
     let high = reader.high_watermark(&topic, 0).await?;

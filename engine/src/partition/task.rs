@@ -122,11 +122,7 @@ impl Task {
         // The committed position first, read as stable: a transaction of an earlier owner
         // still committing it (a stalled worker) is waited for, so the changelog below holds
         // everything that position stands for.
-        let reader = shared.readers.get(&kafka::reader_config(
-            &shared.kafka,
-            &cfg.cluster,
-            "earliest",
-        ))?;
+        let reader = shared.internal_reader()?;
         let position = match crate::offsets::committed(
             &shared.kafka,
             &cfg.members_group(),
