@@ -27,9 +27,11 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_CLUSTER", default_value = "keyflow")]
     pub cluster: String,
 
-    /// Number of partitions, fixed when the cluster is created.
-    #[arg(long, env = "KEYFLOW_PARTITIONS", default_value = "8")]
-    pub partitions: NonZeroU32,
+    /// Number of partitions, fixed when the cluster is created. Without it, a worker takes the
+    /// count of the cluster's existing `<cluster>-messages` topic, and a new cluster gets
+    /// [`DEFAULT_PARTITIONS`].
+    #[arg(long, env = "KEYFLOW_PARTITIONS")]
+    pub partitions: Option<NonZeroU32>,
 
     /// Partitions read their co-partitioned ingress topics directly: an ingress topic with
     /// exactly `--partitions` partitions, keyed by function id with Kafka's default
@@ -298,6 +300,10 @@ fn parse_ingress_addr(s: &str) -> Result<IngressAddr, String> {
         .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8081 (or `off`)"))
 }
 
+/// The partitions of a new cluster when `--partitions` is not given: how many workers it can
+/// grow to without `keyflow rescale` (docs/benchmarks.md, "Partitions: 8, 64, 256").
+pub const DEFAULT_PARTITIONS: u32 = 64;
+
 impl EngineConfig {
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
@@ -343,8 +349,29 @@ impl EngineConfig {
         format!("{}-replies", self.cluster)
     }
 
+    /// The cluster's partitions: `--partitions`, or what [`EngineConfig::resolve_partitions`]
+    /// found.
     pub fn partition_count(&self) -> i32 {
-        self.partitions.get() as i32
+        self.partitions
+            .expect("the partition count is resolved when the worker starts")
+            .get() as i32
+    }
+
+    /// Without `--partitions`: the partition count of the cluster's `<cluster>-messages` topic
+    /// when it exists (`existing`), else [`DEFAULT_PARTITIONS`]. Returns where it came from.
+    pub fn resolve_partitions(&mut self, existing: Option<i32>) -> &'static str {
+        if self.partitions.is_some() {
+            return "--partitions";
+        }
+        let (n, from) = match existing.and_then(|n| NonZeroU32::new(n.max(0) as u32)) {
+            Some(n) => (n, "the cluster's existing topics"),
+            None => (
+                NonZeroU32::new(DEFAULT_PARTITIONS).expect("not zero"),
+                "the default for a new cluster",
+            ),
+        };
+        self.partitions = Some(n);
+        from
     }
 }
 
@@ -478,6 +505,29 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unset_partition_count_is_the_existing_clusters_or_the_default() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            cfg: EngineConfig,
+        }
+        let parse = |args: &[&str]| {
+            let mut all = vec!["keyflow", "--module", "m.yaml"];
+            all.extend(args);
+            <Cli as clap::Parser>::try_parse_from(all).unwrap().cfg
+        };
+        let mut cfg = parse(&["--partitions", "16"]);
+        assert_eq!(cfg.resolve_partitions(Some(8)), "--partitions");
+        assert_eq!(cfg.partition_count(), 16, "the flag wins");
+        let mut cfg = parse(&[]);
+        cfg.resolve_partitions(Some(8));
+        assert_eq!(cfg.partition_count(), 8, "the existing cluster's count");
+        let mut cfg = parse(&[]);
+        cfg.resolve_partitions(None);
+        assert_eq!(cfg.partition_count(), DEFAULT_PARTITIONS as i32);
+    }
 
     #[test]
     fn config_file_settings_map_to_environment_variables() {

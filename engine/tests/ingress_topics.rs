@@ -1,6 +1,8 @@
 //! How the engine reads its topics: two ingress documents naming one topic both get every
 //! record; a `<cluster>-state` topic that is not compacted is refused at start; and an
 //! ingress that starts at `latest` takes every record produced after the engine is ready.
+//! A worker started without `--partitions` takes an existing cluster's count (a new one gets
+//! the default).
 
 mod common;
 
@@ -234,6 +236,50 @@ fn latest_is_resolved_once_a_restart_skips_nothing() {
         sorted_values(&got),
         vec!["a:while-down".to_string()],
         "a record produced while the worker was down must be routed after the restart:\n{}",
+        engine.log_tail(30)
+    );
+    assert_eq!(engine.terminate(), Some(0));
+}
+
+/// Without `--partitions`, a worker of an existing cluster takes the count its topics were
+/// created with (the default changed from 8 to 64: a cluster made with 8 must keep starting),
+/// and a worker of a new cluster creates it with the default.
+#[test]
+fn without_partitions_a_worker_takes_the_clusters_count_or_the_default() {
+    let run = unique("partcount");
+    let server = FunctionServer::start(functions(format!("out-{run}")), 0);
+    let dir = temp_dir(&run);
+    let yaml = format!(
+        "{}{}---\n{}",
+        endpoint_yaml("test/*", server.port),
+        ingress_yaml("test/in", &run, &format!("in-{run}"), "earliest", "test/a"),
+        exactly_once_egress_yaml("test/out"),
+    );
+    let module = write_module(&dir, &yaml);
+    let owned = |engine: &Engine| metric_sum(&engine.metrics(), "keyflow_partitions_owned");
+    // An existing cluster of 3 partitions.
+    let mut engine = Engine::start(&module, &run, "w1", &dir, &["--partitions", "3"]);
+    engine.wait_ready(Duration::from_secs(120));
+    assert_eq!(engine.terminate(), Some(0));
+    let mut engine = Engine::start(&module, &run, "w1", &dir, &["--resolve-partitions"]);
+    engine.wait_ready(Duration::from_secs(120));
+    assert_eq!(owned(&engine), Some(3.0), "{}", engine.log_tail(30));
+    assert!(
+        engine
+            .log()
+            .contains("partition count from the cluster's existing topics"),
+        "{}",
+        engine.log_tail(30)
+    );
+    assert_eq!(engine.terminate(), Some(0));
+    // A new cluster.
+    let fresh = unique("partcount-new");
+    let mut engine = Engine::start(&module, &fresh, "w1", &dir, &["--resolve-partitions"]);
+    engine.wait_ready(Duration::from_secs(120));
+    assert_eq!(
+        owned(&engine),
+        Some(f64::from(keyflow_engine::config::DEFAULT_PARTITIONS)),
+        "{}",
         engine.log_tail(30)
     );
     assert_eq!(engine.terminate(), Some(0));

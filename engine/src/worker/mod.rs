@@ -76,7 +76,7 @@ pub enum WorkerError {
 /// Runs a worker until `shutdown` fires; then finishes or aborts every open epoch, leaves the
 /// group and returns.
 pub async fn run(
-    cfg: EngineConfig,
+    mut cfg: EngineConfig,
     module: Module,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
@@ -101,6 +101,17 @@ pub async fn run(
     kafka::blocking(move || kafka::check_connection(&check, CONNECT_TIMEOUT)).await?;
     tracing::info!(listener = %kafka.describe(), "connected to Kafka");
     let worker_id = cfg.worker_id();
+    if cfg.partitions.is_none() {
+        let existing = kafka::topic_partitions(&kafka)
+            .await?
+            .get(&cfg.topic_messages())
+            .copied();
+        let from = cfg.resolve_partitions(existing);
+        tracing::info!(
+            partitions = cfg.partition_count(),
+            "partition count from {from}"
+        );
+    }
     let n = cfg.partition_count();
 
     let mut topics = vec![

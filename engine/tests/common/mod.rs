@@ -248,10 +248,18 @@ impl Engine {
                 port
             }
         };
-        if !extra.contains(&"--partitions") {
+        // Four partitions unless the test names a count, or passes `--resolve-partitions`
+        // (not an engine flag: dropped here) to start the worker without one.
+        let resolve = extra.contains(&"--resolve-partitions");
+        if !extra.contains(&"--partitions") && !resolve {
             args.extend(["--partitions".to_string(), "4".to_string()]);
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(
+            extra
+                .iter()
+                .filter(|a| **a != "--resolve-partitions")
+                .map(|s| s.to_string()),
+        );
         let log = data_dir.join(format!("{worker_id}.log"));
         let mut e = Engine {
             child: None,
