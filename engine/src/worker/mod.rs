@@ -102,15 +102,10 @@ pub async fn run(
     tracing::info!(listener = %kafka.describe(), "connected to Kafka");
     let worker_id = cfg.worker_id();
     if cfg.partitions.is_none() {
-        let existing = kafka::topic_partitions(&kafka)
-            .await?
-            .get(&cfg.topic_messages())
-            .copied();
-        let from = cfg.resolve_partitions(existing);
-        tracing::info!(
-            partitions = cfg.partition_count(),
-            "partition count from {from}"
-        );
+        let existing = kafka::topic_partitions(&kafka).await?;
+        let from = cfg.resolve_partitions(existing.get(&cfg.topic_messages()).copied());
+        let n = cfg.partition_count();
+        tracing::info!(partitions = n, "partition count from {from}");
     }
     let n = cfg.partition_count();
 
