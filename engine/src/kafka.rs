@@ -107,12 +107,11 @@ pub fn transactional_producer(
             crate::limits::PRODUCER_MESSAGE_MAX_BYTES.to_string(),
         )
         .set("queue.buffering.max.messages", "1000000")
-        // A transaction's first produce to a partition (AddPartitionsToTxn) is refused with
-        // CONCURRENT_TRANSACTIONS while the broker still writes the previous commit's
-        // markers; librdkafka retries after `retry.backoff.ms` (100 ms by default), which
-        // became the floor of every epoch commit under load. The Java producer retries this
-        // case after 20 ms; so do we, with the same cap on backoff growth.
-        .set("retry.backoff.ms", "10")
+        // A transaction's first request (the worker's: AddOffsetsToTxn, `txn.rs`) is refused
+        // with CONCURRENT_TRANSACTIONS while the broker still writes the previous commit's
+        // markers, a few ms; librdkafka retries after `retry.backoff.ms` (100 ms by default,
+        // which became the floor of every epoch commit under load), doubling up to the cap.
+        .set("retry.backoff.ms", "1")
         .set("retry.backoff.max.ms", "100")
         .create()
 }

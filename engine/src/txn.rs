@@ -331,6 +331,22 @@ impl Actor {
             return;
         }
         let open_at = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for h in &group {
+            for (topic, p, next) in &h.offsets {
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+            }
+        }
+        // The offsets go first: while the broker still completes the previous transaction
+        // (its markers), AddOffsetsToTxn is refused with CONCURRENT_TRANSACTIONS and retried
+        // after `retry.backoff.ms`; a record sent first would register its partitions
+        // (AddPartitionsToTxn), whose retry librdkafka waits a fixed 20 ms for. Once the
+        // offsets are in, the previous transaction is complete and the records' partitions
+        // register at once.
+        if let Err(e) = self.send_offsets(tpl).await {
+            self.fail_commit(group, Vec::new(), e, open_at).await;
+            return;
+        }
         let mut deliveries: Vec<Vec<DeliveryFuture>> = Vec::with_capacity(group.len());
         let mut refused = None;
         'send: for (i, h) in group.iter().enumerate() {
@@ -377,16 +393,9 @@ impl Actor {
             }
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for h in &group {
-            for (topic, p, next) in &h.offsets {
-                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
-            }
-        }
-        let result = self.send_offsets_and_commit(tpl).await;
-        let exclusive = group.len() == 1;
-        match result {
+        match self.commit().await {
             Ok(()) => {
+                let exclusive = group.len() == 1;
                 for (h, d) in group.into_iter().zip(deliveries) {
                     if exclusive {
                         self.suspects.remove(&h.who);
@@ -397,47 +406,63 @@ impl Actor {
                     });
                 }
             }
-            Err(e) => {
-                let class =
-                    kafka::class_of(Some(&self.producer), &e, Self::clock(open_at, self.timeout));
-                self.recover(true).await;
-                let shared = group.len() > 1;
-                if class == ErrorClass::Record && shared {
-                    // Whose record? Each participant looks at its own delivery reports; if
-                    // none finds it, each commits its next epoch alone.
-                    self.suspects.extend(group.iter().map(|h| h.who.clone()));
-                }
-                let reason = if fenced_by_group(&e) {
-                    format!("the group fenced this worker's commit (its generation ended: another worker may own its partitions now); nothing of the transaction is committed: {e}")
-                } else {
-                    format!("committing the worker's transaction: {e}")
-                };
-                tracing::warn!(epochs = group.len(), ?class, "{reason}");
-                let mine = if shared && class == ErrorClass::Record {
-                    ErrorClass::Transient
-                } else {
-                    class
-                };
-                for (h, d) in group.into_iter().zip(deliveries) {
-                    fail(h, &reason, mine, d);
-                }
-            }
+            Err(e) => self.fail_commit(group, deliveries, e, open_at).await,
         }
     }
 
-    async fn send_offsets_and_commit(&mut self, tpl: TopicPartitionList) -> Result<(), KafkaError> {
-        if tpl.count() > 0 {
-            let cgm = match self.group.get() {
-                Some(f) => f().map_err(KafkaError::Subscription)?,
-                None => {
-                    return Err(KafkaError::Subscription(
-                        "the worker has not joined its group".into(),
-                    ))
-                }
-            };
-            let pr = self.producer.clone();
-            blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await?;
+    /// The open transaction of `group` failed at its offsets or its commit: it is aborted and
+    /// every epoch in it fails (with its delivery reports, to find a refused record).
+    async fn fail_commit(
+        &mut self,
+        group: Vec<Handed>,
+        mut deliveries: Vec<Vec<DeliveryFuture>>,
+        e: KafkaError,
+        open_at: Instant,
+    ) {
+        let class = kafka::class_of(Some(&self.producer), &e, Self::clock(open_at, self.timeout));
+        self.recover(true).await;
+        let shared = group.len() > 1;
+        if class == ErrorClass::Record && shared {
+            // Whose record? Each participant looks at its own delivery reports; if
+            // none finds it, each commits its next epoch alone.
+            self.suspects.extend(group.iter().map(|h| h.who.clone()));
         }
+        let reason = if fenced_by_group(&e) {
+            format!("the group fenced this worker's commit (its generation ended: another worker may own its partitions now); nothing of the transaction is committed: {e}")
+        } else {
+            format!("committing the worker's transaction: {e}")
+        };
+        tracing::warn!(epochs = group.len(), ?class, "{reason}");
+        let mine = if shared && class == ErrorClass::Record {
+            ErrorClass::Transient
+        } else {
+            class
+        };
+        deliveries.resize_with(group.len(), Vec::new);
+        for (h, d) in group.into_iter().zip(deliveries) {
+            fail(h, &reason, mine, d);
+        }
+    }
+
+    /// Adds the input positions to the open transaction under the membership group's
+    /// metadata (refused by the group coordinator if this worker's generation ended).
+    async fn send_offsets(&mut self, tpl: TopicPartitionList) -> Result<(), KafkaError> {
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let cgm = match self.group.get() {
+            Some(f) => f().map_err(KafkaError::Subscription)?,
+            None => {
+                return Err(KafkaError::Subscription(
+                    "the worker has not joined its group".into(),
+                ))
+            }
+        };
+        let pr = self.producer.clone();
+        blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await
+    }
+
+    async fn commit(&mut self) -> Result<(), KafkaError> {
         // rust-rdkafka's commit_transaction flushes first, and that flush waits for the
         // producer's 100 ms poll loop unless every delivery report has been served already.
         let deadline = Instant::now() + TXN_CALL_TIMEOUT;
