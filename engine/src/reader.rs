@@ -393,6 +393,12 @@ impl Poller {
                     let _ = tx.send(Err(e));
                     return;
                 }
+                // librdkafka keeps a partition paused across unassign and assign: one that
+                // paused for the unread bytes of a task now gone (its epoch failed, it
+                // reopens) would never read for the new task, whose state says not paused.
+                if let Err(e) = self.consumer.resume(&tpl(&key, None)) {
+                    tracing::warn!(topic = key.0, partition = key.1, "resume failed: {e}");
+                }
                 if let Some(lag) = lag {
                     self.consumer
                         .context()

@@ -126,6 +126,32 @@ async fn a_partition_paused_for_its_unread_bytes_resumes_as_its_task_reads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_paused_when_its_task_failed_reads_again_for_the_reopened_task() {
+    // A task whose epoch failed drops its input unread, paused (a router with a backlog),
+    // and reopens at its committed position: the new input must get records. librdkafka
+    // keeps a partition paused across unassign and assign; before the fix the reopened
+    // task waited forever (a 256-partition bench stalled after one failed transaction).
+    let records = 2 * PAUSE_BYTES / (256 * 1024) + 8;
+    let topic = topic_with("reader-reopen-paused", 1, records, 256 * 1024).await;
+    let r = reader();
+    let input = r.open(&topic, 0, 0, gauge(), None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !input.state.paused.load(Ordering::Acquire) {
+        assert!(Instant::now() < deadline, "not paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(input);
+    let mut input = r.open(&topic, 0, 3, gauge(), None);
+    for want in 3..records as i64 {
+        assert_eq!(
+            next(&mut input).await.offset(),
+            want,
+            "after reopening at 3"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitions_lag_counts_the_records_its_task_has_not_taken() {
     // The reader polls everything at once, so librdkafka counts all 50 as read: the records
     // waiting for the task are lag all the same.
