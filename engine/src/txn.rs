@@ -450,16 +450,33 @@ impl Actor {
         if tpl.count() == 0 {
             return Ok(());
         }
-        let cgm = match self.group.get() {
-            Some(f) => f().map_err(KafkaError::Subscription)?,
-            None => {
-                return Err(KafkaError::Subscription(
-                    "the worker has not joined its group".into(),
-                ))
+        // librdkafka retries a refusal while the broker completes the previous transaction
+        // (CONCURRENT_TRANSACTIONS), but now and then returns it as a retriable error
+        // instead (seen with 256 partitions, whose markers took the broker over 100 ms);
+        // the transaction is still open and the call may be made again.
+        let deadline = Instant::now() + TXN_CALL_TIMEOUT;
+        loop {
+            let cgm = match self.group.get() {
+                Some(f) => f().map_err(KafkaError::Subscription)?,
+                None => {
+                    return Err(KafkaError::Subscription(
+                        "the worker has not joined its group".into(),
+                    ))
+                }
+            };
+            let (pr, tpl) = (self.producer.clone(), tpl.clone());
+            match blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT))
+                .await
+            {
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && Instant::now() < deadline =>
+                {
+                    tracing::debug!("adding the offsets to the worker's transaction again: {e}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                result => return result,
             }
-        };
-        let pr = self.producer.clone();
-        blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT)).await
+        }
     }
 
     async fn commit(&mut self) -> Result<(), KafkaError> {
