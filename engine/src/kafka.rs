@@ -487,6 +487,12 @@ fn parse_group_metadata(bytes: &[u8]) -> Option<(i32, String)> {
 }
 
 /// How long one blocking transaction call may take.
+/// The broker the crate's own tests run against: KEYFLOW_BOOTSTRAP, default 127.0.0.1:9092.
+#[cfg(test)]
+pub(crate) fn test_bootstrap() -> String {
+    std::env::var("KEYFLOW_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
 pub const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a record could not be processed, as the dead-letter topic records it.

@@ -189,13 +189,14 @@ pub async fn catch_up(
 /// committed or aborted; but the broker writes a transaction's markers partition by partition
 /// (with hundreds of partitions, for over 100 ms on the bench machine), and the committed
 /// position can be visible before the changelog's marker. A replay that stopped at the
-/// read_committed end before the marker would miss that epoch's state.
+/// read_committed end before the marker would miss that epoch's state. Returns the
+/// changelog's read_committed watermarks (low, end) once settled.
 fn settle(
     kafka: &Connection,
     topic: &str,
     partition: i32,
     committed: &BaseConsumer<QuietEof>,
-) -> Result<(), RestoreError> {
+) -> Result<(i64, i64), RestoreError> {
     let kerr = |err| RestoreError::Kafka {
         topic: topic.to_string(),
         partition,
@@ -208,14 +209,14 @@ fn settle(
         .map_err(kerr)?;
     let started = Instant::now();
     loop {
-        let (_, stable) = committed
+        let (low, stable) = committed
             .fetch_watermarks(topic, partition, Duration::from_secs(30))
             .map_err(kerr)?;
         let (_, high) = uncommitted
             .fetch_watermarks(topic, partition, Duration::from_secs(30))
             .map_err(kerr)?;
         if stable >= high {
-            return Ok(());
+            return Ok((low, stable));
         }
         if started.elapsed() > STALL {
             return Err(RestoreError::OpenTransaction {
@@ -248,10 +249,7 @@ fn replay(
         .set("enable.partition.eof", "true")
         .create_with_context(QuietEof)
         .map_err(kerr)?;
-    settle(kafka, topic, partition, &consumer)?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(30))
-        .map_err(kerr)?;
+    let (low, high) = settle(kafka, topic, partition, &consumer)?;
     let from = fit_to_changelog(topic, partition, store, from, (low, high))?;
     if from >= high {
         // Nothing to replay: the tree matches the changelog as of now, which is the time

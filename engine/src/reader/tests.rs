@@ -10,10 +10,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use super::*;
 use crate::kafka::{self, TopicSpec};
 
-fn bootstrap() -> String {
-    std::env::var("KEYFLOW_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
 async fn topic_with(name: &str, partitions: i32, records: usize, size: usize) -> String {
     let topic = format!("{name}-{}", crate::now_ms());
     let spec = TopicSpec {
@@ -23,13 +19,18 @@ async fn topic_with(name: &str, partitions: i32, records: usize, size: usize) ->
         exact_partitions: true,
         retention: None,
     };
-    kafka::ensure_topics(&kafka::Connection::plain(bootstrap()), &[spec], 1)
-        .await
-        .expect("topic");
-    let producer: FutureProducer = kafka::client_config(&kafka::Connection::plain(bootstrap()))
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    kafka::ensure_topics(
+        &kafka::Connection::plain(kafka::test_bootstrap()),
+        &[spec],
+        1,
+    )
+    .await
+    .expect("topic");
+    let producer: FutureProducer =
+        kafka::client_config(&kafka::Connection::plain(kafka::test_bootstrap()))
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
     let mut sends = Vec::new();
     for i in 0..records {
         let mut value = format!("{i}:").into_bytes();
@@ -49,7 +50,7 @@ async fn topic_with(name: &str, partitions: i32, records: usize, size: usize) ->
 fn reader() -> Reader {
     Reader::start(
         &kafka::reader_config(
-            &kafka::Connection::plain(bootstrap()),
+            &kafka::Connection::plain(kafka::test_bootstrap()),
             "reader-tests",
             "earliest",
         ),
@@ -157,7 +158,7 @@ async fn a_partitions_lag_counts_the_records_its_task_has_not_taken() {
     // waiting for the task are lag all the same.
     let topic = topic_with("reader-lag", 1, 50, 16).await;
     let mut config = kafka::reader_config(
-        &kafka::Connection::plain(bootstrap()),
+        &kafka::Connection::plain(kafka::test_bootstrap()),
         "reader-tests",
         "earliest",
     );

@@ -5,10 +5,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use super::*;
 use crate::kafka::{self, TopicSpec};
 
-fn bootstrap() -> String {
-    std::env::var("KEYFLOW_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
 async fn send(producer: &FutureProducer, topic: &str, key: &str) {
     producer
         .send(
@@ -27,7 +23,7 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str) {
 /// wiped. The replay waits until no transaction is open on its partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_waits_for_a_transaction_still_open_on_its_changelog() {
-    let connection = kafka::Connection::plain(bootstrap());
+    let connection = kafka::Connection::plain(kafka::test_bootstrap());
     let topic = format!("restore-open-txn-{}", crate::now_ms());
     let spec = TopicSpec {
         name: topic.clone(),

@@ -13,17 +13,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::*;
 use crate::kafka::{self, QuietEof, TopicSpec};
 
-fn bootstrap() -> String {
-    std::env::var("KEYFLOW_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
 fn member(group: &str, topic: &str) -> BaseConsumer<QuietEof> {
-    let c: BaseConsumer<QuietEof> = kafka::client_config(&kafka::Connection::plain(bootstrap()))
-        .set("group.id", group)
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .create_with_context(QuietEof)
-        .expect("consumer");
+    let c: BaseConsumer<QuietEof> =
+        kafka::client_config(&kafka::Connection::plain(kafka::test_bootstrap()))
+            .set("group.id", group)
+            .set("session.timeout.ms", "6000")
+            .set("enable.auto.commit", "false")
+            .create_with_context(QuietEof)
+            .expect("consumer");
     c.subscribe(&[topic]).expect("subscribe");
     c
 }
@@ -45,12 +42,13 @@ fn generation(c: &BaseConsumer<QuietEof>) -> i32 {
 
 /// The values a read_committed reader sees in `topic` partition 0.
 fn committed_values(topic: &str) -> Vec<String> {
-    let c: BaseConsumer<QuietEof> = kafka::client_config(&kafka::Connection::plain(bootstrap()))
-        .set("group.id", "unused")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(QuietEof)
-        .expect("reader");
+    let c: BaseConsumer<QuietEof> =
+        kafka::client_config(&kafka::Connection::plain(kafka::test_bootstrap()))
+            .set("group.id", "unused")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create_with_context(QuietEof)
+            .expect("reader");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .unwrap();
@@ -85,7 +83,7 @@ async fn a_commit_of_an_ended_generation_is_fenced_by_the_group_and_commits_noth
         retention: None,
     };
     kafka::ensure_topics(
-        &kafka::Connection::plain(bootstrap()),
+        &kafka::Connection::plain(kafka::test_bootstrap()),
         &[spec(&input), spec(&out)],
         -1,
     )
@@ -114,7 +112,7 @@ async fn a_commit_of_an_ended_generation_is_fenced_by_the_group_and_commits_noth
             .ok_or_else(|| "no metadata".to_string())
     }));
     let txn = WorkerTxn::start(
-        &kafka::Connection::plain(bootstrap()),
+        &kafka::Connection::plain(kafka::test_bootstrap()),
         &format!("{run}-w"),
         Duration::from_secs(10),
         source,
@@ -149,19 +147,24 @@ async fn a_commit_of_an_ended_generation_is_fenced_by_the_group_and_commits_noth
         .expect("a live generation commits");
 
     assert_eq!(committed_values(&out), vec!["from-a-member".to_string()]);
-    let offsets =
-        crate::offsets::committed_in(&kafka::Connection::plain(bootstrap()), &group, &input, 0)
-            .await
-            .expect("committed");
+    let offsets = crate::offsets::committed_in(
+        &kafka::Connection::plain(kafka::test_bootstrap()),
+        &group,
+        &input,
+        0,
+    )
+    .await
+    .expect("committed");
     assert_eq!(offsets, Some(1));
 }
 
 #[test]
 fn a_consumer_that_never_joined_has_no_live_generation() {
-    let c: BaseConsumer<QuietEof> = kafka::client_config(&kafka::Connection::plain(bootstrap()))
-        .set("group.id", "never-joined")
-        .create_with_context(QuietEof)
-        .expect("consumer");
+    let c: BaseConsumer<QuietEof> =
+        kafka::client_config(&kafka::Connection::plain(kafka::test_bootstrap()))
+            .set("group.id", "never-joined")
+            .create_with_context(QuietEof)
+            .expect("consumer");
     let Err(err) = kafka::live_group_metadata(&c) else {
         panic!("a consumer that never joined must have no live generation");
     };
@@ -176,14 +179,18 @@ async fn topic(name: &str) {
         exact_partitions: false,
         retention: None,
     };
-    kafka::ensure_topics(&kafka::Connection::plain(bootstrap()), &[spec], -1)
-        .await
-        .expect("topic");
+    kafka::ensure_topics(
+        &kafka::Connection::plain(kafka::test_bootstrap()),
+        &[spec],
+        -1,
+    )
+    .await
+    .expect("topic");
 }
 
 async fn committer(run: &str, sizes: Option<prometheus::Histogram>) -> WorkerTxn {
     WorkerTxn::start(
-        &kafka::Connection::plain(bootstrap()),
+        &kafka::Connection::plain(kafka::test_bootstrap()),
         &format!("{run}-w"),
         Duration::from_secs(10),
         GroupSource::default(),
