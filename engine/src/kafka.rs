@@ -402,12 +402,7 @@ pub async fn send(
     payload: Option<&[u8]>,
     headers: Option<rdkafka::message::OwnedHeaders>,
 ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-    let mut rec: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
-        rdkafka::producer::FutureRecord::to(topic);
-    rec.partition = partition;
-    rec.key = key;
-    rec.payload = payload;
-    rec.headers = headers;
+    let mut rec = record(topic, partition, key, payload, headers);
     loop {
         match producer.send_result(rec) {
             Ok(f) => return Ok(f),
@@ -418,6 +413,22 @@ pub async fn send(
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// The record [`send`] sends.
+pub(crate) fn record<'a>(
+    topic: &'a str,
+    partition: Option<i32>,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> rdkafka::producer::FutureRecord<'a, [u8], [u8]> {
+    let mut rec = rdkafka::producer::FutureRecord::to(topic);
+    rec.partition = partition;
+    rec.key = key;
+    rec.payload = payload;
+    rec.headers = headers;
+    rec
 }
 
 /// The group metadata `consumer` would send with a transaction's offsets, only while it is a

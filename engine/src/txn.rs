@@ -22,6 +22,9 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::future::Ready;
+
+use futures::future::Either;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
@@ -69,8 +72,13 @@ struct Handed {
 /// the records of this epoch that were sent (in their order), to find a refused one.
 struct Outcome {
     result: Result<(), TxnFailed>,
-    deliveries: Vec<DeliveryFuture>,
+    deliveries: Vec<Delivery>,
 }
+
+/// A record's delivery report: in already (a transaction commits only once every report of
+/// its records is in), or still to come (its transaction failed first).
+pub(crate) type Delivery = Either<Ready<DeliveryOutput>, DeliveryFuture>;
+pub(crate) type DeliveryOutput = <DeliveryFuture as std::future::Future>::Output;
 
 /// The handle participants hold (cheap to clone).
 #[derive(Clone)]
@@ -124,7 +132,7 @@ pub(crate) struct Participant {
     who: Who,
     open: Option<Epoch>,
     /// Delivery reports of the last epoch whose transaction failed (see [`Participant::abandon`]).
-    failed: Vec<DeliveryFuture>,
+    failed: Vec<Delivery>,
 }
 
 struct Epoch {
@@ -197,7 +205,7 @@ impl Participant {
     pub(crate) async fn commit(
         &mut self,
         offsets: Vec<(String, i32, i64)>,
-    ) -> Result<Vec<DeliveryFuture>, TxnFailed> {
+    ) -> Result<Vec<Delivery>, TxnFailed> {
         let epoch = self.open.take().unwrap_or(Epoch {
             exclusive: false,
             records: Vec::new(),
@@ -226,7 +234,7 @@ impl Participant {
     /// After a failure: drops the open epoch (nothing of it was sent) and returns the
     /// delivery reports of the failed transaction's records of this participant, if that
     /// was the failure.
-    pub(crate) fn abandon(&mut self) -> Vec<DeliveryFuture> {
+    pub(crate) fn abandon(&mut self) -> Vec<Delivery> {
         self.open = None;
         std::mem::take(&mut self.failed)
     }
@@ -320,81 +328,29 @@ impl Actor {
         if let Some(h) = &self.group_sizes {
             h.observe(group.len() as f64);
         }
-        if let Err(e) = self.producer.begin_transaction() {
-            let class = kafka::class_of(Some(&self.producer), &e, Default::default());
-            tracing::warn!("beginning the worker's transaction failed: {e}");
-            self.recover(false).await;
-            let reason = format!("beginning the transaction: {e}");
-            for h in group {
-                fail(h, &reason, class, Vec::new());
-            }
-            return;
-        }
-        let open_at = Instant::now();
         let mut tpl = TopicPartitionList::new();
         for h in &group {
             for (topic, p, next) in &h.offsets {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
             }
         }
-        // The offsets go first: while the broker still completes the previous transaction
-        // (its markers), AddOffsetsToTxn is refused with CONCURRENT_TRANSACTIONS and retried
-        // after `retry.backoff.ms`; a record sent first would register its partitions
-        // (AddPartitionsToTxn), whose retry librdkafka waits a fixed 20 ms for. Once the
-        // offsets are in, the previous transaction is complete and the records' partitions
-        // register at once.
-        if let Err(e) = self.send_offsets(tpl).await {
-            self.fail_commit(group, Vec::new(), e, open_at).await;
-            return;
+        let records: Vec<Vec<Outgoing>> = group
+            .iter_mut()
+            .map(|h| std::mem::take(&mut h.records))
+            .collect();
+        // The whole transaction on one blocking thread: each hop between it and the runtime
+        // costs a thread wake-up, and a transaction makes five requests one after the other.
+        let (producer, source) = (self.producer.clone(), self.group.clone());
+        let (sent, records) = blocking(move || {
+            let sent = transact(&producer, &source, tpl, &records);
+            (sent, records)
+        })
+        .await;
+        for (h, r) in group.iter_mut().zip(records) {
+            h.records = r;
         }
-        let mut deliveries: Vec<Vec<DeliveryFuture>> = Vec::with_capacity(group.len());
-        let mut refused = None;
-        'send: for (i, h) in group.iter().enumerate() {
-            let mut mine = Vec::with_capacity(h.records.len());
-            for r in &h.records {
-                match kafka::send(
-                    &self.producer,
-                    &r.topic,
-                    r.partition,
-                    r.key.as_deref(),
-                    r.value.as_deref(),
-                    r.headers.clone(),
-                )
-                .await
-                {
-                    Ok(d) => mine.push(d),
-                    Err(e) => {
-                        refused = Some((i, r.topic.clone(), e));
-                        deliveries.push(mine);
-                        break 'send;
-                    }
-                }
-            }
-            deliveries.push(mine);
-        }
-        if let Some((i, topic, e)) = refused {
-            let class =
-                kafka::class_of(Some(&self.producer), &e, Self::clock(open_at, self.timeout));
-            self.recover(true).await;
-            if class == ErrorClass::Record {
-                // That epoch's record, for sure: it fails; the others are sent again.
-                let h = group.remove(i);
-                let reason = format!("Kafka refused a record to `{topic}`: {e}");
-                fail(h, &reason, class, Vec::new());
-                for h in group.into_iter().rev() {
-                    self.queue.push_front(h);
-                }
-            } else {
-                let reason = format!("sending to `{topic}` in the worker's transaction: {e}");
-                tracing::warn!(epochs = group.len(), ?class, "{reason}");
-                for h in group {
-                    fail(h, &reason, class, Vec::new());
-                }
-            }
-            return;
-        }
-        match self.commit().await {
-            Ok(()) => {
+        match sent {
+            Sent::Committed(deliveries) => {
                 let exclusive = group.len() == 1;
                 for (h, d) in group.into_iter().zip(deliveries) {
                     if exclusive {
@@ -406,7 +362,45 @@ impl Actor {
                     });
                 }
             }
-            Err(e) => self.fail_commit(group, deliveries, e, open_at).await,
+            Sent::NotBegun(e) => {
+                let class = kafka::class_of(Some(&self.producer), &e, Default::default());
+                tracing::warn!("beginning the worker's transaction failed: {e}");
+                self.recover(false).await;
+                let reason = format!("beginning the transaction: {e}");
+                for h in group {
+                    fail(h, &reason, class, Vec::new());
+                }
+            }
+            Sent::Refused {
+                epoch: i,
+                topic,
+                error: e,
+                open_at,
+            } => {
+                let class =
+                    kafka::class_of(Some(&self.producer), &e, Self::clock(open_at, self.timeout));
+                self.recover(true).await;
+                if class == ErrorClass::Record {
+                    // That epoch's record, for sure: it fails; the others are sent again.
+                    let h = group.remove(i);
+                    let reason = format!("Kafka refused a record to `{topic}`: {e}");
+                    fail(h, &reason, class, Vec::new());
+                    for h in group.into_iter().rev() {
+                        self.queue.push_front(h);
+                    }
+                } else {
+                    let reason = format!("sending to `{topic}` in the worker's transaction: {e}");
+                    tracing::warn!(epochs = group.len(), ?class, "{reason}");
+                    for h in group {
+                        fail(h, &reason, class, Vec::new());
+                    }
+                }
+            }
+            Sent::Failed {
+                error,
+                deliveries,
+                open_at,
+            } => self.fail_commit(group, deliveries, error, open_at).await,
         }
     }
 
@@ -415,7 +409,7 @@ impl Actor {
     async fn fail_commit(
         &mut self,
         group: Vec<Handed>,
-        mut deliveries: Vec<Vec<DeliveryFuture>>,
+        mut deliveries: Vec<Vec<Delivery>>,
         e: KafkaError,
         open_at: Instant,
     ) {
@@ -442,52 +436,6 @@ impl Actor {
         for (h, d) in group.into_iter().zip(deliveries) {
             fail(h, &reason, mine, d);
         }
-    }
-
-    /// Adds the input positions to the open transaction under the membership group's
-    /// metadata (refused by the group coordinator if this worker's generation ended).
-    async fn send_offsets(&mut self, tpl: TopicPartitionList) -> Result<(), KafkaError> {
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        // librdkafka retries a refusal while the broker completes the previous transaction
-        // (CONCURRENT_TRANSACTIONS), but now and then returns it as a retriable error
-        // instead (seen with 256 partitions, whose markers took the broker over 100 ms);
-        // the transaction is still open and the call may be made again.
-        let deadline = Instant::now() + TXN_CALL_TIMEOUT;
-        loop {
-            let cgm = match self.group.get() {
-                Some(f) => f().map_err(KafkaError::Subscription)?,
-                None => {
-                    return Err(KafkaError::Subscription(
-                        "the worker has not joined its group".into(),
-                    ))
-                }
-            };
-            let (pr, tpl) = (self.producer.clone(), tpl.clone());
-            match blocking(move || pr.send_offsets_to_transaction(&tpl, &cgm, TXN_CALL_TIMEOUT))
-                .await
-            {
-                Err(KafkaError::Transaction(e))
-                    if e.is_retriable() && Instant::now() < deadline =>
-                {
-                    tracing::debug!("adding the offsets to the worker's transaction again: {e}");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                result => return result,
-            }
-        }
-    }
-
-    async fn commit(&mut self) -> Result<(), KafkaError> {
-        // rust-rdkafka's commit_transaction flushes first, and that flush waits for the
-        // producer's 100 ms poll loop unless every delivery report has been served already.
-        let deadline = Instant::now() + TXN_CALL_TIMEOUT;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let pr = self.producer.clone();
-        blocking(move || pr.commit_transaction(TXN_CALL_TIMEOUT)).await
     }
 
     /// After a failure: aborts the open transaction (`open`) and replaces a producer in a
@@ -523,7 +471,7 @@ impl Actor {
 }
 
 /// Tells the participant of `h` that its epoch did not commit.
-fn fail(h: Handed, reason: &str, class: ErrorClass, deliveries: Vec<DeliveryFuture>) {
+fn fail(h: Handed, reason: &str, class: ErrorClass, deliveries: Vec<Delivery>) {
     let _ = h.reply.send(Outcome {
         result: Err(TxnFailed {
             reason: reason.to_string(),
@@ -532,6 +480,9 @@ fn fail(h: Handed, reason: &str, class: ErrorClass, deliveries: Vec<DeliveryFutu
         deliveries,
     });
 }
+
+mod transact;
+use transact::{transact, Sent};
 
 #[cfg(test)]
 mod tests;

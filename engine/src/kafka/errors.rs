@@ -121,10 +121,15 @@ pub(crate) fn is_refused_topic(code: RDKafkaErrorCode) -> bool {
 /// their reports at most `within`. A transaction call after a refused produce often reports
 /// only that the transaction must be aborted (`Local: Erroneous state`): the refusal itself is
 /// in the record's delivery report. Call it after the abort, which settles every report.
-pub async fn first_refused(
-    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+pub async fn first_refused<D>(
+    deliveries: impl IntoIterator<Item = D>,
     within: Duration,
-) -> Option<(String, KafkaError)> {
+) -> Option<(String, KafkaError)>
+where
+    D: std::future::Future<
+        Output = <rdkafka::producer::DeliveryFuture as std::future::Future>::Output,
+    >,
+{
     use rdkafka::message::Message as _;
     let deadline = tokio::time::Instant::now() + within;
     for d in deliveries {
