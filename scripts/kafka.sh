@@ -15,6 +15,8 @@
 #   KAFKA_CONTROLLER_PORT  CONTROLLER listener port, default 9093
 #   KAFKA_HEAP_OPTS        default "-Xmx512m -Xms256m"
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to serve, default 60
+#   KAFKA_EXTRA_PROPERTIES more server.properties lines (newline- or space-separated key=value),
+#                          appended last, so they win (e.g. to try a broker setting in bench/)
 #   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL, default 30
 #   KAFKA_SASL_PORT        optional: also a SASL_SSL listener (SCRAM-SHA-512) on this port, with a
 #                          certificate made by openssl on first use in $KAFKA_HOME/ssl (clients
@@ -195,6 +197,10 @@ broker.heartbeat.interval.ms=1000
 group.min.session.timeout.ms=1000
 transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 EOF
+  if [[ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]]; then
+    echo "# KAFKA_EXTRA_PROPERTIES" >>"$SERVER_PROPS"
+    tr ' ' '\n' <<<"$KAFKA_EXTRA_PROPERTIES" | sed '/^$/d' >>"$SERVER_PROPS"
+  fi
   if [[ -n "$KAFKA_SASL_PORT" ]]; then
     cat >>"$SERVER_PROPS" <<EOF
 # KAFKA_SASL_PORT: SASL_SSL with SCRAM-SHA-512 (users are created at format time)

@@ -137,12 +137,12 @@ pub fn copy(c: &CopyConfig<'_>) -> anyhow::Result<Value> {
             }
             producer.send_offsets_to_transaction(&offs, &group, TXN_TIMEOUT)?;
         }
-        // As the engine does (engine/src/kafka.rs `commit_with_offsets`): commit_transaction
-        // flushes first, and that flush waits for the producer's 100 ms poll loop unless every
-        // delivery report has been served already.
+        // As the engine does (engine/src/txn/transact.rs): commit_transaction flushes first,
+        // and that flush waits for the producer's 100 ms poll loop unless every delivery
+        // report has been served already; polled every 50 us.
         let wait_until = Instant::now() + TXN_TIMEOUT;
         while producer.in_flight_count() > 0 && Instant::now() < wait_until {
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(50));
         }
         producer.commit_transaction(TXN_TIMEOUT)?;
         if in_txn > 0 {
