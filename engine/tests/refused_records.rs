@@ -240,7 +240,11 @@ fn a_direct_ingress_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net
 }
 
 fn record_refused_by_the_net(direct: bool) {
-    let extra: &[&str] = if direct { &["--direct-ingress"] } else { &[] };
+    let extra: &[&str] = if direct {
+        &["--direct-ingress"]
+    } else {
+        &["--direct-ingress", "false"]
+    };
     let mut s = setup("keyless", extra, |_| {});
     let input = format!("in-{}", s.run);
     // One produce: the keyless egress shares its epoch with the good inputs around it.
