@@ -287,7 +287,7 @@ fn record_refused_by_the_net(direct: bool) {
 fn a_routed_record_the_broker_keeps_refusing_is_dead_lettered_and_the_router_goes_on() {
     // `<cluster>-messages` takes no record over 2000 bytes from now on: a large ingress value
     // cannot be routed, however often the router retries it.
-    let mut s = setup("router", &[], |_| {});
+    let mut s = setup("router", &["--direct-ingress", "false"], |_| {});
     shrink_while_running(&format!("{}-messages", s.run), "2000");
     let input = format!("in-{}", s.run);
     let big = "x".repeat(5000);
