@@ -142,3 +142,40 @@ async fn concurrent_proposals_resolve_to_the_first_record_written() {
         assert!(records.len() <= 2, "{records:?}");
     }
 }
+
+/// `<cluster>-meta` and `<cluster>-messages` both exist without a record: a cluster that has
+/// run (a record in its messages topic) is an older version's being upgraded right now, so
+/// routed; one that has not is a new cluster being created right now, so direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_record_the_clusters_history_tells_an_upgrade_from_a_new_cluster() {
+    let kafka = crate::kafka::Connection::plain(crate::kafka::test_bootstrap());
+    let both = Before {
+        messages: true,
+        meta: true,
+    };
+    for has_run in [false, true] {
+        let cluster = format!("modehist-{:08x}", rand::random::<u32>());
+        let messages = TopicSpec {
+            name: format!("{cluster}-messages"),
+            partitions: 2,
+            compacted: false,
+            exact_partitions: true,
+            retention: None,
+            config: &[],
+        };
+        crate::kafka::ensure_topics(&kafka, &[topic_spec(&cluster), messages.clone()], 1)
+            .await
+            .unwrap();
+        if has_run {
+            let producer = crate::kafka::plain_producer(&kafka, Duration::from_secs(10)).unwrap();
+            let delivery =
+                crate::kafka::send(&producer, &messages.name, Some(1), None, Some(b"m"), None)
+                    .await
+                    .unwrap();
+            delivery.await.unwrap().unwrap();
+        }
+        let decided = decide(&kafka, &cluster, "w1", None, both).await.unwrap();
+        let want = if has_run { Mode::Routed } else { Mode::Direct };
+        assert_eq!(decided.mode(), want, "has run: {has_run}: {decided:?}");
+    }
+}
