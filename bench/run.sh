@@ -26,7 +26,9 @@
 # and fresh ingress topics, waits for /ready, runs the driver, prints a table and writes
 # bench/results/<timestamp>.json. Everything it started is stopped on exit.
 #
-# Environment: ENGINE_ARGS (extra `keyflow run` flags, e.g. "--commit-interval 20ms"),
+# Environment: ENGINE_ARGS (extra `keyflow run` flags, e.g. "--commit-interval 20ms"; each
+# run is a new cluster, direct ingress by default with ingress topics the engine creates with
+# the cluster's partition count: "--direct-ingress false" measures routed ingress),
 # KAFKA_BOOTSTRAP (default 127.0.0.1:9092), CARGO_TARGET_DIR, BENCH_NO_BUILD=1 (skip the build).
 set -euo pipefail
 

@@ -441,9 +441,16 @@ fn ingress_topics(run: &str) -> Vec<String> {
 fn run_topics(run: &str) -> Vec<String> {
     let mut t = ingress_topics(run);
     t.extend(
-        ["messages", "state", "deadletters", "replies"]
-            .iter()
-            .map(|s| format!("{run}-{s}")),
+        [
+            "meta",
+            "messages",
+            "state",
+            "deadletters",
+            "replies",
+            "callbacks",
+        ]
+        .iter()
+        .map(|s| format!("{run}-{s}")),
     );
     t.extend(limit::copy_topics(run));
     t

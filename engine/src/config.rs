@@ -33,14 +33,18 @@ pub struct EngineConfig {
     #[arg(long, env = "KEYFLOW_PARTITIONS")]
     pub partitions: Option<NonZeroU32>,
 
-    /// Partitions read their co-partitioned ingress topics directly: an ingress topic with
-    /// exactly `--partitions` partitions, keyed by function id with Kafka's default
-    /// partitioner, is read by the partition of the same number, which processes each record
-    /// in its own epoch's transaction instead of an ingress router writing it to
-    /// `<cluster>-messages` first (one transaction per input instead of two). Other ingress
-    /// topics are routed as before. Every worker of a cluster must set it alike.
-    #[arg(long, env = "KEYFLOW_DIRECT_INGRESS", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub direct_ingress: bool,
+    /// How this worker expects the cluster to read its ingress topics. `true` (or the bare
+    /// flag): directly, each co-partitioned ingress topic (exactly `--partitions` partitions,
+    /// keyed by function id with Kafka's default partitioner) read by the partition of the
+    /// same number, in its own epoch's transaction (one transaction per input instead of
+    /// two); other ingress topics are routed. `false`: routed, every ingress record written
+    /// to `<cluster>-messages` by a router first. The mode is the cluster's, recorded in
+    /// `<cluster>-meta` by its first worker (direct for a new cluster unless this says
+    /// `false`, routed for a cluster created before the mode was recorded). Not given: follow
+    /// the record. Given and different from the record: the worker refuses to start (switch a
+    /// stopped cluster with `keyflow ingress-mode`).
+    #[arg(long, env = "KEYFLOW_DIRECT_INGRESS", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub direct_ingress: Option<bool>,
 
     /// This worker's id, unique in the cluster; names its data folder. Default: the host name
     /// (two workers on one host need distinct ids).
@@ -167,8 +171,10 @@ pub struct EngineConfig {
     pub replication_factor: i32,
 
     /// Partitions of ingress and egress topics the engine creates when they are missing.
-    #[arg(long, env = "KEYFLOW_TOPIC_PARTITIONS", default_value = "1")]
-    pub topic_partitions: NonZeroU32,
+    /// Default 1, except for ingress topics of a cluster that reads them directly: those get
+    /// the cluster's partition count, so that they are co-partitioned with it.
+    #[arg(long, env = "KEYFLOW_TOPIC_PARTITIONS")]
+    pub topic_partitions: Option<NonZeroU32>,
 
     /// Consumer-group session timeout: how long a silent worker keeps its partitions.
     /// 6 s is the broker's smallest allowed value (`group.min.session.timeout.ms`): failover
@@ -347,6 +353,28 @@ impl EngineConfig {
 
     pub fn topic_replies(&self) -> String {
         format!("{}-replies", self.cluster)
+    }
+
+    /// Partitions of the egress topics (and of the ingress topics of a routed cluster) the
+    /// engine creates: `--topic-partitions`, 1 by default.
+    pub fn topic_partitions(&self) -> i32 {
+        self.topic_partitions.map_or(1, |n| n.get() as i32)
+    }
+
+    /// Partitions of an ingress topic the engine creates: `--topic-partitions` when given,
+    /// else the cluster's partition count when the cluster reads its ingress directly (the
+    /// topic is then co-partitioned by construction), else 1.
+    pub fn ingress_topic_partitions(&self, direct: bool) -> i32 {
+        match self.topic_partitions {
+            Some(n) => n.get() as i32,
+            None if direct => self.partition_count(),
+            None => 1,
+        }
+    }
+
+    /// The record of the cluster's ingress mode (`ingress_mode`): one partition, kept forever.
+    pub fn topic_meta(&self) -> String {
+        crate::ingress_mode::topic(&self.cluster)
     }
 
     /// The cluster's partitions: `--partitions`, or what [`EngineConfig::resolve_partitions`]

@@ -228,10 +228,11 @@ impl Shared {
         }
         let spec = TopicSpec {
             name: topic.to_string(),
-            partitions: self.cfg.topic_partitions.get() as i32,
+            partitions: self.cfg.topic_partitions(),
             compacted: false,
             exact_partitions: false,
             retention: None,
+            config: &[],
         };
         kafka::ensure_topics(&self.kafka, &[spec], self.cfg.replication_factor).await?;
         // Best effort: without DescribeConfigs the broker's default stays the limit.

@@ -13,6 +13,7 @@ use rdkafka::ClientConfig;
 
 mod connection;
 mod errors;
+mod group;
 pub mod lag;
 pub use connection::{
     check as check_connection, is_security_property, parse_properties_file, parse_properties_list,
@@ -20,6 +21,7 @@ pub use connection::{
 };
 pub use errors::is_fenced;
 pub(crate) use errors::{class_of, first_refused, is_refused_topic, ErrorClass, TxnClock};
+pub use group::live_members;
 
 /// One topic the engine needs.
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct TopicSpec {
     /// `retention.ms` set when the engine creates the topic (`None`: the broker's default).
     /// An existing topic keeps its own.
     pub retention: Option<Duration>,
+    /// Further topic configs set when the engine creates the topic.
+    pub config: &'static [(&'static str, &'static str)],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +310,9 @@ pub async fn ensure_topics(
             let mut nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication));
             if let Some(ms) = retention_ms {
                 nt = nt.set("retention.ms", ms);
+            }
+            for (key, value) in t.config {
+                nt = nt.set(key, value);
             }
             if t.compacted {
                 nt.set("cleanup.policy", "compact")

@@ -6,6 +6,8 @@
 //! - [`module`]: module.yaml (the application: endpoints, ingresses, egresses).
 //! - [`config`]: the engine's own settings (the process).
 //! - [`worker`]: one engine process: topics, group membership, a task per owned partition.
+//! - [`ingress_mode`]: the cluster's ingress mode (direct or routed), recorded in
+//!   `<cluster>-meta` once for all its workers; `keyflow ingress-mode` switches it.
 //! - [`context`]: what a worker's tasks share (settings, module, clients, owned partitions).
 //! - [`supervisor`]: a partition task's life: open, run, reopen after a failure.
 //! - [`router`]: Kafka ingress routers: ingress topics to `<cluster>-messages`, transactionally.
@@ -51,6 +53,7 @@ pub(crate) mod context;
 pub(crate) mod dead_letter;
 pub(crate) mod envelope;
 pub(crate) mod http;
+pub mod ingress_mode;
 pub(crate) mod introspect;
 pub(crate) mod invoker;
 pub mod kafka;

@@ -8,7 +8,8 @@
 //! - what A's partitions had not read yet of `<A>-messages` (from A's committed positions),
 //!   into `<B>-messages`, and of `<A>-callbacks` into `<B>-callbacks`;
 //! - last, A's committed ingress positions (group `<A>-members`) into `<B>-members`, so that
-//!   B's routers read on from there.
+//!   B's routers read on from there;
+//! - first of all, A's ingress mode into `<B>-meta` (routed when A has no record).
 //!
 //! Exactly once and resumable: every copy runs in transactions (`transactional.id =
 //! <B>-rescale`) of at most [`Plan::chunk`] records, and each transaction also commits how far it
@@ -91,6 +92,8 @@ pub enum RescaleError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Topic(#[from] TopicError),
+    #[error(transparent)]
+    IngressMode(#[from] crate::ingress_mode::ModeError),
 }
 
 /// What a rescale did.
@@ -123,6 +126,15 @@ pub async fn rescale(
     }
     let (k, p) = (kafka.clone(), plan.clone());
     let layout = blocking(move || inspect(&k, &p)).await?;
+    // Before `<to>-messages` exists (crate::ingress_mode's invariant).
+    let mode = crate::ingress_mode::copy_for_rescale(kafka, &plan.from, &plan.to, plan.replication)
+        .await?;
+    progress(format!(
+        "{} reads its ingress {}, recorded {}",
+        plan.to,
+        mode.mode(),
+        mode.describe()
+    ));
     crate::kafka::ensure_topics(
         kafka,
         &[
@@ -147,6 +159,7 @@ fn topic(cluster: &str, what: &str, partitions: i32, compacted: bool) -> TopicSp
         compacted,
         exact_partitions: true,
         retention: None,
+        config: &[],
     }
 }
 
@@ -182,7 +195,7 @@ fn inspect(kafka: &Connection, plan: &Plan) -> Result<Layout, RescaleError> {
     }
     for cluster in [&plan.from, &plan.to] {
         let group = format!("{cluster}-members");
-        let members = live_members(&consumer, &group)?;
+        let members = crate::kafka::live_members(&consumer, &group, TIMEOUT)?;
         if members > 0 {
             return Err(RescaleError::LiveWorkers {
                 cluster: cluster.clone(),
@@ -203,16 +216,6 @@ fn inspect(kafka: &Connection, plan: &Plan) -> Result<Layout, RescaleError> {
         callbacks: count(&format!("{}-callbacks", plan.from)).unwrap_or(0),
         all,
     })
-}
-
-fn live_members(consumer: &BaseConsumer<QuietEof>, group: &str) -> Result<usize, KafkaError> {
-    let list = consumer.fetch_group_list(Some(group), TIMEOUT)?;
-    Ok(list
-        .groups()
-        .iter()
-        .filter(|g| g.name() == group)
-        .map(|g| g.members().len())
-        .sum())
 }
 
 /// The offsets `group` committed for `partitions` (read stable); missing ones left out.

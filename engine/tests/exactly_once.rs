@@ -141,7 +141,8 @@ fn kill_9_mid_flow_loses_and_repeats_nothing() {
     kill_9_mid_flow(false);
 }
 
-/// The same with `--direct-ingress`: the input topic has the cluster's 8 partitions and the
+/// The same with `--direct-ingress` (the other runs routed): the input topic has the
+/// cluster's 8 partitions (the engine makes it so, as the cluster reads directly) and the
 /// partitions read it themselves. Nine keys in ten are produced to the partition of their id
 /// (co-partitioned); every tenth to the next partition, which must write it on to the right
 /// one in its epoch.
@@ -173,9 +174,8 @@ fn kill_9_mid_flow(direct: bool) {
     let module = write_module(&dir, &module_yaml(&run, functions.port));
     let partitions = PARTITIONS.to_string();
     let mut args = vec!["--commit-interval", "20ms", "--partitions", &partitions];
-    if direct {
-        args.extend(["--direct-ingress", "--topic-partitions", &partitions]);
-    }
+    // Direct: the engine creates the input topic with the cluster's partitions.
+    args.extend(["--direct-ingress", if direct { "true" } else { "false" }]);
     let mut engine = Engine::start(&module, &run, "w1", &dir, &args);
     engine.wait_ready(Duration::from_secs(60));
 

@@ -240,7 +240,11 @@ fn a_direct_ingress_record_the_broker_keeps_refusing_is_dead_lettered_by_the_net
 }
 
 fn record_refused_by_the_net(direct: bool) {
-    let extra: &[&str] = if direct { &["--direct-ingress"] } else { &[] };
+    let extra: &[&str] = if direct {
+        &["--direct-ingress"]
+    } else {
+        &["--direct-ingress", "false"]
+    };
     let mut s = setup("keyless", extra, |_| {});
     let input = format!("in-{}", s.run);
     // One produce: the keyless egress shares its epoch with the good inputs around it.
@@ -283,7 +287,7 @@ fn record_refused_by_the_net(direct: bool) {
 fn a_routed_record_the_broker_keeps_refusing_is_dead_lettered_and_the_router_goes_on() {
     // `<cluster>-messages` takes no record over 2000 bytes from now on: a large ingress value
     // cannot be routed, however often the router retries it.
-    let mut s = setup("router", &[], |_| {});
+    let mut s = setup("router", &["--direct-ingress", "false"], |_| {});
     shrink_while_running(&format!("{}-messages", s.run), "2000");
     let input = format!("in-{}", s.run);
     let big = "x".repeat(5000);

@@ -263,6 +263,12 @@ fn a_rescaled_cluster_reads_the_same_state_fires_every_timer_once_and_counts_on(
     };
     eprintln!("{stderr}");
     assert!(stderr.contains("done:"), "{stderr}");
+    // B reads its ingress as A did (A was created without a flag: direct).
+    let meta = read_committed(&format!("{b}-meta"));
+    assert_eq!(meta.len(), 1, "{meta:?}");
+    let record: serde_json::Value = serde_json::from_slice(&meta[0].value).unwrap();
+    assert_eq!(record["mode"], "direct", "{record}");
+    assert_eq!(record["reason"], format!("rescaled from {a}"), "{record}");
     let (all, rest) = (to_copy(&seen.join("\n")), to_copy(&stderr));
     assert!(
         rest < all,

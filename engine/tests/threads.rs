@@ -66,6 +66,9 @@ fn threads_of_a_worker_with(partitions: usize) -> (f64, f64) {
             "8",
             "--expiry-sweep",
             "200ms",
+            // Routed: the ingress records go through a router and the messages topic.
+            "--direct-ingress",
+            "false",
         ],
     );
     engine.wait_ready(Duration::from_secs(120));

@@ -18,6 +18,7 @@ async fn topic_with(name: &str, partitions: i32, records: usize, size: usize) ->
         compacted: false,
         exact_partitions: true,
         retention: None,
+        config: &[],
     };
     kafka::ensure_topics(
         &kafka::Connection::plain(kafka::test_bootstrap()),

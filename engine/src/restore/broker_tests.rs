@@ -31,6 +31,7 @@ async fn a_replay_waits_for_a_transaction_still_open_on_its_changelog() {
         compacted: false,
         exact_partitions: true,
         retention: None,
+        config: &[],
     };
     kafka::ensure_topics(&connection, &[spec], 1)
         .await

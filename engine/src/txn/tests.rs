@@ -81,6 +81,7 @@ async fn a_commit_of_an_ended_generation_is_fenced_by_the_group_and_commits_noth
         compacted: false,
         exact_partitions: false,
         retention: None,
+        config: &[],
     };
     kafka::ensure_topics(
         &kafka::Connection::plain(kafka::test_bootstrap()),
@@ -178,6 +179,7 @@ async fn topic(name: &str) {
         compacted: false,
         exact_partitions: false,
         retention: None,
+        config: &[],
     };
     kafka::ensure_topics(
         &kafka::Connection::plain(kafka::test_bootstrap()),

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{EngineConfig, IngressAddr};
 use crate::context::Shared;
+use crate::ingress_mode;
 use crate::invoker::Invoker;
-use crate::kafka::{self, TopicSpec};
+use crate::kafka;
 use crate::limits::{record_limit, Limits};
 use crate::metrics::Metrics;
 use crate::module::{DeliverySemantic, Module};
@@ -30,6 +31,7 @@ use crate::{admin, http, partition, router};
 
 mod membership;
 mod playground;
+mod topics;
 
 use membership::{Change, Membership};
 
@@ -43,6 +45,8 @@ pub enum WorkerError {
     EgressProperties(String),
     #[error(transparent)]
     Topic(#[from] kafka::TopicError),
+    #[error(transparent)]
+    IngressMode(#[from] ingress_mode::ModeError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("opening the local state store at {path}: {err}")]
@@ -101,79 +105,19 @@ pub async fn run(
     kafka::blocking(move || kafka::check_connection(&check, CONNECT_TIMEOUT)).await?;
     tracing::info!(listener = %kafka.describe(), "connected to Kafka");
     let worker_id = cfg.worker_id();
+    let existing = kafka::topic_partitions(&kafka).await?;
     if cfg.partitions.is_none() {
-        let existing = kafka::topic_partitions(&kafka).await?;
         let from = cfg.resolve_partitions(existing.get(&cfg.topic_messages()).copied());
         let n = cfg.partition_count();
         tracing::info!(partitions = n, "partition count from {from}");
     }
     let n = cfg.partition_count();
-
-    let mut topics = vec![
-        TopicSpec {
-            name: cfg.topic_messages(),
-            partitions: n,
-            compacted: false,
-            exact_partitions: true,
-            retention: None,
-        },
-        TopicSpec {
-            name: cfg.topic_state(),
-            partitions: n,
-            compacted: true,
-            exact_partitions: true,
-            retention: None,
-        },
-        TopicSpec {
-            name: cfg.topic_dead_letters(),
-            partitions: 1,
-            compacted: false,
-            exact_partitions: false,
-            retention: None,
-        },
-        TopicSpec {
-            name: cfg.topic_replies(),
-            partitions: 1,
-            compacted: false,
-            exact_partitions: false,
-            // How long `GET /replies/<id>?from=..` finds a late reply (docs/design.md).
-            retention: Some(cfg.reply_retention),
-        },
-    ];
-    // Ingress topic -> the first ingress in module.yaml naming it, whose consumer settings
-    // read it (`None`: the built-in callbacks topic); the router sends each record to the
-    // targets of every ingress naming the topic.
-    let mut routes: HashMap<String, Option<usize>> = HashMap::new();
-    routes.insert(cfg.topic_callbacks(), None);
-    topics.push(TopicSpec {
-        name: cfg.topic_callbacks(),
-        partitions: cfg.topic_partitions.get() as i32,
-        compacted: false,
-        exact_partitions: false,
-        retention: None,
-    });
-    for (i, ing) in module.ingresses.iter().enumerate() {
-        for t in &ing.topics {
-            if routes.contains_key(&t.topic) {
-                continue;
-            }
-            routes.insert(t.topic.clone(), Some(i));
-            topics.push(TopicSpec {
-                name: t.topic.clone(),
-                partitions: cfg.topic_partitions.get() as i32,
-                compacted: false,
-                exact_partitions: false,
-                retention: None,
-            });
-        }
-    }
-    topics.extend(playground::topics(&module, &cfg.cluster));
-    kafka::ensure_topics(&kafka, &topics, cfg.replication_factor).await?;
-    let direct = if cfg.direct_ingress {
-        direct_topics(&kafka, &routes, n).await?
-    } else {
-        Vec::new()
+    let before = ingress_mode::Before {
+        messages: existing.contains_key(&cfg.topic_messages()),
+        meta: existing.contains_key(&cfg.topic_meta()),
     };
+    let topics::Inputs { mut routes, direct } =
+        topics::ensure(&kafka, &cfg, &module, &worker_id, before).await?;
     for d in &direct {
         routes.remove(&d.topic);
     }
@@ -357,39 +301,6 @@ pub async fn run(
     }
     tracing::info!("worker stopped");
     Ok(())
-}
-
-/// The ingress topics of `routes` with exactly `n` partitions (`--direct-ingress`): their
-/// partitions are read by the partitions of the same number, not routed.
-async fn direct_topics(
-    kafka: &kafka::Connection,
-    routes: &HashMap<String, Option<usize>>,
-    n: i32,
-) -> Result<Vec<crate::context::DirectTopic>, WorkerError> {
-    let counts = kafka::topic_partitions(kafka).await?;
-    let mut direct = Vec::new();
-    let mut names: Vec<(&String, usize)> = routes
-        .iter()
-        .filter_map(|(t, i)| i.map(|i| (t, i)))
-        .collect();
-    names.sort();
-    for (topic, ingress) in names {
-        match counts.get(topic) {
-            Some(&c) if c == n => {
-                tracing::info!(topic = %topic, partitions = n, "ingress topic read by the partitions directly (co-partitioned)");
-                direct.push(crate::context::DirectTopic {
-                    topic: topic.clone(),
-                    ingress,
-                });
-            }
-            c => tracing::warn!(
-                topic = %topic,
-                partitions = c.copied().unwrap_or(0),
-                "--direct-ingress: ingress topic has not exactly --partitions {n} partitions, so it is routed"
-            ),
-        }
-    }
-    Ok(direct)
 }
 
 /// How long the start waits for the cluster's first answer (a refused password or

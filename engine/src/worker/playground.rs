@@ -30,6 +30,7 @@ pub(super) fn topics(module: &Module, cluster: &str) -> Vec<TopicSpec> {
             compacted: false,
             exact_partitions: true,
             retention: None,
+            config: &[],
         })
         .collect()
 }

@@ -457,6 +457,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             compacted: false,
             exact_partitions: false,
             retention: None,
+            config: &[],
         };
         kafka::ensure_topics(&kafka, &[spec], replication)
             .await

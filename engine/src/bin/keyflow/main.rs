@@ -1,8 +1,9 @@
 //! The `keyflow` command: runs an engine worker (`run`), the Kafka tools (`produce`,
-//! `consume`, `topics`), `top`, the dead-letter tools (`deadletters list|show|replay`) and
-//! `rescale`.
+//! `consume`, `topics`), `top`, the dead-letter tools (`deadletters list|show|replay`),
+//! `rescale` and `ingress-mode`.
 
 mod deadletters;
+mod ingress_mode;
 mod rescale;
 mod tools;
 mod top;
@@ -40,6 +41,9 @@ enum Command {
     /// Copy a stopped cluster into a new cluster with another partition count (state, timers,
     /// unread messages, ingress positions), exactly once; resumable.
     Rescale(rescale::RescaleArgs),
+    /// Print a cluster's ingress mode (direct or routed), or switch a stopped cluster to the
+    /// other one; its committed ingress positions carry over.
+    IngressMode(ingress_mode::IngressModeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Command::Top(args) => rt.block_on(top::top(args)),
         Command::Deadletters(args) => rt.block_on(deadletters::run(args)),
         Command::Rescale(args) => rt.block_on(rescale::run(args)),
+        Command::IngressMode(args) => rt.block_on(ingress_mode::run(args)),
     }
 }
 

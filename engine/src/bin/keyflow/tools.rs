@@ -221,7 +221,14 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     }
     let kafka = args.broker.connect().await?;
     let context = ToolContext::default();
-    let producer: FutureProducer<ToolContext> = tool_config(&kafka)
+    let mut config = tool_config(&kafka);
+    // Keyed records go where Kafka's Java client puts them (murmur2), which is where a direct
+    // cluster's partitions read them; librdkafka's own default (CRC32) would make every
+    // record take another hop. A `partitioner` the user set wins.
+    if kafka.property("partitioner").is_none() {
+        config.set("partitioner", "murmur2_random");
+    }
+    let producer: FutureProducer<ToolContext> = config
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set(

@@ -1,0 +1,149 @@
+//! The topics a worker ensures at start, in an order that matters, and the cluster's ingress
+//! mode decided between them (`crate::ingress_mode`):
+//!
+//! 1. `<cluster>-meta` alone, before anything else: a `<cluster>-messages` without it is then
+//!    known to be an older version's cluster.
+//! 2. The cluster's own topics (`<cluster>-messages`, `-state`, `-deadletters`, `-replies`,
+//!    `-callbacks`).
+//! 3. The ingress mode: the record's, or this worker's proposal (before any router or
+//!    partition of this worker starts).
+//! 4. The module's ingress topics and the playground topics. A missing ingress topic of a
+//!    direct cluster is created with the cluster's partition count unless
+//!    `--topic-partitions` says otherwise, so that it is co-partitioned by construction.
+//! 5. With direct ingress, which ingress topics the partitions read themselves.
+
+use std::collections::HashMap;
+
+use super::{playground, WorkerError};
+use crate::config::EngineConfig;
+use crate::context::DirectTopic;
+use crate::ingress_mode::{self, Before, Mode};
+use crate::kafka::{self, TopicSpec};
+use crate::module::Module;
+
+/// How the worker reads its inputs.
+pub(super) struct Inputs {
+    /// Ingress topic -> the first ingress in module.yaml naming it, whose consumer settings
+    /// read it (`None`: the built-in callbacks topic); a router sends each record to the
+    /// targets of every ingress naming the topic. Direct topics are in it too.
+    pub routes: HashMap<String, Option<usize>>,
+    /// The ingress topics the partitions read directly (none in a routed cluster).
+    pub direct: Vec<DirectTopic>,
+}
+
+/// Steps 1 to 5 of the module's doc.
+pub(super) async fn ensure(
+    kafka: &kafka::Connection,
+    cfg: &EngineConfig,
+    module: &Module,
+    worker_id: &str,
+    before: Before,
+) -> Result<Inputs, WorkerError> {
+    let replication = cfg.replication_factor;
+    let n = cfg.partition_count();
+    kafka::ensure_topics(
+        kafka,
+        &[ingress_mode::topic_spec(&cfg.cluster)],
+        replication,
+    )
+    .await?;
+    kafka::ensure_topics(kafka, &cluster_topics(cfg), replication).await?;
+
+    let flag = cfg.direct_ingress.map(Mode::from_flag);
+    let recorded = ingress_mode::decide(kafka, &cfg.cluster, worker_id, flag, before).await?;
+    let how = recorded.describe();
+    match flag {
+        None => {
+            tracing::info!(cluster = %cfg.cluster, mode = %recorded.mode(), "following the cluster's ingress mode, recorded {how}")
+        }
+        Some(_) => {
+            tracing::info!(cluster = %cfg.cluster, mode = %recorded.mode(), "the cluster's ingress mode, recorded {how}, is this worker's --direct-ingress")
+        }
+    }
+    let direct = recorded.mode() == Mode::Direct;
+
+    let mut routes: HashMap<String, Option<usize>> = HashMap::new();
+    routes.insert(cfg.topic_callbacks(), None);
+    let mut topics = Vec::new();
+    for (i, ing) in module.ingresses.iter().enumerate() {
+        for t in &ing.topics {
+            if routes.contains_key(&t.topic) {
+                continue;
+            }
+            routes.insert(t.topic.clone(), Some(i));
+            topics.push(TopicSpec {
+                name: t.topic.clone(),
+                partitions: cfg.ingress_topic_partitions(direct),
+                compacted: false,
+                exact_partitions: false,
+                retention: None,
+                config: &[],
+            });
+        }
+    }
+    topics.extend(playground::topics(module, &cfg.cluster));
+    kafka::ensure_topics(kafka, &topics, replication).await?;
+    let direct = if direct {
+        direct_topics(kafka, &routes, n).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Inputs { routes, direct })
+}
+
+/// The cluster's own topics (`<cluster>-meta` aside).
+fn cluster_topics(cfg: &EngineConfig) -> Vec<TopicSpec> {
+    let n = cfg.partition_count();
+    let spec = |name: String, partitions: i32, compacted: bool, exact_partitions: bool| TopicSpec {
+        name,
+        partitions,
+        compacted,
+        exact_partitions,
+        retention: None,
+        config: &[],
+    };
+    vec![
+        spec(cfg.topic_messages(), n, false, true),
+        spec(cfg.topic_state(), n, true, true),
+        spec(cfg.topic_dead_letters(), 1, false, false),
+        TopicSpec {
+            // How long `GET /replies/<id>?from=..` finds a late reply (docs/design.md).
+            retention: Some(cfg.reply_retention),
+            ..spec(cfg.topic_replies(), 1, false, false)
+        },
+        spec(cfg.topic_callbacks(), cfg.topic_partitions(), false, false),
+    ]
+}
+
+/// The ingress topics of `routes` with exactly `n` partitions (direct ingress): their
+/// partitions are read by the partitions of the same number, not routed.
+async fn direct_topics(
+    kafka: &kafka::Connection,
+    routes: &HashMap<String, Option<usize>>,
+    n: i32,
+) -> Result<Vec<DirectTopic>, WorkerError> {
+    let counts = kafka::topic_partitions(kafka).await?;
+    let mut direct = Vec::new();
+    let mut names: Vec<(&String, usize)> = routes
+        .iter()
+        .filter_map(|(t, i)| i.map(|i| (t, i)))
+        .collect();
+    names.sort();
+    for (topic, ingress) in names {
+        match counts.get(topic) {
+            Some(&c) if c == n => {
+                tracing::info!(topic = %topic, partitions = n, "ingress topic read by the partitions directly (co-partitioned)");
+                direct.push(DirectTopic {
+                    topic: topic.clone(),
+                    ingress,
+                });
+            }
+            c => tracing::warn!(
+                topic = %topic,
+                partitions = c.copied().unwrap_or(0),
+                "direct ingress: ingress topic has not exactly the cluster's {n} partitions, so it is routed"
+            ),
+        }
+    }
+    Ok(direct)
+}
