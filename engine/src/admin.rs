@@ -70,6 +70,10 @@ async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         "cluster": s.cfg.cluster,
         "ready": s.is_ready(),
         "partitions": partitions,
+        "ingress": {
+            "mode": s.ingress_mode,
+            "direct_topics": s.direct.iter().map(|d| &d.topic).collect::<Vec<_>>(),
+        },
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

@@ -60,6 +60,8 @@ pub struct Shared {
     pub(crate) assigned_at: Mutex<Option<std::time::Instant>>,
     /// The ingress topics the partitions read directly (`--direct-ingress`).
     pub(crate) direct: Vec<DirectTopic>,
+    /// The cluster's ingress mode (`<cluster>-meta`), shown by `/status`.
+    pub(crate) ingress_mode: crate::ingress_mode::Mode,
     /// Where each owned partition's store stands against its commits (local reads wait).
     pub(crate) checkpoints: Checkpoints,
 }

@@ -148,6 +148,14 @@ fn a_new_cluster_records_direct_and_a_worker_with_another_flag_refuses_to_start(
         "{}",
         w1.log_tail(40)
     );
+    let (_, status) = http_get(w1.admin_port, "/status").expect("/status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("/status is JSON");
+    assert_eq!(status["ingress"]["mode"], "direct", "{status}");
+    assert_eq!(
+        status["ingress"]["direct_topics"],
+        serde_json::json!([input]),
+        "{status}"
+    );
 
     send_round(&input, "1");
     wait_outputs(&out, 10, &w1);

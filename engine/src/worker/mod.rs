@@ -116,8 +116,11 @@ pub async fn run(
         messages: existing.contains_key(&cfg.topic_messages()),
         meta: existing.contains_key(&cfg.topic_meta()),
     };
-    let topics::Inputs { mut routes, direct } =
-        topics::ensure(&kafka, &cfg, &module, &worker_id, before).await?;
+    let topics::Inputs {
+        mut routes,
+        direct,
+        mode: ingress_mode,
+    } = topics::ensure(&kafka, &cfg, &module, &worker_id, before).await?;
     for d in &direct {
         routes.remove(&d.topic);
     }
@@ -190,6 +193,7 @@ pub async fn run(
         phases: Default::default(),
         assigned_at: Mutex::new(None),
         direct,
+        ingress_mode,
         checkpoints: Default::default(),
         kafka,
         module: Arc::new(module),

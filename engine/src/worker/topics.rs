@@ -29,6 +29,8 @@ pub(super) struct Inputs {
     pub routes: HashMap<String, Option<usize>>,
     /// The ingress topics the partitions read directly (none in a routed cluster).
     pub direct: Vec<DirectTopic>,
+    /// The cluster's ingress mode.
+    pub mode: Mode,
 }
 
 /// Steps 1 to 5 of the module's doc.
@@ -88,7 +90,11 @@ pub(super) async fn ensure(
     } else {
         Vec::new()
     };
-    Ok(Inputs { routes, direct })
+    Ok(Inputs {
+        routes,
+        direct,
+        mode: recorded.mode(),
+    })
 }
 
 /// The cluster's own topics (`<cluster>-meta` aside).
