@@ -78,7 +78,8 @@ enum Command {
         bootstrap: String,
         #[arg(long)]
         run_id: String,
-        /// Partitions of each topic (the engine's default).
+        /// Partitions of each topic (8, what the peers have always been measured with; the engine
+        /// creates its own ingress topics).
         #[arg(long, default_value_t = 8)]
         partitions: i32,
     },
@@ -178,7 +179,8 @@ struct LimitCopyArgs {
     /// Records to copy (bench/run.sh: the AddToCart phase's records x 3 hops).
     #[arg(long, default_value_t = 300_000)]
     records: usize,
-    /// Partitions of the source and destination topics (the engine's default).
+    /// Partitions of the source and destination topics (8, as every copy-loop figure in
+    /// docs/benchmarks.md).
     #[arg(long, default_value_t = 8)]
     partitions: i32,
     /// Commit after this long (the engine's --commit-interval default).
