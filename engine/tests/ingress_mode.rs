@@ -275,3 +275,74 @@ fn a_cluster_from_before_the_record_is_routed_until_switched_and_workers_follow_
     );
     assert_eq!(w1.terminate(), Some(0));
 }
+
+/// The partitions of `topic` that `w` reports a `keyflow_consumer_lag` series for.
+fn lag_series(w: &Engine, topic: &str) -> Vec<i32> {
+    let label = format!("topic=\"{topic}\"");
+    let mut ps: Vec<i32> = w
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("keyflow_consumer_lag{") && l.contains(&label))
+        .filter_map(|l| {
+            let p = l.split("partition=\"").nth(1)?.split('"').next()?;
+            p.parse().ok()
+        })
+        .collect();
+    ps.sort();
+    ps
+}
+
+/// The partitions of `<run>-messages` that `w` owns (its /status).
+fn owned(w: &Engine, run: &str) -> Vec<i32> {
+    let (_, body) = http_get(w.admin_port, "/status").expect("/status");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let messages = format!("{run}-messages");
+    let mut ps: Vec<i32> = status["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter(|p| p["topic"] == messages.as_str())
+        .filter_map(|p| p["partition"].as_i64().map(|p| p as i32))
+        .collect();
+    ps.sort();
+    ps
+}
+
+#[test]
+fn a_worker_reports_the_lag_of_the_direct_partitions_it_owns_only() {
+    let run = unique("modelag");
+    let (input, out) = (format!("in-{run}"), format!("out-{run}"));
+    let server = FunctionServer::start(echo(out.clone()), 0);
+    let dir = temp_dir(&run);
+    let module = write_module(&dir, &module_yaml(&run, &input, server.port));
+
+    let mut w1 = Engine::start(&module, &run, "w1", &dir, &[]);
+    w1.wait_ready(Duration::from_secs(60));
+    send_round(&input, "1");
+    wait_outputs(&out, 10, &w1);
+    assert_eq!(
+        lag_series(&w1, &input),
+        vec![0, 1, 2, 3],
+        "{}",
+        w1.metrics()
+    );
+
+    // A second worker takes half of the partitions: the first stops reporting their lag
+    // (a gauge left behind keeps its last value, and a cluster never looks caught up).
+    let mut w2 = Engine::start(&module, &run, "w2", &dir, &[]);
+    w2.wait_ready(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mine, lags) = (owned(&w1, &run), lag_series(&w1, &input));
+        if mine.len() < PARTITIONS as usize && !mine.is_empty() && mine == lags {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "w1 owns {mine:?} but reports the lag of {input} partitions {lags:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(w2.terminate(), Some(0));
+    assert_eq!(w1.terminate(), Some(0));
+}

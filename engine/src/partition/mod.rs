@@ -114,6 +114,9 @@ pub(crate) async fn run(shared: Arc<Shared>, p: i32, stop: CancellationToken) {
     let _ = m.delayed_pending.remove_label_values(&[&label]);
     let _ = m.parked_messages.remove_label_values(&[&label]);
     let _ = m.consumer_lag.remove_label_values(&[&topic, &label]);
+    for d in &shared.direct {
+        let _ = m.consumer_lag.remove_label_values(&[&d.topic, &label]);
+    }
     let _ = m.state_entries.remove_label_values(&[&label]);
     let _ = m.state_bytes.remove_label_values(&[&label]);
 }
