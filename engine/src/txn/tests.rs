@@ -295,3 +295,51 @@ async fn a_record_refused_as_it_is_sent_fails_its_own_epoch_only() {
     assert!(seen.iter().all(|v| v.starts_with("good-")), "{seen:?}");
     assert!(!seen.is_empty());
 }
+
+#[test]
+fn records_go_first_only_when_the_last_commit_is_old_enough_and_a_slow_one_backs_off() {
+    let mut a = Ahead::new();
+    assert!(!a.records_first(1), "no commit yet: offsets first");
+    a.ended(false, Duration::from_millis(3));
+    assert!(
+        !a.records_first(1),
+        "a commit that just returned: offsets first"
+    );
+    let ago = |d: u64| Some(Instant::now() - Duration::from_millis(d));
+    a.last_commit = ago(6);
+    assert!(
+        a.records_first(1),
+        "6 ms after the last commit: records first"
+    );
+    assert!(
+        !a.records_first(Ahead::SMALL + 1),
+        "a large transaction: offsets first"
+    );
+    // A records-first transaction that took long (a refused registration): twice the wait.
+    a.ended(true, Duration::from_millis(40));
+    assert_eq!(a.after, Ahead::FLOOR * 2);
+    a.last_commit = ago(4);
+    assert!(!a.records_first(1), "4 ms is no longer enough");
+    a.ended(true, Duration::from_millis(40));
+    a.ended(true, Duration::from_millis(40));
+    assert_eq!(a.after, Ahead::FLOOR * 8);
+    for _ in 0..20 {
+        a.ended(true, Duration::from_secs(1));
+    }
+    assert_eq!(a.after, Ahead::CEILING, "capped");
+    // Quick ones bring it back to the floor, never below.
+    for _ in 0..40 {
+        a.ended(true, Duration::from_millis(4));
+    }
+    assert_eq!(a.after, Ahead::FLOOR);
+    // Offsets-first transactions bring a long wait down slowly, to the floor at most.
+    for _ in 0..20 {
+        a.ended(true, Duration::from_secs(1));
+    }
+    a.ended(false, Duration::from_secs(1));
+    assert!(a.after < Ahead::CEILING && a.after > Ahead::CEILING / 2);
+    for _ in 0..1000 {
+        a.ended(false, Duration::from_secs(1));
+    }
+    assert_eq!(a.after, Ahead::FLOOR);
+}

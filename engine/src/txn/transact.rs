@@ -36,30 +36,37 @@ pub(super) enum Sent {
     },
 }
 
-/// One transaction, blocking: begin, the offsets, every epoch's records, then the commit once
-/// every delivery report is in.
+/// One transaction, blocking: begin, the offsets and every epoch's records (in the order
+/// `records_first` says), then the commit once every delivery report is in.
+///
+/// The offsets go first unless `records_first`: while the broker still completes the
+/// previous transaction (its markers), AddOffsetsToTxn is refused with
+/// CONCURRENT_TRANSACTIONS and retried after `retry.backoff.ms`, whereas a record sent first
+/// would register its partitions (AddPartitionsToTxn), whose retry librdkafka waits a fixed
+/// 20 ms for. Once the offsets are in, the previous transaction is complete and the
+/// records' partitions register at once, but only after librdkafka's 1 ms registration
+/// timer: records sent first overlap that timer and their registration with the offsets'
+/// two round trips. The committer sends them first only when the previous commit is old
+/// enough for the broker to have completed it ([`super::Ahead`]).
 pub(super) fn transact(
     producer: &FutureProducer,
     group: &GroupSource,
     offsets: TopicPartitionList,
     records: &[Vec<Outgoing>],
+    records_first: bool,
 ) -> Sent {
     if let Err(e) = producer.begin_transaction() {
         return Sent::NotBegun(e);
     }
     let open_at = Instant::now();
-    // The offsets go first: while the broker still completes the previous transaction (its
-    // markers), AddOffsetsToTxn is refused with CONCURRENT_TRANSACTIONS and retried after
-    // `retry.backoff.ms`; a record sent first would register its partitions
-    // (AddPartitionsToTxn), whose retry librdkafka waits a fixed 20 ms for. Once the offsets
-    // are in, the previous transaction is complete and the records' partitions register at
-    // once.
-    if let Err(error) = send_offsets(producer, group, &offsets) {
-        return Sent::Failed {
-            error,
-            deliveries: Vec::new(),
-            open_at,
-        };
+    if !records_first {
+        if let Err(error) = send_offsets(producer, group, &offsets) {
+            return Sent::Failed {
+                error,
+                deliveries: Vec::new(),
+                open_at,
+            };
+        }
     }
     let mut sent: Vec<Vec<DeliveryFuture>> = Vec::with_capacity(records.len());
     for (i, epoch) in records.iter().enumerate() {
@@ -85,6 +92,19 @@ pub(super) fn transact(
             }
         }
         sent.push(mine);
+    }
+    if records_first {
+        if let Err(error) = send_offsets(producer, group, &offsets) {
+            let deliveries = sent
+                .into_iter()
+                .map(|mine| mine.into_iter().map(Either::Right).collect())
+                .collect();
+            return Sent::Failed {
+                error,
+                deliveries,
+                open_at,
+            };
+        }
     }
     // rust-rdkafka's commit_transaction flushes first, and that flush waits for the
     // producer's 100 ms poll loop unless every delivery report has been served already.
