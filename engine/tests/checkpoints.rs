@@ -41,31 +41,6 @@ fn counter(ctx: &mut Context, msg: Message) -> Result<(), Error> {
     ctx.reply(Message::string(n.to_string()))
 }
 
-/// Creates `topic` with `partitions` partitions and `config` on the test broker.
-fn create_topic(topic: &str, partitions: i32, config: &[(&str, &str)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()
-            .unwrap();
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        for (k, v) in config {
-            new = new.set(k, v);
-        }
-        let res = admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .unwrap();
-        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
-    });
-}
-
 /// Sends `body` to the counter `id` through `port` and returns the count it replies.
 fn count(port: u16, id: &str, body: &str) -> i32 {
     let r = http_request(

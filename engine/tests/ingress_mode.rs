@@ -99,28 +99,6 @@ fn partitions_of(topic: &str) -> usize {
         .unwrap_or_else(|| panic!("no topic {topic}"))
 }
 
-/// Creates `topic` with `partitions` partitions.
-fn create_topic(topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()
-            .unwrap();
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let res = admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .unwrap();
-        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
-    });
-}
-
 #[test]
 fn a_new_cluster_records_direct_and_a_worker_with_another_flag_refuses_to_start() {
     let run = unique("modenew");
@@ -196,8 +174,8 @@ fn a_cluster_from_before_the_record_is_routed_until_switched_and_workers_follow_
     let (input, out) = (format!("in-{run}"), format!("out-{run}"));
     // An older version's cluster: its messages topic exists, no record. The ingress topic
     // is co-partitioned already, so that only the mode decides how it is read.
-    create_topic(&format!("{run}-messages"), PARTITIONS);
-    create_topic(&input, PARTITIONS);
+    create_topic(&format!("{run}-messages"), PARTITIONS, &[]);
+    create_topic(&input, PARTITIONS, &[]);
     let server = FunctionServer::start(echo(out.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, &input, server.port));

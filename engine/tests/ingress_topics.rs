@@ -46,31 +46,6 @@ fn ingress_yaml(id: &str, group: &str, topic: &str, startup: &str, target: &str)
     )
 }
 
-/// Creates `topic` with `partitions` partitions and `config` on the test broker.
-fn create_topic(topic: &str, partitions: i32, config: &[(&str, &str)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()
-            .unwrap();
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        for (k, v) in config {
-            new = new.set(k, v);
-        }
-        let res = admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .unwrap();
-        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
-    });
-}
-
 fn sorted_values(recs: &[Record]) -> Vec<String> {
     let mut v: Vec<String> = recs.iter().map(|r| r.value_str()).collect();
     v.sort();

@@ -84,31 +84,6 @@ spec:
     )
 }
 
-/// Creates `topic` with one partition and `config` on the test broker.
-fn create_topic(topic: &str, config: &[(&str, &str)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()
-            .unwrap();
-        let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-        for (k, v) in config {
-            new = new.set(k, v);
-        }
-        let res = admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .unwrap();
-        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
-    });
-}
-
 /// Lowers `topic`'s `max.message.bytes` to `max` while the engine runs: the engine learned the
 /// larger limit at startup, so its size checks let records through that the broker now
 /// refuses, and only the safety net can catch them.
@@ -149,9 +124,9 @@ fn setup(prefix: &str, extra: &[&str], before_start: impl FnOnce(&str)) -> Setup
     let run = unique(prefix);
     let out = format!("out-{run}");
     let compacted = format!("compacted-{run}");
-    create_topic(&format!("in-{run}"), &[]);
-    create_topic(&out, &[]);
-    create_topic(&compacted, &[("cleanup.policy", "compact")]);
+    create_topic(&format!("in-{run}"), 1, &[]);
+    create_topic(&out, 1, &[]);
+    create_topic(&compacted, 1, &[("cleanup.policy", "compact")]);
     before_start(&run);
     let functions = FunctionServer::start(functions(out.clone(), compacted.clone()), 0);
     let dir = temp_dir(&run);
