@@ -13,6 +13,11 @@ use keyflow_engine::config::EngineConfig;
 use keyflow_engine::module::Module;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: the engine allocates and frees many short-lived
+/// buffers (HTTP bodies, envelopes, state) across tokio's worker threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keyflow",
