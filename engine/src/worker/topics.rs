@@ -13,6 +13,7 @@
 //! 5. With direct ingress, which ingress topics the partitions read themselves.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::{playground, WorkerError};
 use crate::config::EngineConfig;
@@ -128,13 +129,13 @@ async fn direct_topics(
     routes: &HashMap<String, Option<usize>>,
     n: i32,
 ) -> Result<Vec<DirectTopic>, WorkerError> {
-    let counts = kafka::topic_partitions(kafka).await?;
-    let mut direct = Vec::new();
     let mut names: Vec<(&String, usize)> = routes
         .iter()
         .filter_map(|(t, i)| i.map(|i| (t, i)))
         .collect();
     names.sort();
+    let counts = settled_partitions(kafka, names.iter().map(|(t, _)| t.as_str())).await?;
+    let mut direct = Vec::new();
     for (topic, ingress) in names {
         match counts.get(topic) {
             Some(&c) if c == n => {
@@ -152,4 +153,31 @@ async fn direct_topics(
         }
     }
     Ok(direct)
+}
+
+/// How long a topic created a moment ago may take to show its partitions.
+const METADATA_SETTLE: Duration = Duration::from_secs(30);
+
+/// The partition counts of the cluster's topics, once every one of `topics` shows its
+/// partitions (or after [`METADATA_SETTLE`]). A topic just created, by this worker or by
+/// whoever made it a moment before the worker started, is at first missing from the broker's
+/// metadata or listed with no partitions: taken at that moment, a co-partitioned ingress
+/// topic would be routed for good (seen with 256 partitions, `tests/many_partitions.rs`).
+async fn settled_partitions<'a>(
+    kafka: &kafka::Connection,
+    topics: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, i32>, WorkerError> {
+    let topics: Vec<&str> = topics.collect();
+    let deadline = Instant::now() + METADATA_SETTLE;
+    loop {
+        let counts = kafka::topic_partitions(kafka).await?;
+        let unsettled = topics
+            .iter()
+            .filter(|t| counts.get(**t).is_none_or(|&c| c == 0))
+            .count();
+        if unsettled == 0 || Instant::now() >= deadline {
+            return Ok(counts);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
