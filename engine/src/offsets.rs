@@ -33,7 +33,12 @@ pub(crate) async fn committed_in(
         .create_with_context(QuietEof)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, p);
-    let found = blocking(move || consumer.committed_offsets(tpl, LOOKUP)).await?;
+    let found = blocking(move || {
+        let found = consumer.committed_offsets(tpl, LOOKUP);
+        crate::kafka::close_detached(consumer);
+        found
+    })
+    .await?;
     Ok(match found.find_partition(topic, p).map(|e| e.offset()) {
         Some(Offset::Offset(o)) => Some(o),
         _ => None,

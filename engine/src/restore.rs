@@ -207,6 +207,22 @@ fn settle(
         .set("isolation.level", "read_uncommitted")
         .create()
         .map_err(kerr)?;
+    let settled = wait_settled(topic, partition, committed, &uncommitted);
+    crate::kafka::close_detached(uncommitted);
+    settled
+}
+
+fn wait_settled(
+    topic: &str,
+    partition: i32,
+    committed: &BaseConsumer<QuietEof>,
+    uncommitted: &BaseConsumer,
+) -> Result<(i64, i64), RestoreError> {
+    let kerr = |err| RestoreError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        err,
+    };
     let started = Instant::now();
     loop {
         let (low, stable) = committed
@@ -249,7 +265,25 @@ fn replay(
         .set("enable.partition.eof", "true")
         .create_with_context(QuietEof)
         .map_err(kerr)?;
-    let (low, high) = settle(kafka, topic, partition, &consumer)?;
+    let replayed = replay_with(kafka, topic, partition, from, store, &consumer);
+    crate::kafka::close_detached(consumer);
+    replayed
+}
+
+fn replay_with(
+    kafka: &Connection,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    store: &PartitionStore,
+    consumer: &BaseConsumer<QuietEof>,
+) -> Result<Restored, RestoreError> {
+    let kerr = |err| RestoreError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        err,
+    };
+    let (low, high) = settle(kafka, topic, partition, consumer)?;
     let from = fit_to_changelog(topic, partition, store, from, (low, high))?;
     if from >= high {
         // Nothing to replay: the tree matches the changelog as of now, which is the time

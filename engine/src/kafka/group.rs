@@ -22,3 +22,18 @@ pub fn live_members<C: ConsumerContext>(
         .map(|g| g.members().len())
         .sum())
 }
+
+/// Drops a consumer made with a `group.id` on a thread of its own. rust-rdkafka's drop
+/// closes such a consumer (`rd_kafka_consumer_close_queue`, then polls until it is closed),
+/// and that close now and then never finishes: on the bench, a fresh worker of 256 partitions
+/// had four opening partitions stuck in it for good, and the worker never got ready
+/// (`tests/many_partitions.rs`). A close that hangs now costs that consumer's threads, not
+/// the partition that used it.
+pub fn close_detached<C: ConsumerContext + 'static>(consumer: BaseConsumer<C>) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || drop(consumer));
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to close a Kafka consumer on ({e}); it stays open");
+    }
+}
