@@ -13,7 +13,8 @@
 #   KAFKA_HOME             default <repo>/.kafka (git-ignored)
 #   KAFKA_PORT             PLAINTEXT listener port, default 9092 (always bound to 127.0.0.1)
 #   KAFKA_CONTROLLER_PORT  CONTROLLER listener port, default 9093
-#   KAFKA_HEAP_OPTS        default "-Xmx512m -Xms256m"
+#   KAFKA_HEAP_OPTS        default "-Xmx1g -Xms256m" (a whole test suite, or a few bench runs
+#                          of 256 partitions, leave thousands of partitions; 512m ran out)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to serve, default 60
 #   KAFKA_EXTRA_PROPERTIES more server.properties lines (newline- or space-separated key=value),
 #                          appended last, so they win (e.g. to try a broker setting in bench/)
@@ -35,7 +36,7 @@ POM="$SCRIPT_DIR/kafka/pom.xml"
 KAFKA_HOME="${KAFKA_HOME:-$REPO_ROOT/.kafka}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
-KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx1g -Xms256m}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"

@@ -59,6 +59,8 @@ fn module_yaml(run: &str, inputs: &[String], port: u16) -> String {
 #[test]
 fn a_fresh_worker_of_256_partitions_gets_ready_and_reads_its_new_ingress_topics_directly() {
     let run = unique("p256");
+    // 1,500 partitions: not kept for the rest of the suite's broker.
+    let _cleanup = DeleteTopicsOf(run.clone());
     let mut inputs: Vec<String> = ["a", "b", "c", "d"]
         .iter()
         .map(|s| format!("in-{s}-{run}"))

@@ -664,3 +664,42 @@ pub fn create_topic(topic: &str, partitions: i32, config: &[(&str, &str)]) {
         assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
     });
 }
+
+/// Deletes every topic of the test broker whose name contains `run` (on drop, so also when
+/// the test fails): for tests whose topics have hundreds of partitions, which the broker
+/// would otherwise keep for the rest of the suite.
+pub struct DeleteTopicsOf(pub String);
+
+impl Drop for DeleteTopicsOf {
+    fn drop(&mut self) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = match rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+        {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) else {
+            return;
+        };
+        let names: Vec<String> = md
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| n.contains(self.0.as_str()))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let _ = rt.block_on(admin.delete_topics(&refs, &AdminOptions::new()));
+    }
+}
