@@ -326,9 +326,38 @@ mod tests {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let mut stream = stream.unwrap();
+                // The whole request, body included, before answering: a connection closed
+                // with its body unread is reset, and the stub would see an error instead of
+                // the answer and call again (CI30 saw "/callbacks/second" twice).
+                let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
-                let n = stream.read(&mut buf).unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let head_end = loop {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i + 4);
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end.unwrap_or(request.len())])
+                    .into_owned();
+                let body_len = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if let Some(end) = head_end {
+                    while request.len() < end + body_len {
+                        let n = stream.read(&mut buf).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                    }
+                }
                 let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
                 let mut log = log.lock().unwrap();
                 let status = if path.ends_with(refused) {
