@@ -21,7 +21,7 @@ pub use connection::{
 };
 pub use errors::is_fenced;
 pub(crate) use errors::{class_of, first_refused, is_refused_topic, ErrorClass, TxnClock};
-pub use group::{close_detached, live_members};
+pub use group::{live_members, ClosedApart};
 
 /// One topic the engine needs.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::module::{OffsetReset, StartupPosition};
 
-use crate::kafka::{blocking, client_config, Connection, QuietEof};
+use crate::kafka::{blocking, client_config, ClosedApart, Connection, QuietEof};
 
 /// How long a committed-offset lookup may take (a transaction still committing the position
 /// holds it up to `transaction.timeout.ms`).
@@ -31,14 +31,10 @@ pub(crate) async fn committed_in(
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .create_with_context(QuietEof)?;
+    let consumer = ClosedApart::new(consumer);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, p);
-    let found = blocking(move || {
-        let found = consumer.committed_offsets(tpl, LOOKUP);
-        crate::kafka::close_detached(consumer);
-        found
-    })
-    .await?;
+    let found = blocking(move || consumer.committed_offsets(tpl, LOOKUP)).await?;
     Ok(match found.find_partition(topic, p).map(|e| e.offset()) {
         Some(Offset::Offset(o)) => Some(o),
         _ => None,

@@ -11,12 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{blocking, client_config, Connection, QuietEof};
+use crate::kafka::{blocking, client_config, ClosedApart, Connection, QuietEof};
 use crate::store::{PartitionStore, StoreError};
 
 /// Replay batches: bounded memory, and a checkpoint every this many records.
@@ -202,27 +202,12 @@ fn settle(
         partition,
         err,
     };
-    let uncommitted: BaseConsumer = client_config(kafka)
+    let uncommitted: ClosedApart<DefaultConsumerContext> = client_config(kafka)
         .set("group.id", format!("{topic}-restore"))
         .set("isolation.level", "read_uncommitted")
         .create()
+        .map(ClosedApart::new)
         .map_err(kerr)?;
-    let settled = wait_settled(topic, partition, committed, &uncommitted);
-    crate::kafka::close_detached(uncommitted);
-    settled
-}
-
-fn wait_settled(
-    topic: &str,
-    partition: i32,
-    committed: &BaseConsumer<QuietEof>,
-    uncommitted: &BaseConsumer,
-) -> Result<(i64, i64), RestoreError> {
-    let kerr = |err| RestoreError::Kafka {
-        topic: topic.to_string(),
-        partition,
-        err,
-    };
     let started = Instant::now();
     loop {
         let (low, stable) = committed
@@ -258,32 +243,15 @@ fn replay(
         partition,
         err,
     };
-    let consumer: BaseConsumer<QuietEof> = client_config(kafka)
+    let consumer: ClosedApart<QuietEof> = client_config(kafka)
         .set("group.id", format!("{topic}-restore"))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create_with_context(QuietEof)
+        .map(ClosedApart::new)
         .map_err(kerr)?;
-    let replayed = replay_with(kafka, topic, partition, from, store, &consumer);
-    crate::kafka::close_detached(consumer);
-    replayed
-}
-
-fn replay_with(
-    kafka: &Connection,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    store: &PartitionStore,
-    consumer: &BaseConsumer<QuietEof>,
-) -> Result<Restored, RestoreError> {
-    let kerr = |err| RestoreError::Kafka {
-        topic: topic.to_string(),
-        partition,
-        err,
-    };
-    let (low, high) = settle(kafka, topic, partition, consumer)?;
+    let (low, high) = settle(kafka, topic, partition, &consumer)?;
     let from = fit_to_changelog(topic, partition, store, from, (low, high))?;
     if from >= high {
         // Nothing to replay: the tree matches the changelog as of now, which is the time

@@ -353,19 +353,7 @@ fn find_reply(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create_with_context(kafka::QuietEof)?;
-    // Closed on its own thread: a close that never returns must not hold the request.
-    let found = scan(&consumer, topic, message_id, from);
-    kafka::close_detached(consumer);
-    found
-}
-
-/// [`find_reply`] with its consumer.
-fn scan(
-    consumer: &BaseConsumer<kafka::QuietEof>,
-    topic: &str,
-    message_id: &str,
-    from: i64,
-) -> Result<Lookup, LookupError> {
+    let consumer = kafka::ClosedApart::new(consumer);
     let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
     let missing = || {
         if from < low {
