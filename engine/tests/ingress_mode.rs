@@ -12,31 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keyflow_engine::partitioner::partition_for;
-use keyflow_sdk::{
-    Context, Error, FunctionSpec, KafkaRecord, Message, StatefulFunctions, TypeName,
-};
 
-const ECHO: TypeName = TypeName::new("test", "echo");
-const OUT: TypeName = TypeName::new("test", "out");
 const PARTITIONS: i32 = 4;
-
-/// `test/echo`: egresses `<id>:<value>` to `topic`.
-fn echo(topic: String) -> StatefulFunctions {
-    StatefulFunctions::new().with(
-        FunctionSpec::new(ECHO),
-        move |ctx: &mut Context, msg: Message| -> Result<(), Error> {
-            let v = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
-            let id = ctx.self_address().id.clone();
-            ctx.egress(
-                &OUT,
-                KafkaRecord::new(topic.clone())
-                    .key(id.clone())
-                    .string_value(format!("{id}:{v}")),
-            );
-            Ok(())
-        },
-    )
-}
 
 fn module_yaml(run: &str, input: &str, port: u16) -> String {
     format!(
@@ -103,7 +80,7 @@ fn partitions_of(topic: &str) -> usize {
 fn a_new_cluster_records_direct_and_a_worker_with_another_flag_refuses_to_start() {
     let run = unique("modenew");
     let (input, out) = (format!("in-{run}"), format!("out-{run}"));
-    let server = FunctionServer::start(echo(out.clone()), 0);
+    let server = FunctionServer::start(echo_id_value(out.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, &input, server.port));
 
@@ -176,7 +153,7 @@ fn a_cluster_from_before_the_record_is_routed_until_switched_and_workers_follow_
     // is co-partitioned already, so that only the mode decides how it is read.
     create_topic(&format!("{run}-messages"), PARTITIONS, &[]);
     create_topic(&input, PARTITIONS, &[]);
-    let server = FunctionServer::start(echo(out.clone()), 0);
+    let server = FunctionServer::start(echo_id_value(out.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, &input, server.port));
     let messages = format!("{run}-messages");
@@ -290,7 +267,7 @@ fn owned(w: &Engine, run: &str) -> Vec<i32> {
 fn a_worker_reports_the_lag_of_the_direct_partitions_it_owns_only() {
     let run = unique("modelag");
     let (input, out) = (format!("in-{run}"), format!("out-{run}"));
-    let server = FunctionServer::start(echo(out.clone()), 0);
+    let server = FunctionServer::start(echo_id_value(out.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, &input, server.port));
 

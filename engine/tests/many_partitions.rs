@@ -15,30 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use keyflow_engine::partitioner::partition_for;
-use keyflow_sdk::{
-    Context, Error, FunctionSpec, KafkaRecord, Message, StatefulFunctions, TypeName,
-};
 
-const ECHO: TypeName = TypeName::new("test", "echo");
-const OUT: TypeName = TypeName::new("test", "out");
 const PARTITIONS: i32 = 256;
-
-fn echo(topic: String) -> StatefulFunctions {
-    StatefulFunctions::new().with(
-        FunctionSpec::new(ECHO),
-        move |ctx: &mut Context, msg: Message| -> Result<(), Error> {
-            let v = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
-            let id = ctx.self_address().id.clone();
-            ctx.egress(
-                &OUT,
-                KafkaRecord::new(topic.clone())
-                    .key(id.clone())
-                    .string_value(format!("{id}:{v}")),
-            );
-            Ok(())
-        },
-    )
-}
 
 fn module_yaml(run: &str, inputs: &[String], port: u16) -> String {
     let topics: String = inputs
@@ -67,7 +45,7 @@ fn a_fresh_worker_of_256_partitions_gets_ready_and_reads_its_new_ingress_topics_
         .collect();
     inputs.sort();
     let out = format!("out-{run}");
-    let server = FunctionServer::start(echo(out.clone()), 0);
+    let server = FunctionServer::start(echo_id_value(out.clone()), 0);
     let dir = temp_dir(&run);
     let module = write_module(&dir, &module_yaml(&run, &inputs, server.port));
 

@@ -703,3 +703,24 @@ impl Drop for DeleteTopicsOf {
         let _ = rt.block_on(admin.delete_topics(&refs, &AdminOptions::new()));
     }
 }
+
+/// `test/echo`: egresses `<id>:<value>` to `topic` through the egress `test/out`.
+pub fn echo_id_value(topic: String) -> keyflow_sdk::StatefulFunctions {
+    use keyflow_sdk::{Context, Error, FunctionSpec, KafkaRecord, TypeName};
+    const ECHO: TypeName = TypeName::new("test", "echo");
+    const OUT: TypeName = TypeName::new("test", "out");
+    keyflow_sdk::StatefulFunctions::new().with(
+        FunctionSpec::new(ECHO),
+        move |ctx: &mut Context, msg: keyflow_sdk::Message| -> Result<(), Error> {
+            let v = String::from_utf8_lossy(&msg.typed_value().value).into_owned();
+            let id = ctx.self_address().id.clone();
+            ctx.egress(
+                &OUT,
+                KafkaRecord::new(topic.clone())
+                    .key(id.clone())
+                    .string_value(format!("{id}:{v}")),
+            );
+            Ok(())
+        },
+    )
+}
