@@ -319,7 +319,7 @@ for N in "${WORKER_COUNTS[@]}"; do
   done
   [[ -n "$BROKER_PID" ]] && DRIVER_ARGS+=(--pid "broker=$BROKER_PID")
   [[ $QUICK -eq 1 ]] && DRIVER_ARGS+=(--quick)
-  if [[ $FIRST -eq 1 ]]; then DRIVER_ARGS+=("${LIMIT_ARGS[@]}"); else DRIVER_ARGS+=(--latency-secs 2); fi
+  if [[ $FIRST -eq 1 ]]; then DRIVER_ARGS+=("${LIMIT_ARGS[@]}"); else DRIVER_ARGS+=(--latency-secs 2 --latency-warmup-secs 0); fi
   DRIVER_ARGS+=("${DRIVER_EXTRA[@]}")
   say "running the driver: $N worker(s), run $RID"
   set +e
@@ -382,7 +382,7 @@ if has_peer restate && [[ $RC -eq 0 ]]; then
   RJSON="$RESULTS/$STAMP.restate.json"
   set +e
   "$BENCH_DIR/restate/run.sh" --records "${RESTATE_RECORDS:-10000}" --json-out "$RJSON" \
-    --latency-secs "$(( QUICK == 1 ? 10 : 20 ))"
+    --latency-secs "$(( QUICK == 1 ? 10 : 20 ))" --latency-warmup-secs "$(( QUICK == 1 ? 3 : 30 ))"
   peer_done restate "$RJSON" $?
   set -e
 fi

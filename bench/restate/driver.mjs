@@ -4,13 +4,16 @@
 // user; throughput = N / (first AddToCart sent -> last receipt). Checks the quantities.
 // Then the latency phase, as keyflow-bench's: R*S fresh users get a one-item basket (not
 // timed), then checkout i is sent at start + i/R (open loop, whatever the answers do) and its
-// latency is send -> the receipt (the checkout's response).
+// latency is send -> the receipt (the checkout's response). W*R more users check out at the
+// same rate just before, not measured (the warm-up, as keyflow-bench's).
 // Usage: node driver.mjs <ingress-url> <records> <concurrency> <json-out> [rate/s] [seconds]
+//        [warm-up seconds, default 30]
 import { writeFileSync } from "node:fs";
 
-const [url, recordsArg, concArg, out, rateArg, secsArg] = process.argv.slice(2);
+const [url, recordsArg, concArg, out, rateArg, secsArg, warmArg] = process.argv.slice(2);
 const RATE = Number(rateArg ?? 100);
 const SECS = Number(secsArg ?? 10);
+const WARM_SECS = Number(warmArg ?? 30);
 const N = Number(recordsArg ?? 10000);
 const C = Number(concArg ?? 100);
 const run = `r${Date.now().toString(36)}`;
@@ -75,20 +78,23 @@ const t1 = performance.now();
 const pct = (v, q) => v[Math.min(v.length - 1, Math.ceil(q * v.length) - 1)];
 
 // Latency phase: fixed-rate checkouts of one-item baskets.
+// The first W checkouts are the warm-up: sent on the same schedule, not measured.
 const L = Math.round(RATE * SECS);
+const W = Math.round(RATE * WARM_SECS);
 const latUser = (i) => `${run}-lat${String(i).padStart(5, "0")}`;
-await pool(L, 100, (i) =>
+await pool(W + L, 100, (i) =>
   call(`cart/${latUser(i)}/addToCart`, { itemId: itemId(i % items), quantity: 1 }),
 );
 const checkoutLat = [];
 const lStart = performance.now() + 50;
 let lateReceipts = 0;
 await Promise.all(
-  Array.from({ length: L }, async (_, i) => {
+  Array.from({ length: W + L }, async (_, i) => {
     const due = lStart + (i * 1000) / RATE;
     await new Promise((r) => setTimeout(r, Math.max(0, due - performance.now())));
     const t = performance.now();
     const r = await call(`cart/${latUser(i)}/checkout`);
+    if (i < W) return;
     checkoutLat.push(performance.now() - t);
     if (Object.values(r.basket).reduce((a, b) => a + b, 0) !== 1) lateReceipts++;
   }),
@@ -97,6 +103,7 @@ checkoutLat.sort((a, b) => a - b);
 const latency = {
   checkouts: L,
   rate_per_s: RATE,
+  warmup_secs: WARM_SECS,
   ms: {
     p50: pct(checkoutLat, 0.5),
     p99: pct(checkoutLat, 0.99),

@@ -6,9 +6,11 @@
 # produces everything at once), then one checkout per user.
 #
 # Then the latency phase, as keyflow-bench's: 100 checkouts/s of one-item baskets for S
-# seconds (default 10), each timed from send to its receipt (the response).
+# seconds (default 10), each timed from send to its receipt (the response), after W seconds
+# of the same checkouts that are not measured (the warm-up; default 30, --quick 3).
 #
-#   bench/restate/run.sh [--quick] [--records N] [--concurrency C] [--latency-secs S] [--json-out PATH]
+#   bench/restate/run.sh [--quick] [--records N] [--concurrency C] [--latency-secs S]
+#                        [--latency-warmup-secs W] [--json-out PATH]
 #
 # npm installs @restatedev/restate-server 1.7.x and @restatedev/restate-sdk 1.16.x here on
 # first use. Writes bench/results/<timestamp>.restate.json (or PATH); prints the figures and the CPU
@@ -19,13 +21,15 @@ RESULTS="$DIR/../results"
 RECORDS=100000
 CONC=1000
 LAT_SECS=10
+WARM_SECS=30
 OUT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --quick) RECORDS=10000 ;;
+    --quick) RECORDS=10000; WARM_SECS=3 ;;
     --records) shift; RECORDS="$1" ;;
     --concurrency) shift; CONC="$1" ;;
     --latency-secs) shift; LAT_SECS="$1" ;;
+    --latency-warmup-secs) shift; WARM_SECS="$1" ;;
     --json-out) shift; OUT="$1" ;;
     -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "restate/run.sh: unknown argument $1" >&2; exit 2 ;;
@@ -82,7 +86,7 @@ say "driving $RECORDS AddToCart calls, $CONC in flight"
 mkdir -p "$RESULTS"
 [[ -n "$OUT" ]] || OUT="$RESULTS/$(date -u +%Y%m%dT%H%M%SZ).restate.json"
 S0="$(cpu "$SERVER_PID")"; V0="$(cpu "$SERVICE_PID")"
-node "$DIR/driver.mjs" "http://127.0.0.1:$INGRESS" "$RECORDS" "$CONC" "$WORK/driver.json" 100 "$LAT_SECS" &
+node "$DIR/driver.mjs" "http://127.0.0.1:$INGRESS" "$RECORDS" "$CONC" "$WORK/driver.json" 100 "$LAT_SECS" "$WARM_SECS" &
 DRIVER=$!
 D1=0
 while kill -0 "$DRIVER" 2>/dev/null; do D1="$(cpu "$DRIVER")"; sleep 0.2; done
