@@ -15,6 +15,7 @@ mod connection;
 mod errors;
 mod group;
 pub mod lag;
+mod lookups;
 pub use connection::{
     check as check_connection, is_security_property, parse_properties_file, parse_properties_list,
     parse_property, ConnectError, Connection, PropertyError, RESERVED,
@@ -22,6 +23,7 @@ pub use connection::{
 pub use errors::is_fenced;
 pub(crate) use errors::{class_of, first_refused, is_refused_topic, ErrorClass, TxnClock};
 pub use group::{live_members, ClosedApart};
+pub use lookups::{lookup, Lookup};
 
 /// One topic the engine needs.
 #[derive(Debug, Clone)]

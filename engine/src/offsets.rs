@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::module::{OffsetReset, StartupPosition};
 
-use crate::kafka::{blocking, client_config, ClosedApart, Connection, QuietEof};
+use crate::kafka::{self, blocking, Connection};
 
 /// How long a committed-offset lookup may take (a transaction still committing the position
 /// holds it up to `transaction.timeout.ms`).
@@ -25,13 +25,8 @@ pub(crate) async fn committed_in(
     topic: &str,
     p: i32,
 ) -> Result<Option<i64>, KafkaError> {
-    let consumer: BaseConsumer<QuietEof> = client_config(kafka)
-        .set("group.id", group)
-        // read_committed makes librdkafka ask for stable offsets only (KIP-447).
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create_with_context(QuietEof)?;
-    let consumer = ClosedApart::new(consumer);
+    // read_committed makes librdkafka ask for stable offsets only (KIP-447).
+    let consumer = kafka::lookup(kafka, group, "read_committed")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, p);
     let found = blocking(move || consumer.committed_offsets(tpl, LOOKUP)).await?;
@@ -39,6 +34,22 @@ pub(crate) async fn committed_in(
         Some(Offset::Offset(o)) => Some(o),
         _ => None,
     })
+}
+
+/// The first offset of `topic`/`p` still in the log and the last stable one (read_committed),
+/// through the shared lookup client of `group` ([`kafka::lookup`]): not through a reader's
+/// consumer, whose requests wait behind its fetch (the broker answers one request per
+/// connection at a time, and a fetch with nothing to return waits up to 100 ms), nor on the
+/// runtime's threads.
+pub(crate) async fn watermarks(
+    kafka: &Connection,
+    group: &str,
+    topic: &str,
+    p: i32,
+) -> Result<(i64, i64), KafkaError> {
+    let consumer = kafka::lookup(kafka, group, "read_committed")?;
+    let topic = topic.to_string();
+    blocking(move || consumer.fetch_watermarks(&topic, p, LOOKUP)).await
 }
 
 /// The committed position of `topic`/`p`: the members group's, else the `legacy` group's.

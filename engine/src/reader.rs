@@ -120,30 +120,11 @@ impl Reader {
         })
     }
 
-    /// The consumer, for lookups (watermarks, offsets for times): never to poll.
+    /// The consumer, for lookups (offsets for times): never to poll. Watermarks are asked of
+    /// the shared lookup clients (`offsets::watermarks`): requests on this consumer wait
+    /// behind its fetch.
     pub(crate) fn consumer(&self) -> &BaseConsumer<ReaderContext> {
         &self.consumer
-    }
-
-    /// The first offset of `topic`/`p` still in the log.
-    pub(crate) async fn low_watermark(&self, topic: &str, p: i32) -> KafkaResult<i64> {
-        Ok(self.watermarks(topic, p).await?.0)
-    }
-
-    /// The offset the next record of `topic`/`p` will take.
-    pub(crate) async fn high_watermark(&self, topic: &str, p: i32) -> KafkaResult<i64> {
-        Ok(self.watermarks(topic, p).await?.1)
-    }
-
-    /// The first offset of `topic`/`p` still in the log, and the offset the next record will
-    /// take.
-    pub(crate) async fn watermarks(&self, topic: &str, p: i32) -> KafkaResult<(i64, i64)> {
-        let consumer = self.consumer.clone();
-        let topic = topic.to_string();
-        crate::kafka::blocking(move || {
-            consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))
-        })
-        .await
     }
 
     /// Starts reading `topic`/`p` at `offset` for the task that owns it: its records (and the

@@ -11,12 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{blocking, client_config, ClosedApart, Connection, QuietEof};
+use crate::kafka::{self, blocking, client_config, ClosedApart, Connection, QuietEof};
 use crate::store::{PartitionStore, StoreError};
 
 /// Replay batches: bounded memory, and a checkpoint every this many records.
@@ -191,23 +191,15 @@ pub async fn catch_up(
 /// position can be visible before the changelog's marker. A replay that stopped at the
 /// read_committed end before the marker would miss that epoch's state. Returns the
 /// changelog's read_committed watermarks (low, end) once settled.
-fn settle(
-    kafka: &Connection,
-    topic: &str,
-    partition: i32,
-    committed: &BaseConsumer<QuietEof>,
-) -> Result<(i64, i64), RestoreError> {
+fn settle(kafka: &Connection, topic: &str, partition: i32) -> Result<(i64, i64), RestoreError> {
     let kerr = |err| RestoreError::Kafka {
         topic: topic.to_string(),
         partition,
         err,
     };
-    let uncommitted: ClosedApart<DefaultConsumerContext> = client_config(kafka)
-        .set("group.id", format!("{topic}-restore"))
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .map(ClosedApart::new)
-        .map_err(kerr)?;
+    let group = format!("{topic}-restore");
+    let committed = kafka::lookup(kafka, &group, "read_committed").map_err(kerr)?;
+    let uncommitted = kafka::lookup(kafka, &group, "read_uncommitted").map_err(kerr)?;
     let started = Instant::now();
     loop {
         let (low, stable) = committed
@@ -243,6 +235,15 @@ fn replay(
         partition,
         err,
     };
+    let (low, high) = settle(kafka, topic, partition)?;
+    let from = fit_to_changelog(topic, partition, store, from, (low, high))?;
+    if from >= high {
+        // Nothing to replay: the tree matches the changelog as of now, which is the time
+        // the next restore measures its age from.
+        store.apply_changelog(Vec::new(), from)?;
+        return Ok(Restored { from, replayed: 0 });
+    }
+    // A consumer of its own: the replay assigns the partition (the lookups' are shared).
     let consumer: ClosedApart<QuietEof> = client_config(kafka)
         .set("group.id", format!("{topic}-restore"))
         .set("isolation.level", "read_committed")
@@ -251,14 +252,6 @@ fn replay(
         .create_with_context(QuietEof)
         .map(ClosedApart::new)
         .map_err(kerr)?;
-    let (low, high) = settle(kafka, topic, partition, &consumer)?;
-    let from = fit_to_changelog(topic, partition, store, from, (low, high))?;
-    if from >= high {
-        // Nothing to replay: the tree matches the changelog as of now, which is the time
-        // the next restore measures its age from.
-        store.apply_changelog(Vec::new(), from)?;
-        return Ok(Restored { from, replayed: 0 });
-    }
     let start = from;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(start))

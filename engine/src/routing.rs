@@ -5,10 +5,8 @@
 //! with the reason; and where a router or partition starts reading an ingress partition.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use keyflow_protocol::{Address, Message as _, TypedValue};
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::Offset;
@@ -79,17 +77,14 @@ pub(crate) async fn start_position(
     // at the first fetch: a record produced once the worker is ready is never skipped.
     let position = match start {
         Offset::Offset(o) => o,
-        Offset::End => {
-            reader
-                .consumer()
-                .fetch_watermarks(topic, p, Duration::from_secs(30))?
-                .1
-        }
-        _ => {
-            reader
-                .consumer()
-                .fetch_watermarks(topic, p, Duration::from_secs(30))?
-                .0
+        other => {
+            let members = shared.cfg.members_group();
+            let (low, high) = crate::offsets::watermarks(&shared.kafka, &members, topic, p).await?;
+            if other == Offset::End {
+                high
+            } else {
+                low
+            }
         }
     };
     Ok((position, false))

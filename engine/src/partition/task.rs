@@ -133,7 +133,12 @@ impl Task {
         .await?
         {
             Some(o) => o,
-            None => reader.low_watermark(&messages, p).await?,
+            None => {
+                let members = cfg.members_group();
+                crate::offsets::watermarks(&shared.kafka, &members, &messages, p)
+                    .await?
+                    .0
+            }
         };
 
         let mut store = PartitionStore::open(&shared.db, p)?;
