@@ -23,7 +23,7 @@ pub use connection::{
 pub use errors::is_fenced;
 pub(crate) use errors::{class_of, first_refused, is_refused_topic, ErrorClass, TxnClock};
 pub use group::{live_members, ClosedApart};
-pub use lookups::{lookup, Lookup};
+pub use lookups::{lookup, watermarks, Lookup};
 
 /// One topic the engine needs.
 #[derive(Debug, Clone)]

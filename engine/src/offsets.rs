@@ -37,19 +37,18 @@ pub(crate) async fn committed_in(
 }
 
 /// The first offset of `topic`/`p` still in the log and the last stable one (read_committed),
-/// through the shared lookup client of `group` ([`kafka::lookup`]): not through a reader's
-/// consumer, whose requests wait behind its fetch (the broker answers one request per
-/// connection at a time, and a fetch with nothing to return waits up to 100 ms), nor on the
-/// runtime's threads.
+/// through the process's shared watermark client ([`kafka::watermarks`]): not through a
+/// reader's consumer, whose requests wait behind its fetch (the broker answers one request
+/// per connection at a time, and a fetch with nothing to return waits up to 100 ms), nor on
+/// the runtime's threads.
 pub(crate) async fn watermarks(
     kafka: &Connection,
-    group: &str,
     topic: &str,
     p: i32,
 ) -> Result<(i64, i64), KafkaError> {
-    let consumer = kafka::lookup(kafka, group, "read_committed")?;
+    let kafka = kafka.clone();
     let topic = topic.to_string();
-    blocking(move || consumer.fetch_watermarks(&topic, p, LOOKUP)).await
+    blocking(move || kafka::watermarks(&kafka, "read_committed", &topic, p, LOOKUP)).await
 }
 
 /// The committed position of `topic`/`p`: the members group's, else the `legacy` group's.

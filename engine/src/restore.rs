@@ -197,16 +197,12 @@ fn settle(kafka: &Connection, topic: &str, partition: i32) -> Result<(i64, i64),
         partition,
         err,
     };
-    let group = format!("{topic}-restore");
-    let committed = kafka::lookup(kafka, &group, "read_committed").map_err(kerr)?;
-    let uncommitted = kafka::lookup(kafka, &group, "read_uncommitted").map_err(kerr)?;
     let started = Instant::now();
+    let timeout = Duration::from_secs(30);
     loop {
-        let (low, stable) = committed
-            .fetch_watermarks(topic, partition, Duration::from_secs(30))
-            .map_err(kerr)?;
-        let (_, high) = uncommitted
-            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        let (low, stable) =
+            kafka::watermarks(kafka, "read_committed", topic, partition, timeout).map_err(kerr)?;
+        let (_, high) = kafka::watermarks(kafka, "read_uncommitted", topic, partition, timeout)
             .map_err(kerr)?;
         if stable >= high {
             return Ok((low, stable));

@@ -78,8 +78,7 @@ pub(crate) async fn start_position(
     let position = match start {
         Offset::Offset(o) => o,
         other => {
-            let members = shared.cfg.members_group();
-            let (low, high) = crate::offsets::watermarks(&shared.kafka, &members, topic, p).await?;
+            let (low, high) = crate::offsets::watermarks(&shared.kafka, topic, p).await?;
             if other == Offset::End {
                 high
             } else {

@@ -416,8 +416,7 @@ async fn follow(shared: &Arc<Shared>, p: i32, stop: &CancellationToken) -> Resul
         .with_label_values(&[&p.to_string()]);
     let store = PartitionStore::open(&shared.db, p)?;
     let from = restore::checkpoint_start(&topic, p, &store, shared.state_delete_retention)?;
-    let members = shared.cfg.members_group();
-    let (low, high) = crate::offsets::watermarks(&shared.kafka, &members, &topic, p).await?;
+    let (low, high) = crate::offsets::watermarks(&shared.kafka, &topic, p).await?;
     let mut next = restore::fit_to_changelog(&topic, p, &store, from, (low, high))?;
     if next >= high {
         // Nothing to read: the tree matches the changelog as of now.

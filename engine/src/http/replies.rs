@@ -229,8 +229,7 @@ async fn open_replies_consumer(shared: &Shared) -> Result<(crate::reader::Input,
     let reader = shared.internal_reader()?;
     // Start at the high watermark as it is now: a reply to any request accepted from here on
     // is produced later, so it lies at or past this offset.
-    let members = shared.cfg.members_group();
-    let (_, high) = crate::offsets::watermarks(&shared.kafka, &members, &topic, 0).await?;
+    let (_, high) = crate::offsets::watermarks(&shared.kafka, &topic, 0).await?;
     Ok((reader.open(&topic, 0, high, None, None), high))
 }
 

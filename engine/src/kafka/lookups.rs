@@ -1,6 +1,7 @@
 //! Lookup clients shared by a process's partition openings: one consumer per connection,
-//! group and isolation level, for committed offsets and watermarks, kept while lookups come
-//! and closed once none came for [`IDLE`].
+//! group and isolation level for committed offsets ([`lookup`]), one per connection and
+//! isolation level, in no group, for watermarks ([`watermarks`]); kept while lookups come and
+//! closed once none came for [`IDLE`].
 //!
 //! *Why:* a partition's opening looks up the committed position of every input it reads
 //! (the messages partition and each direct ingress, in the members group, then once in the
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 
 use super::{client_config, ClosedApart, Connection, QuietEof};
@@ -38,10 +39,30 @@ static KEPT: Mutex<Option<HashMap<String, Kept>>> = Mutex::new(None);
 /// there is none. A `read_committed` one reads committed offsets as stable (KIP-447): a
 /// position a transaction is still committing is waited for.
 pub fn lookup(kafka: &Connection, group: &str, isolation: &str) -> KafkaResult<Lookup> {
+    kept(kafka, Some(group), isolation)
+}
+
+/// The watermarks (low, high) of `topic`/`p`, blocking for up to `timeout`, through the
+/// shared client in no group of `isolation` (`read_committed`: the high one is the last
+/// stable offset). Watermarks need no group: every caller shares this one client, whichever
+/// group it reads its positions in.
+pub fn watermarks(
+    kafka: &Connection,
+    isolation: &str,
+    topic: &str,
+    p: i32,
+    timeout: Duration,
+) -> KafkaResult<(i64, i64)> {
+    kept(kafka, None, isolation)?.fetch_watermarks(topic, p, timeout)
+}
+
+fn kept(kafka: &Connection, group: Option<&str>, isolation: &str) -> KafkaResult<Lookup> {
+    // A group id cannot be empty, so `""` stands for none.
     let key = format!(
-        "{}\u{0}{:?}\u{0}{group}\u{0}{isolation}",
+        "{}\u{0}{:?}\u{0}{}\u{0}{isolation}",
         kafka.bootstrap(),
-        kafka.properties()
+        kafka.properties(),
+        group.unwrap_or_default()
     );
     let mut kept = KEPT.lock().expect("lookups");
     let map = kept.get_or_insert_with(HashMap::new);
@@ -49,8 +70,11 @@ pub fn lookup(kafka: &Connection, group: &str, isolation: &str) -> KafkaResult<L
         k.used = Instant::now();
         return Ok(k.consumer.clone());
     }
-    let consumer: BaseConsumer<QuietEof> = client_config(kafka)
-        .set("group.id", group)
+    let mut config = client_config(kafka);
+    if let Some(group) = group {
+        config.set("group.id", group);
+    }
+    let consumer: BaseConsumer<QuietEof> = config
         .set("isolation.level", isolation)
         .set("enable.auto.commit", "false")
         .create_with_context(QuietEof)?;
@@ -107,6 +131,17 @@ mod tests {
             !Arc::ptr_eq(&a, &other),
             "another isolation, another client"
         );
+        // Watermark lookups share one client in no group, whatever group their caller uses.
+        let marks = kept(&kafka, None, "read_committed").unwrap();
+        assert!(
+            !Arc::ptr_eq(&a, &marks),
+            "a group's client reads watermarks"
+        );
+        assert!(Arc::ptr_eq(
+            &marks,
+            &kept(&kafka, None, "read_committed").unwrap()
+        ));
+        drop(marks);
         let other_gone = Arc::downgrade(&other);
         drop((b, other));
         // One still held is kept however long since the last lookup.

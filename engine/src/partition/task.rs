@@ -134,8 +134,7 @@ impl Task {
         {
             Some(o) => o,
             None => {
-                let members = cfg.members_group();
-                crate::offsets::watermarks(&shared.kafka, &members, &messages, p)
+                crate::offsets::watermarks(&shared.kafka, &messages, p)
                     .await?
                     .0
             }
