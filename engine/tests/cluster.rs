@@ -578,3 +578,34 @@ fn failover_after_kill_9_is_measured() {
     c.send(&all);
     check_emits(&c, &model);
 }
+
+/// A worker that joins takes about half of the partitions, also when the engine creates
+/// topics with as many partitions as the cluster (`--topic-partitions 8`): the group balances
+/// the count of every topic it assigns, and a callbacks topic of 8 partitions (its partitions
+/// read by routers) once went whole to the second worker, which then processed nothing.
+#[test]
+fn a_joining_worker_takes_about_half_the_partitions() {
+    let run = unique("balance");
+    let functions = FunctionServer::start(interpreter(format!("out-{run}")), 0);
+    let dir = temp_dir(&run);
+    let module = write_module(&dir, &module_yaml(&run, functions.port));
+    let args = ["--partitions", "8", "--topic-partitions", "8"];
+    let mut w1 = Engine::start(&module, &run, "w1", &dir, &args);
+    w1.wait_ready(Duration::from_secs(60));
+    let mut w2 = Engine::start(&module, &run, "w2", &dir, &args);
+    w2.wait_ready(Duration::from_secs(60));
+    let owned = |w: &Engine| metric_sum(&w.metrics(), "keyflow_partitions_owned").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (o1, o2) = (owned(&w1), owned(&w2));
+        if o1 + o2 == 8.0 && o1 >= 3.0 && o2 >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s w1 processes {o1} of the 8 partitions and w2 {o2}:\n{}",
+            w2.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

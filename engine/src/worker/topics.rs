@@ -118,7 +118,12 @@ fn cluster_topics(cfg: &EngineConfig) -> Vec<TopicSpec> {
             retention: Some(cfg.reply_retention),
             ..spec(cfg.topic_replies(), 1, false, false)
         },
-        spec(cfg.topic_callbacks(), cfg.topic_partitions(), false, false),
+        // One partition whatever `--topic-partitions` says (it sizes the module's ingress and
+        // egress topics): the members group balances the partition count of every topic it
+        // assigns, so a callbacks topic of N partitions, whose routers rarely have anything
+        // to do, went whole to the second worker, which then owned none of
+        // `<cluster>-messages` (docs/design.md, "What the group balances").
+        spec(cfg.topic_callbacks(), 1, false, false),
     ]
 }
 
