@@ -91,6 +91,7 @@ pub(super) async fn ensure(
     } else {
         Vec::new()
     };
+    warn_on_router_skew(kafka, cfg, &routes, &direct).await;
     Ok(Inputs {
         routes,
         direct,
@@ -160,6 +161,48 @@ async fn direct_topics(
     Ok(direct)
 }
 
+/// Warns when the partitions read by routers (routed ingress topics and the callbacks topic,
+/// in the members group beside `<cluster>-messages`) are enough to skew what a joining
+/// worker processes: the group balances partition counts and moved routers first
+/// (docs/design.md, "What the group balances"). Best effort: no warning without metadata.
+async fn warn_on_router_skew(
+    kafka: &kafka::Connection,
+    cfg: &EngineConfig,
+    routes: &HashMap<String, Option<usize>>,
+    direct: &[DirectTopic],
+) {
+    let Ok(counts) = kafka::topic_partitions(kafka).await else {
+        return;
+    };
+    let mut routed: Vec<(&str, i32)> = routes
+        .keys()
+        .filter(|t| !direct.iter().any(|d| &d.topic == *t))
+        .map(|t| (t.as_str(), counts.get(t).copied().unwrap_or(0)))
+        .collect();
+    routed.sort();
+    let total: i32 = routed.iter().map(|(_, c)| c).sum();
+    let n = cfg.partition_count();
+    if router_skew(total, n) {
+        let list: Vec<String> = routed.iter().map(|(t, c)| format!("{t} ({c})")).collect();
+        tracing::warn!(
+            routed_partitions = total,
+            partitions = n,
+            "{total} partitions read by routers ({}) share the group `{}` with the {n} partitions of `{}`; the group balances partition counts, so a worker that joins may get routers before partitions to process (docs/design.md, \"What the group balances\"). Ingress topics with exactly {n} partitions in a direct cluster are read by the partitions instead",
+            list.join(", "),
+            cfg.members_group(),
+            cfg.topic_messages(),
+        );
+    }
+}
+
+/// Whether `routed` router partitions skew the balance of `n` partitions: a worker joining a
+/// single one takes (n + routed) / 2 partitions, routers first, so it processes
+/// (n - routed) / 2 of them instead of n / 2. The callbacks topic's one partition alone is
+/// not worth a warning.
+fn router_skew(routed: i32, n: i32) -> bool {
+    routed > 1 && routed * 4 >= n
+}
+
 /// How long a topic created a moment ago may take to show its partitions.
 const METADATA_SETTLE: Duration = Duration::from_secs(30);
 
@@ -184,5 +227,24 @@ async fn settled_partitions<'a>(
             return Ok(counts);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::router_skew;
+
+    #[test]
+    fn router_partitions_are_worth_a_warning_from_a_quarter_of_the_partitions() {
+        // A direct cluster: only the callbacks topic's partition is routed.
+        assert!(!router_skew(1, 1));
+        assert!(!router_skew(1, 64));
+        // Routed with the defaults: four ingress topics of one partition and the callbacks.
+        assert!(!router_skew(5, 64));
+        assert!(router_skew(5, 8));
+        // A callbacks topic made with --topic-partitions 8 by an earlier version.
+        assert!(router_skew(8, 8));
+        assert!(router_skew(16, 64));
+        assert!(!router_skew(15, 64));
     }
 }
