@@ -20,57 +20,16 @@
 # run` flags, e.g. `--session-timeout 1s`). Needs curl.
 set -euo pipefail
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$BENCH_DIR/.." && pwd)"
 COUNTS=("$@")
 [[ ${#COUNTS[@]} -gt 0 ]] || COUNTS=(8 64 256)
-export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
-BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
-WORK="$(mktemp -d -t keyflow-failover.XXXXXX)"
-PIDS=()
-say() { echo "[failover $(date +%H:%M:%S)] $*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
 for n in "${COUNTS[@]}"; do
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "a partition count is a positive number, not '$n'"
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "failover.sh: a partition count is a positive number, not '$n'" >&2; exit 2; }
 done
-if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
-  say "building release binaries"
-  (cd "$REPO" && cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins) >&2
-fi
-now() { date +%s.%N; }
-port() { "$BIN/keyflow-bench" free-port; }
+NAME=failover
+# shellcheck source=bench/workers.sh
+source "$(dirname "${BASH_SOURCE[0]}")/workers.sh"
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-FPORT="$(port)"
-"$BIN/shopping-cart-functions" --listen "127.0.0.1:$FPORT" >"$WORK/functions.log" 2>&1 &
-PIDS+=($!)
-
-# start_worker RID WID ADMIN_PORT N: starts `keyflow run` in the background, sets WPID.
-start_worker() {
-  local rid="$1" wid="$2" admin="$3" n="$4"
-  # shellcheck disable=SC2086
-  FUNCTIONS_URL="http://127.0.0.1:$FPORT" NO_COLOR=1 RUST_LOG="info,librdkafka=warn,rdkafka=warn" \
-    "$BIN/keyflow" run --module "$WORK/module-$rid.yaml" --cluster "$rid" --worker-id "$wid" \
-    --data-dir "$WORK/data-$rid-$wid" --bootstrap "$KAFKA_BOOTSTRAP" --admin-addr "127.0.0.1:$admin" \
-    --ingress-addr off --partitions "$n" --topic-partitions "$n" ${ENGINE_ARGS:-} \
-    >>"$WORK/$rid-$wid.log" 2>&1 &
-  WPID=$!
-  PIDS+=("$WPID")
-}
-wait_ready() { # wait_ready ADMIN_PORT PID LOG
-  local t0=$SECONDS
-  until [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/ready" || true)" == 200 ]]; do
-    kill -0 "$2" 2>/dev/null || die "worker exited: $(tail -n 20 "$3")"
-    (( SECONDS - t0 < 600 )) || die "worker not ready after 600 s: $(tail -n 20 "$3")"
-    sleep 0.1
-  done
-}
 # owned_open ADMIN_PORT: "<partitions owned> <partitions opened>" of that worker
 owned_open() {
   curl -s "http://127.0.0.1:$1/metrics" | awk '
@@ -82,13 +41,12 @@ owned_open() {
 ROWS=()
 for n in "${COUNTS[@]}"; do
   rid="failover-$n-$(date +%s)"
-  sed -E -e "s/^( *- topic: )(add-to-cart|clear-cart|checkout|restock-items) *$/\1\2-$rid/" \
-    -e "s/^( *consumerGroupId: ).*$/\1$rid-ingress/" "$REPO/module.yaml" >"$WORK/module-$rid.yaml"
+  module_for "$rid"
   # w1 first, then w2: w2 only ever gains partitions, so each of its restore series is a
   # partition it owns (a series stays when a partition is revoked).
-  a1="$(port)"; start_worker "$rid" w1 "$a1" "$n"; w1=$WPID
+  a1="$(port)"; start_worker "$rid" w1 "$a1" --partitions "$n" --topic-partitions "$n"; w1=$WPID
   wait_ready "$a1" "$w1" "$WORK/$rid-w1.log"
-  a2="$(port)"; start_worker "$rid" w2 "$a2" "$n"; w2=$WPID
+  a2="$(port)"; start_worker "$rid" w2 "$a2" --partitions "$n" --topic-partitions "$n"; w2=$WPID
   wait_ready "$a2" "$w2" "$WORK/$rid-w2.log"
   t0=$SECONDS
   while true; do
@@ -131,7 +89,7 @@ for n in "${COUNTS[@]}"; do
   kill "$feeder" 2>/dev/null || true
   kill -TERM "$w2"; wait "$w2" || true
   "$BIN/keyflow-bench" cleanup --bootstrap "$KAFKA_BOOTSTRAP" --run-id "$rid" >/dev/null 2>&1 || true
-  rm -rf "$WORK/data-$rid-"*
+  rm -rf "$WORK/data-$rid"
 done
 
 echo

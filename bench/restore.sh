@@ -23,53 +23,12 @@
 # run` flags). Needs curl.
 set -euo pipefail
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$BENCH_DIR/.." && pwd)"
 SIZES=("$@")
 [[ ${#SIZES[@]} -gt 0 ]] || SIZES=(10000 1000000 5000000)
-export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
-BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
-WORK="$(mktemp -d -t keyflow-restore.XXXXXX)"
-PIDS=()
-say() { echo "[restore $(date +%H:%M:%S)] $*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+NAME=restore
+# shellcheck source=bench/workers.sh
+source "$(dirname "${BASH_SOURCE[0]}")/workers.sh"
 
-if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
-  say "building release binaries"
-  (cd "$REPO" && cargo build --release -p keyflow-engine -p shopping-cart-functions -p keyflow-bench --bins) >&2
-fi
-now() { date +%s.%N; }
-port() { "$BIN/keyflow-bench" free-port; }
-
-FPORT="$(port)"
-"$BIN/shopping-cart-functions" --listen "127.0.0.1:$FPORT" >"$WORK/functions.log" 2>&1 &
-PIDS+=($!)
-
-# start_worker RID WID ADMIN_PORT: starts `keyflow run` in the background, sets WPID.
-start_worker() {
-  local rid="$1" wid="$2" admin="$3"
-  # shellcheck disable=SC2086
-  FUNCTIONS_URL="http://127.0.0.1:$FPORT" NO_COLOR=1 RUST_LOG="info,librdkafka=warn,rdkafka=warn" \
-    "$BIN/keyflow" run --module "$WORK/module-$rid.yaml" --cluster "$rid" --worker-id "$wid" \
-    --data-dir "$WORK/data-$rid" --bootstrap "$KAFKA_BOOTSTRAP" --admin-addr "127.0.0.1:$admin" \
-    --ingress-addr off --partitions 1 --topic-partitions 1 ${ENGINE_ARGS:-} \
-    >>"$WORK/$rid-$wid.log" 2>&1 &
-  WPID=$!
-  PIDS+=("$WPID")
-}
-wait_ready() { # wait_ready ADMIN_PORT PID LOG
-  local t0=$SECONDS
-  until [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/ready" || true)" == 200 ]]; do
-    kill -0 "$2" 2>/dev/null || die "worker exited: $(tail -n 20 "$3")"
-    (( SECONDS - t0 < 900 )) || die "worker not ready after 900 s: $(tail -n 20 "$3")"
-    sleep 0.1
-  done
-}
 # The last "partition restored in" line of a log: prints "<seconds> <replayed>".
 restored() {
   local line
@@ -89,24 +48,23 @@ epochs() { # epochs ADMIN_PORT: committed epochs of partition 0 on that worker
 ROWS=()
 for n in "${SIZES[@]}"; do
   rid="restore-$n-$(date +%s)"
-  sed -E -e "s/^( *- topic: )(add-to-cart|clear-cart|checkout|restock-items) *$/\1\2-$rid/" \
-    -e "s/^( *consumerGroupId: ).*$/\1$rid-ingress/" "$REPO/module.yaml" >"$WORK/module-$rid.yaml"
+  module_for "$rid"
   say "$n keys: filling $rid-state"
   read -r records bytes < <("$BIN/keyflow-bench" restore-fill --bootstrap "$KAFKA_BOOTSTRAP" --cluster "$rid" --keys "$n")
   mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')
 
-  a1="$(port)"; start_worker "$rid" w1 "$a1"; w1=$WPID
+  a1="$(port)"; start_worker "$rid" w1 "$a1" --partitions 1 --topic-partitions 1; w1=$WPID
   wait_ready "$a1" "$w1" "$WORK/$rid-w1.log"
   read -r cold cold_n < <(restored "$WORK/$rid-w1.log")
   say "$n keys ($mb MB): new owner restored $cold_n records in ${cold}s"
 
   kill -TERM "$w1"; wait "$w1" || true
-  a1="$(port)"; start_worker "$rid" w1 "$a1"; w1=$WPID
+  a1="$(port)"; start_worker "$rid" w1 "$a1" --partitions 1 --topic-partitions 1; w1=$WPID
   wait_ready "$a1" "$w1" "$WORK/$rid-w1.log"
   read -r warm warm_n < <(restored "$WORK/$rid-w1.log")
   say "$n keys: same owner back restored $warm_n records in ${warm}s"
 
-  a2="$(port)"; start_worker "$rid" w2 "$a2"; w2=$WPID
+  a2="$(port)"; start_worker "$rid" w2 "$a2" --partitions 1 --topic-partitions 1; w2=$WPID
   wait_ready "$a2" "$w2" "$WORK/$rid-w2.log"
   if [[ "${ENGINE_ARGS:-}" == *--standby-replicas* ]]; then
     # w2 keeps a standby of partition 0: the kill waits until it has caught up.
@@ -137,6 +95,7 @@ for n in "${SIZES[@]}"; do
   [[ "$(epochs "$a2")" == 0 ]] || die "w2 owns partition 0 before the kill (expected w1)"
   killed=$(now)
   kill -9 "$w1"
+  wait "$w1" 2>/dev/null || true
   until [[ "$(epochs "$a2")" != 0 ]]; do
     kill -0 "$w2" 2>/dev/null || die "w2 exited: $(tail -n 20 "$WORK/$rid-w2.log")"
     sleep 0.05
